@@ -1,0 +1,19 @@
+// Shared by subcommands that take --model (and later --adapter DIR[:SCALE], repeatable).
+#pragma once
+#include <functional>
+
+#include "cli/command.h"
+#include "peft/model.h"
+
+namespace peft::cli {
+
+struct LoadedModel {
+  ModelPtr model;
+  /// Forward through whatever wraps the base (adapters); the base model's forward if none.
+  std::function<ModelOutput(const ModelInput&)> forward;
+};
+
+/// --model DIR, --dtype float32|bfloat16|float16, --adapter DIR[:SCALE] (repeatable).
+LoadedModel load_model_from_args(Args& a);
+
+}  // namespace peft::cli

@@ -1,0 +1,75 @@
+// Plain file helpers: whole-file reads, atomic writes, JSON files.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "peft/error.h"
+#include "peft/io.h"
+
+namespace peft {
+
+bool file_exists(const std::string& path) { return std::filesystem::exists(path); }
+
+std::string join_path(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  return (std::filesystem::path(a) / b).string();
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  PEFT_CHECK(f.good(), path, ": cannot open: ", std::strerror(errno));
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  PEFT_CHECK(!f.bad(), path, ": read error");
+  return ss.str();
+}
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  namespace fs = std::filesystem;
+  fs::path p(path);
+  if (p.has_parent_path()) fs::create_directories(p.parent_path());
+  std::string tmp = path + ".tmp." + std::to_string(getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  PEFT_CHECK(fd >= 0, path, ": cannot create temporary file ", tmp, ": ", std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      fail(path, ": write failed after ", done, " of ", bytes.size(), " bytes: ", std::strerror(err),
+           " (the previous file, if any, is untouched)");
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    fail(path, ": cannot flush: ", std::strerror(err), " (the previous file, if any, is untouched)");
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    fail(path, ": cannot rename temporary file into place: ", std::strerror(err));
+  }
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail(path, ": invalid JSON: ", e.what());
+  }
+}
+
+void write_json(const std::string& path, const nlohmann::json& j) { write_file_atomic(path, j.dump(2) + "\n"); }
+
+}  // namespace peft

@@ -1,0 +1,32 @@
+#include "models/decoder_common.h"
+
+#include <torch/torch.h>
+
+#include "peft/error.h"
+
+namespace peft {
+
+torch::Tensor last_token_pool(const torch::Tensor& hidden, const torch::Tensor& attention_mask) {
+  const int64_t B = hidden.size(0), T = hidden.size(1);
+  torch::Tensor idx;
+  if (attention_mask.defined()) {
+    auto m = attention_mask.slice(1, attention_mask.size(1) - T).to(torch::kLong);
+    // Index of the last 1 in each row: T-1 - argmax over the reversed mask.
+    idx = (T - 1) - m.flip({1}).argmax(1);
+  } else {
+    idx = torch::full({B}, T - 1, torch::TensorOptions().dtype(torch::kLong).device(hidden.device()));
+  }
+  return hidden.index({torch::arange(B, idx.options()), idx});
+}
+
+torch::Tensor seq_cls_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  namespace F = torch::nn::functional;
+  if (logits.size(-1) == 1) return F::mse_loss(logits.squeeze(-1).to(torch::kFloat32), labels.to(torch::kFloat32));
+  PEFT_CHECK(labels.scalar_type() == torch::kLong || labels.scalar_type() == torch::kInt, "classification labels must be integers");
+  int64_t n = logits.size(-1);
+  PEFT_CHECK(labels.numel() == 0 || (labels.min().item<int64_t>() >= 0 && labels.max().item<int64_t>() < n),
+             "classification label outside [0, ", n, ")");
+  return F::cross_entropy(logits.to(torch::kFloat32), labels.to(torch::kLong));
+}
+
+}  // namespace peft

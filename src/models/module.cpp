@@ -1,0 +1,107 @@
+#include "peft/module.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "peft/error.h"
+
+namespace peft {
+
+Linear::Linear(int64_t in, int64_t out, bool has_bias, bool conv1d_)
+    : in_features(in), out_features(out), conv1d(conv1d_) {
+  weight = register_parameter("weight", conv1d ? torch::empty({in, out}) : torch::empty({out, in}));
+  // Same default init as nn.Linear (kaiming_uniform a=sqrt(5)); checkpoints overwrite it.
+  double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  torch::NoGradGuard ng;
+  weight.uniform_(-bound, bound);
+  if (has_bias) bias = register_parameter("bias", torch::zeros({out}));
+}
+
+torch::Tensor Linear::forward(const torch::Tensor& x) {
+  if (conv1d) {
+    auto y = torch::matmul(x, weight);
+    return bias.defined() ? y + bias : y;
+  }
+  return torch::nn::functional::linear(x, weight, bias.defined() ? bias : torch::Tensor());
+}
+
+void Module::register_slot(const std::string& name, LayerPtr& member, LayerPtr value) {
+  member = register_module(name, std::move(value));
+  slots_[name] = &member;
+}
+
+LayerPtr Module::replace_slot(const std::string& name, LayerPtr value) {
+  auto it = slots_.find(name);
+  TORCH_INTERNAL_ASSERT(it != slots_.end(), "no slot named ", name);
+  LayerPtr old = *it->second;
+  replace_module(name, value);
+  *it->second = std::move(value);
+  return old;
+}
+
+LayerPtr Module::slot(const std::string& name) const {
+  auto it = slots_.find(name);
+  TORCH_INTERNAL_ASSERT(it != slots_.end(), "no slot named ", name);
+  return *it->second;
+}
+
+std::vector<std::string> Module::slot_names() const {
+  std::vector<std::string> out;
+  for (auto& kv : slots_) out.push_back(kv.first);
+  return out;
+}
+
+std::vector<SlotRef> find_slots(torch::nn::Module& root, const std::string& prefix) {
+  std::vector<SlotRef> out;
+  for (auto& item : root.named_modules(prefix, /*include_self=*/true)) {
+    auto* m = dynamic_cast<Module*>(item.value().get());
+    if (!m) continue;
+    for (auto& name : m->slot_names())
+      out.push_back({item.key().empty() ? name : item.key() + "." + name, m, name});
+  }
+  return out;
+}
+
+RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
+
+torch::Tensor RMSNorm::forward(const torch::Tensor& x) {
+  auto h = x.to(torch::kFloat32);
+  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+LayerNorm::LayerNorm(int64_t dim_, double eps_) : eps(eps_), dim(dim_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+  bias = register_parameter("bias", torch::zeros({dim}));
+}
+
+torch::Tensor LayerNorm::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
+
+static const char* kActivations[] = {"silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast",
+                                     "relu", "tanh", "quick_gelu", "gelu_10"};
+
+void check_activation(const std::string& name) {
+  for (auto* a : kActivations)
+    if (name == a) return;
+  fail("unsupported activation '", name, "' (supported: silu swish gelu gelu_new gelu_pytorch_tanh gelu_fast relu tanh quick_gelu)");
+}
+
+torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
+  if (name == "silu" || name == "swish") return torch::silu(x);
+  if (name == "gelu") return torch::gelu(x);
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written out as transformers' NewGELUActivation.
+    return 0.5 * x * (1.0 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * torch::pow(x, 3.0))));
+  }
+  if (name == "relu") return torch::relu(x);
+  if (name == "tanh") return torch::tanh(x);
+  if (name == "quick_gelu") return x * torch::sigmoid(1.702 * x);
+  if (name == "gelu_10") return torch::clamp(torch::gelu(x), -10, 10);
+  check_activation(name);
+  return x;
+}
+
+Activation::Activation(std::string n) : name(std::move(n)) { check_activation(name); }
+
+}  // namespace peft
