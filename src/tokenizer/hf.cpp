@@ -592,7 +592,11 @@ Decoder make_decoder(const json& j, const std::string& path) {
           else
             toks[i] = " " + toks[i];
         }
-        if (cleanup) toks[i] = wordpiece_cleanup(toks[i]);
+      }
+      if (cleanup) {  // on the joined text, like transformers' clean_up_tokenization
+        std::string s;
+        for (auto& t : toks) s += t;
+        toks.assign(1, wordpiece_cleanup(s));
       }
     };
   }

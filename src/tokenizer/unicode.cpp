@@ -214,6 +214,13 @@ void nfd_append(std::vector<uint32_t>& out, uint32_t cp) {
     out.push_back(cp);
     return;
   }
+  if (cp >= 0xAC00 && cp <= 0xD7A3) {  // Hangul syllables: algorithmic decomposition
+    uint32_t s = cp - 0xAC00;
+    out.push_back(0x1100 + s / 588);
+    out.push_back(0x1161 + (s % 588) / 28);
+    if (s % 28) out.push_back(0x11A7 + s % 28);
+    return;
+  }
   auto b = std::begin(kDecomp), e = std::end(kDecomp);
   auto it = std::lower_bound(b, e, cp, [](const DecompEntry& d, uint32_t v) { return d.cp < v; });
   if (it == e || it->cp != cp) {
