@@ -675,9 +675,10 @@ struct Model {
   std::vector<std::string> id_to_tok;  // "" for holes
   std::unordered_map<std::string, int64_t> tok_to_id;
   int64_t unk = -1;
+  int64_t id_limit = 100000000;  // ids may leave holes, but not absurdly many
 
   void add_vocab(const std::string& tok, int64_t id, const std::string& path) {
-    if (id < 0 || id > 100000000) bad_field(path, "token id " + std::to_string(id) + " out of range");
+    if (id < 0 || id > id_limit) bad_field(path, "token id " + std::to_string(id) + " out of range [0, " + std::to_string(id_limit) + "]");
     check_utf8(tok, path);
     if (size_t(id) >= id_to_tok.size()) id_to_tok.resize(size_t(id) + 1);
     id_to_tok[size_t(id)] = tok;
@@ -690,6 +691,7 @@ struct Model {
   void read_dict_vocab(const json& m, const std::string& path) {
     const json& v = need(m, "vocab", path);
     if (!v.is_object()) bad_field(path + ".vocab", std::string("expected an object, got ") + v.type_name());
+    id_limit = int64_t(v.size()) * 2 + 65536;
     for (auto it = v.begin(); it != v.end(); ++it)
       add_vocab(it.key(), get_int(it.value(), path + ".vocab[\"" + it.key() + "\"]"), path + ".vocab");
   }
