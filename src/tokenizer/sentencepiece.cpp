@@ -9,6 +9,7 @@
 // "identity" rule set is exact; other rule sets (nmt_nfkc, precompiled charsmaps) are
 // approximated by identity.
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <unordered_map>
@@ -185,9 +186,9 @@ class SpmTokenizer : public Tokenizer {
 
   static bool parse_byte(const std::string& p, unsigned char* b) {
     if (p.size() != 6 || p.compare(0, 3, "<0x") != 0 || p[5] != '>') return false;
-    char* end = nullptr;
-    long v = std::strtol(p.substr(3, 2).c_str(), &end, 16);
-    if (!end || *end) return false;
+    if (!std::isxdigit((unsigned char)p[3]) || !std::isxdigit((unsigned char)p[4])) return false;
+    std::string hex = p.substr(3, 2);
+    long v = std::strtol(hex.c_str(), nullptr, 16);
     *b = (unsigned char)v;
     return true;
   }
