@@ -130,6 +130,10 @@ double cfg_double(const nlohmann::json& c, const std::string& key, double dflt);
 bool cfg_bool(const nlohmann::json& c, const std::string& key, bool dflt);
 std::string cfg_str(const nlohmann::json& c, const std::string& key, const std::string& dflt);
 
+/// The dtype for numerically sensitive steps (norms, softmax, losses): float32 as transformers
+/// upcasts half types, but float64 stays float64 (finite-difference gradient checks need it).
+inline torch::ScalarType compute_dtype(torch::ScalarType t) { return t == torch::kDouble ? torch::kDouble : torch::kFloat32; }
+
 /// Standard losses shared by families.
 /// Causal LM: logits[:, :-1] vs labels[:, 1:], mean over labels != -100.
 torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);

@@ -46,6 +46,8 @@ class Layer : public Module {
  public:
   virtual torch::Tensor forward(const torch::Tensor& x) = 0;
   torch::Tensor operator()(const torch::Tensor& x) { return forward(x); }
+  /// A deep copy with its own parameters (modules_to_save). Layers that cannot be copied say so.
+  virtual std::shared_ptr<Layer> clone_layer() const;
 };
 
 /// Linear layer with the Hugging Face parameter layout: `weight` [out, in] as nn.Linear, or
@@ -57,6 +59,7 @@ class Linear : public Layer {
   torch::Tensor forward(const torch::Tensor& x) override;
   /// The weight as [out, in] whatever the storage layout (a view, no copy).
   torch::Tensor weight_out_in() const { return conv1d ? weight.t() : weight; }
+  std::shared_ptr<Layer> clone_layer() const override;
   int64_t in_features, out_features;
   bool conv1d;
   torch::Tensor weight, bias;  // bias undefined when absent
@@ -78,6 +81,7 @@ class RMSNorm : public Layer {
  public:
   RMSNorm(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x) override;
+  std::shared_ptr<Layer> clone_layer() const override;
   torch::Tensor weight;
   double eps;
 };
@@ -87,6 +91,7 @@ class LayerNorm : public Layer {
  public:
   LayerNorm(int64_t dim, double eps);
   torch::Tensor forward(const torch::Tensor& x) override;
+  std::shared_ptr<Layer> clone_layer() const override;
   torch::Tensor weight, bias;
   double eps;
   int64_t dim;

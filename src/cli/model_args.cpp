@@ -2,7 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <iostream>
+
 #include "peft/error.h"
+#include "peft/io.h"
 
 namespace peft::cli {
 
@@ -14,14 +17,44 @@ static torch::Dtype parse_dtype(const std::string& s) {
   fail("option --dtype: expected float32, bfloat16, float16 or float64, got '", s, "'");
 }
 
+std::pair<std::string, double> parse_adapter_arg(const std::string& arg) {
+  // DIR[:SCALE]; a colon followed by something that is not a number belongs to the path.
+  auto pos = arg.rfind(':');
+  if (pos != std::string::npos && pos + 1 < arg.size()) {
+    const std::string tail = arg.substr(pos + 1);
+    char* end = nullptr;
+    double v = std::strtod(tail.c_str(), &end);
+    if (end && *end == '\0') return {arg.substr(0, pos), v};
+  }
+  return {arg, 1.0};
+}
+
 LoadedModel load_model_from_args(Args& a) {
   LoadOptions opts;
   opts.dtype = parse_dtype(a.get("dtype", "float32"));
   LoadedModel lm;
   lm.model = load_model(a.get("model"), opts);
-  PEFT_CHECK(!a.has("adapter"), "--adapter: adapters are not supported by this build yet");
-  auto m = lm.model;
-  lm.forward = [m](const ModelInput& in) { return m->forward(in); };
+  auto adapters = a.get_all("adapter");
+  if (adapters.empty()) {
+    auto m = lm.model;
+    lm.forward = [m](const ModelInput& in) { return m->forward(in); };
+    return lm;
+  }
+  lm.peft = std::make_shared<PeftModel>(lm.model);
+  std::vector<std::string> names;
+  std::vector<double> scales;
+  for (size_t i = 0; i < adapters.size(); ++i) {
+    auto [dir, scale] = parse_adapter_arg(adapters[i]);
+    std::string name = "adapter" + std::to_string(i);
+    lm.peft->load_adapter(dir, name);
+    names.push_back(name);
+    scales.push_back(scale);
+    std::cerr << "adapter " << dir << " (" << lm.peft->adapter(name).tuner->peft_type() << ", scale " << scale << ")\n";
+  }
+  lm.peft->set_adapter(names);  // all of them act together (each with its scale)
+  for (size_t i = 0; i < names.size(); ++i) lm.peft->set_scale(names[i], scales[i]);
+  auto pm = lm.peft;
+  lm.forward = [pm](const ModelInput& in) { return pm->forward(in); };
   return lm;
 }
 

@@ -4,16 +4,20 @@
 
 #include "cli/command.h"
 #include "peft/model.h"
+#include "peft/tuner.h"
 
 namespace peft::cli {
 
 struct LoadedModel {
   ModelPtr model;
+  PeftModelPtr peft;  // set when --adapter was given
   /// Forward through whatever wraps the base (adapters); the base model's forward if none.
   std::function<ModelOutput(const ModelInput&)> forward;
 };
 
 /// --model DIR, --dtype float32|bfloat16|float16, --adapter DIR[:SCALE] (repeatable).
 LoadedModel load_model_from_args(Args& a);
+/// "DIR[:SCALE]" -> (DIR, SCALE); SCALE defaults to 1.
+std::pair<std::string, double> parse_adapter_arg(const std::string& arg);
 
 }  // namespace peft::cli

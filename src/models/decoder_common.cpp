@@ -21,12 +21,12 @@ torch::Tensor last_token_pool(const torch::Tensor& hidden, const torch::Tensor& 
 
 torch::Tensor seq_cls_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
   namespace F = torch::nn::functional;
-  if (logits.size(-1) == 1) return F::mse_loss(logits.squeeze(-1).to(torch::kFloat32), labels.to(torch::kFloat32));
+  if (logits.size(-1) == 1) return F::mse_loss(logits.squeeze(-1).to(compute_dtype(logits.scalar_type())), labels.to(compute_dtype(logits.scalar_type())));
   PEFT_CHECK(labels.scalar_type() == torch::kLong || labels.scalar_type() == torch::kInt, "classification labels must be integers");
   int64_t n = logits.size(-1);
   PEFT_CHECK(labels.numel() == 0 || (labels.min().item<int64_t>() >= 0 && labels.max().item<int64_t>() < n),
              "classification label outside [0, ", n, ")");
-  return F::cross_entropy(logits.to(torch::kFloat32), labels.to(torch::kLong));
+  return F::cross_entropy(logits.to(compute_dtype(logits.scalar_type())), labels.to(torch::kLong));
 }
 
 }  // namespace peft

@@ -190,7 +190,7 @@ std::string cfg_str(const nlohmann::json& c, const std::string& key, const std::
 
 torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
   auto V = logits.size(-1);
-  auto shift_logits = logits.slice(1, 0, -1).reshape({-1, V}).to(torch::kFloat32);
+  auto shift_logits = logits.slice(1, 0, -1).reshape({-1, V}).to(compute_dtype(logits.scalar_type()));
   auto shift_labels = labels.slice(1, 1).reshape({-1});
   return torch::nn::functional::cross_entropy(
       shift_logits, shift_labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "peft/error.h"
+#include "peft/model.h"
 
 namespace peft {
 
@@ -24,6 +25,33 @@ torch::Tensor Linear::forward(const torch::Tensor& x) {
     return bias.defined() ? y + bias : y;
   }
   return torch::nn::functional::linear(x, weight, bias.defined() ? bias : torch::Tensor());
+}
+
+LayerPtr Layer::clone_layer() const {
+  fail("module of type ", name(), " cannot be copied (modules_to_save supports Linear, LayerNorm, RMSNorm)");
+}
+
+LayerPtr Linear::clone_layer() const {
+  auto c = std::make_shared<Linear>(in_features, out_features, bias.defined(), conv1d);
+  torch::NoGradGuard ng;
+  c->weight.copy_(weight);
+  if (bias.defined()) c->bias.copy_(bias);
+  return c;
+}
+
+LayerPtr RMSNorm::clone_layer() const {
+  auto c = std::make_shared<RMSNorm>(weight.size(0), eps);
+  torch::NoGradGuard ng;
+  c->weight.copy_(weight);
+  return c;
+}
+
+LayerPtr LayerNorm::clone_layer() const {
+  auto c = std::make_shared<LayerNorm>(dim, eps);
+  torch::NoGradGuard ng;
+  c->weight.copy_(weight);
+  c->bias.copy_(bias);
+  return c;
 }
 
 void Module::register_slot(const std::string& name, LayerPtr& member, LayerPtr value) {
@@ -66,7 +94,7 @@ std::vector<SlotRef> find_slots(torch::nn::Module& root, const std::string& pref
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
 
 torch::Tensor RMSNorm::forward(const torch::Tensor& x) {
-  auto h = x.to(torch::kFloat32);
+  auto h = x.to(compute_dtype(x.scalar_type()));
   h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
   return weight * h.to(x.scalar_type());
 }

@@ -1,0 +1,270 @@
+// Tuners: the one model-agnostic mechanism that puts trainable parameters into a frozen model.
+//
+// A method (LoRA, IA3, a bottleneck adapter, prompt tuning, ...) is a peft::Tuner registered by
+// its peft_type. A PeftModel wraps a PretrainedModel and holds named adapters; add_adapter()
+// asks the tuner to act on the model in one of two ways:
+//   - module tuners wrap *slots* (include/peft/module.h) picked by peft's targeting rules
+//     (target_modules suffixes or regex, exclude_modules, layers_to_transform/layers_pattern)
+//     with a TunerLayer that owns the adapter's parameters (LoRA around q_proj, IA3 scaling an
+//     activation, an adapter after an MLP, a mask over a weight);
+//   - input tuners (prompt/prefix tuning) transform the ModelInput before the base forward
+//     (virtual tokens in inputs_embeds, key/value prefixes in the KV cache).
+// No tuner knows the model family: names come from the checkpoint, defaults from roles().
+//
+//   auto pm = std::make_shared<peft::PeftModel>(peft::load_model("assets/stories260K"));
+//   pm->add_adapter("default", peft::method_config("lora", {{"r", 8}}));
+//   ... train pm->trainable_parameters() ...
+//   pm->save_adapter("out/adapter");                 // Python peft's format
+#pragma once
+#include <torch/types.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "peft/model.h"
+#include "peft/module.h"
+
+namespace peft {
+
+class PeftModel;
+class TunerLayer;
+
+/// peft's module selection (check_target_module_exists), resolved against one model.
+struct TargetSelector {
+  nlohmann::json target_modules;   // list of name suffixes | regex string (full match) | "all-linear"
+  nlohmann::json exclude_modules;  // same forms, or null
+  std::vector<int64_t> layers_to_transform;  // empty: every layer
+  std::vector<std::string> layers_pattern;   // empty: the model's layers_pattern()
+  /// Reads the fields from an adapter config; role names (e.g. "attn.q") in target_modules are
+  /// translated through model.roles().
+  static TargetSelector from_config(const nlohmann::json& cfg, const PretrainedModel& model,
+                                    const std::vector<std::string>& default_roles);
+  /// `path` is the module's name relative to the model ("model.layers.0.self_attn.q_proj").
+  bool matches(const std::string& path, const Module* mod) const;
+};
+
+/// One PEFT method. Subclasses live in src/tuners/, one file per method family.
+class Tuner {
+ public:
+  virtual ~Tuner() = default;
+  /// peft's peft_type ("LORA", "IA3", ...) or ours for methods peft lacks.
+  virtual std::string peft_type() const = 0;
+  /// Every config field with its default, as the reference library writes adapter_config.json.
+  virtual nlohmann::json defaults() const = 0;
+  /// Checks a full config (defaults applied); errors name the field.
+  virtual void validate(const nlohmann::json& cfg) const {}
+  /// Roles targeted when target_modules is null (e.g. LoRA: attn.q, attn.v).
+  virtual std::vector<std::string> default_roles() const { return {}; }
+  /// Module tuners: wrap (or extend the wrapper at) `slot` for adapter `name`.
+  virtual void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& cfg) const {}
+  /// Input tuners and shared state (VeRA's projections): called once per add_adapter, before inject.
+  virtual void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& cfg) const {}
+  virtual bool targets_modules() const { return true; }
+  /// Config keys that are ours (training-time switches) and are left out of adapter_config.json
+  /// so Python peft loads the file; they go to peft_cpp_config.json next to it.
+  virtual std::vector<std::string> extension_keys() const { return {}; }
+  /// The config written to adapter_config.json (e.g. a PiSSA adapter is saved as the plain LoRA
+  /// it is equivalent to on the unmodified base, with twice the rank).
+  virtual nlohmann::json saved_config(const nlohmann::json& cfg) const { return cfg; }
+  /// Model-wide work around an optimizer step (AdaLoRA's rank budget): `before` is true while
+  /// gradients are still present (after backward, before the step), false after the step.
+  virtual void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const {}
+};
+using TunerPtr = std::shared_ptr<const Tuner>;
+
+bool register_tuner(TunerPtr tuner);
+/// By peft_type (case-insensitive); throws listing the known types.
+TunerPtr find_tuner(const std::string& peft_type);
+std::vector<std::string> registered_tuners();
+
+/// A method name as users type it ("lora", "rslora", "dora", "pissa", "olora", "lora-fa",
+/// "delta-lora", "dylora", "vera", "loha", "lokr", "adalora", "ia3", ...) merged with `overrides`
+/// into a config that has peft_type set.
+nlohmann::json method_config(const std::string& method, const nlohmann::json& overrides = nlohmann::json::object());
+/// Names accepted by method_config().
+std::vector<std::string> method_names();
+/// Registers a user-facing method name as a base config (tuner files do this for their presets).
+bool register_method(const std::string& name, nlohmann::json base);
+
+/// Base of every slot wrapper (peft's BaseTunerLayer). Holds the wrapped `base_layer` (a slot,
+/// so wrappers stack) and per-adapter parameters registered under peft's names:
+/// add_param(a, "lora_A.weight", t) registers `lora_A.<a>.weight`; add_param(a, "ia3_l", t)
+/// registers `ia3_l.<a>`. Saved keys drop the `.<a>` part.
+class TunerLayer : public Layer {
+ public:
+  explicit TunerLayer(LayerPtr base);
+  LayerPtr base_layer;
+
+  /// Output of the wrapped layer (used by every forward).
+  torch::Tensor base_forward(const torch::Tensor& x) { return base_layer->forward(x); }
+  /// The innermost Linear under this wrapper (errors if the slot is not a Linear).
+  Linear& base_linear() const;
+
+  torch::Tensor add_param(const std::string& adapter, const std::string& key, torch::Tensor value, bool trainable = true);
+  /// Registers a non-trainable tensor (frozen projections, buffers) that is saved with the adapter.
+  torch::Tensor add_frozen(const std::string& adapter, const std::string& key, torch::Tensor value) {
+    return add_param(adapter, key, std::move(value), false);
+  }
+  torch::Tensor& param(const std::string& adapter, const std::string& key);
+  bool has_param(const std::string& adapter, const std::string& key) const;
+  /// (saved key suffix, tensor) of one adapter, e.g. ("lora_A.weight", A).
+  virtual std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors(const std::string& adapter) const;
+  /// Tensors of `adapter` that train (requires_grad when the adapter is active).
+  virtual std::vector<torch::Tensor> trainable_tensors(const std::string& adapter) const;
+  bool has_adapter(const std::string& a) const { return adapters_.count(a) > 0; }
+  std::vector<std::string> adapter_names() const { return std::vector<std::string>(adapters_.begin(), adapters_.end()); }
+
+  /// Adapters that take part in forward (set by PeftModel::set_adapter), with a user scale each.
+  std::vector<std::string> active;
+  std::map<std::string, double> user_scale;
+  bool disabled = false;
+  std::set<std::string> merged;
+  double scale_of(const std::string& a) const {
+    auto it = user_scale.find(a);
+    return it == user_scale.end() ? 1.0 : it->second;
+  }
+  /// Adapters that should act in this forward: active, not merged, not disabled.
+  std::vector<std::string> live_adapters() const;
+
+  /// Folds adapter `a` into the base weight / restores it. Default: the method cannot merge.
+  virtual bool can_merge() const { return false; }
+  virtual void merge(const std::string& a);
+  virtual void unmerge(const std::string& a);
+  /// Regulariser added to the loss while training (AdaLoRA's orthogonality term): returns the
+  /// weighted sum of this layer's terms and adds their number to *count; the model averages.
+  virtual torch::Tensor extra_loss(const std::string& a, int64_t* count) { return {}; }
+  /// Called after each optimizer step with the global step (Delta-LoRA, AdaLoRA budget).
+  virtual void after_step(const std::string& a, int64_t step) {}
+  /// Called before the optimizer step, while gradients are present (AdaLoRA importance).
+  virtual void before_step(const std::string& a, int64_t step) {}
+  /// Method name for the trainable-parameter report.
+  virtual std::string method() const = 0;
+
+ protected:
+  std::set<std::string> adapters_;
+
+ private:
+  struct Entry {
+    torch::Tensor tensor;
+    bool trainable;
+  };
+  std::map<std::pair<std::string, std::string>, Entry> params_;
+  std::map<std::string, std::shared_ptr<torch::nn::Module>> containers_;
+};
+
+/// Input tuners (prompt, prefix, p-tuning): change the model input; parameters registered on
+/// this module under the names peft saves (`prompt_embeddings`).
+class InputAdapter : public torch::nn::Module {
+ public:
+  virtual void apply(PretrainedModel& model, ModelInput& in, KVCache& storage) = 0;
+  /// Tensors saved in adapter_model.safetensors (peft key -> tensor).
+  virtual TensorMap saved_tensors() const = 0;
+  virtual void load_saved(const TensorMap& t, const std::string& source) = 0;
+  virtual std::string method() const = 0;
+  /// False for holders of shared tensors that leave the input alone (VeRA's projections).
+  virtual bool changes_input() const { return true; }
+};
+
+/// Counts like peft's print_trainable_parameters, plus a per-method breakdown.
+struct TrainableReport {
+  int64_t trainable = 0, total = 0;
+  std::map<std::string, int64_t> by_method;  // "lora" -> n, "modules_to_save" -> n
+  double percent() const { return total ? 100.0 * trainable / total : 0.0; }
+  std::string to_string() const;
+};
+
+struct AdapterEntry {
+  std::string name;
+  TunerPtr tuner;
+  nlohmann::json config;  // full (defaults applied)
+  std::vector<std::string> targeted;  // module paths it wraps
+  std::shared_ptr<InputAdapter> input;  // input tuners
+};
+
+class PeftModel : public Module {
+ public:
+  explicit PeftModel(ModelPtr base);
+  ModelPtr model;  // the base model, registered as `base_model.model`
+
+  /// Adds adapter `name` described by `cfg` (peft_type + fields; defaults filled in, unknown
+  /// keys warned about). Freezes everything but the active adapter's parameters.
+  void add_adapter(const std::string& name, nlohmann::json cfg);
+  /// Loads an adapter folder (adapter_config.json + adapter_model.safetensors, Python peft's
+  /// format) as adapter `name`; every tensor must match the injected shape.
+  void load_adapter(const std::string& dir, const std::string& name = "default", bool trainable = false);
+  /// Writes adapter `name` (default: the first) in Python peft's format (atomic writes).
+  void save_adapter(const std::string& dir, const std::string& name = "") const;
+
+  /// Makes `names` the active adapters (with scales; empty scale = 1) and the only trainable ones.
+  void set_adapter(const std::vector<std::string>& names);
+  void set_adapter(const std::string& name) { set_adapter(std::vector<std::string>{name}); }
+  void set_scale(const std::string& name, double scale);
+  void disable_adapters(bool disabled = true);
+  const std::vector<std::string>& active_adapters() const { return active_; }
+
+  /// Merges the active adapters into the base weights (errors for methods that cannot).
+  void merge();
+  void unmerge();
+  /// Merges, removes every wrapper, returns the plain base model (a PretrainedModel that
+  /// save_pretrained writes as a Hugging Face checkpoint). The PeftModel is unusable after.
+  ModelPtr merge_and_unload();
+
+  ModelOutput forward(const ModelInput& in);
+  /// Parameters that train: the active adapters' (and their modules_to_save copies).
+  std::vector<torch::Tensor> trainable_parameters() const;
+  /// Named trainable parameters (full names, e.g. base_model.model....lora_A.default.weight).
+  std::vector<std::pair<std::string, torch::Tensor>> named_trainable_parameters() const;
+  TrainableReport trainable_report() const;
+  /// Sum of the active adapters' regularisers (undefined when none).
+  torch::Tensor extra_loss();
+  void before_step(int64_t step);
+  void after_step(int64_t step);
+
+  /// Adapter tensors under the keys peft saves (adapter name stripped).
+  TensorMap adapter_state_dict(const std::string& name) const;
+  void load_adapter_state_dict(const std::string& name, const TensorMap& tensors, const std::string& source);
+
+  std::vector<std::pair<std::string, TunerLayer*>> tuner_layers() const;  // model-relative path
+  const std::map<std::string, AdapterEntry>& adapters() const { return adapters_; }
+  const AdapterEntry& adapter(const std::string& name) const;
+  /// The stored config of an adapter, for tuners that record facts found during injection.
+  nlohmann::json& mutable_config(const std::string& name) { return adapters_.at(name).config; }
+  std::string first_adapter() const;
+  /// True while load_adapter() builds an adapter whose tensors come from a file: tuners skip
+  /// initialisations that would change the base (PiSSA, OLoRA).
+  bool loading() const { return loading_; }
+  /// Input tuners and shared tensors register here (add_global).
+  void set_input_adapter(const std::string& name, std::shared_ptr<InputAdapter> ia);
+
+ private:
+  bool loading_ = false;
+  void refresh_trainable();
+  std::shared_ptr<torch::nn::Module> base_model_;
+  std::map<std::string, AdapterEntry> adapters_;
+  std::vector<std::string> order_;   // insertion order
+  std::vector<std::string> active_;
+  bool disabled_ = false;
+};
+using PeftModelPtr = std::shared_ptr<PeftModel>;
+
+/// Reads and completes an adapter_config.json: defaults for missing fields, a warning on stderr
+/// for unknown ones (newer peft versions), errors naming the file and field.
+nlohmann::json read_adapter_config(const std::string& dir);
+
+/// Closed-form helpers used by several tuners (and tests).
+/// Kaiming-uniform with a = sqrt(5) as nn.Linear/peft initialise: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch::Tensor kaiming_uniform(std::vector<int64_t> shape, int64_t fan_in);
+
+}  // namespace peft
+
+#define PEFT_TUNER_CAT2(a, b) a##b
+#define PEFT_TUNER_CAT(a, b) PEFT_TUNER_CAT2(a, b)
+#define PEFT_REGISTER_METHOD(name, ...) \
+  static const bool PEFT_TUNER_CAT(peft_method_reg_, __LINE__) = ::peft::register_method(name, nlohmann::json(__VA_ARGS__))
+#define PEFT_REGISTER_TUNER(cls) \
+  static const bool PEFT_TUNER_CAT(peft_tuner_reg_, __LINE__) = ::peft::register_tuner(std::make_shared<cls>())

@@ -1,0 +1,170 @@
+// AdaLoRA (Zhang et al. 2023, "Adaptive Budget Allocation for PEFT").
+// SVD-form update (eq. 3): ΔW = P Λ Q with P = lora_B [out, r], Λ = diag(lora_E) [r, 1],
+// Q = lora_A [r, in]; as peft computes it, y = base(x) + x (A ⊙ E)^T B^T · α / (r + 1e-5).
+// Init: A, B ~ N(0, 0.02), E = 0 (identity at start).
+// Orthogonality regulariser (eq. 4): R = ||P^T P − I||_F + ||Q Q^T − I||_F, averaged over all
+// matrices and weighted by orth_reg_weight.
+// Budget (eq. 7-12): importance I = |w ⊙ ∇w| smoothed by EMA (β1) times its uncertainty (β2);
+// each triplet (E_i, column i of B, row i of A) scores S = s(E_i) + mean s(A_i·) + mean s(B_·i);
+// the total rank budget falls cubically from init_r·n to target_r·n between tinit and
+// total_step − tfinal, and the lowest-scoring E entries are zeroed every deltaT steps.
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+class AdaLoraLinear : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::map<std::string, double> alpha, ranknum, dropout, orth_weight;
+  std::map<std::string, std::map<std::string, torch::Tensor>> ipt, unc;  // EMA importance/uncertainty
+  std::string method() const override { return "adalora"; }
+
+  void add(const std::string& a, int64_t r, double lora_alpha, double drop, double orth, bool init_weights) {
+    auto& l = base_linear();
+    auto dt = l.weight.scalar_type();
+    alpha[a] = lora_alpha;
+    ranknum[a] = static_cast<double>(r);
+    dropout[a] = drop;
+    orth_weight[a] = orth;
+    add_param(a, "lora_A", (torch::randn({r, l.in_features}) * 0.02).to(dt));
+    add_param(a, "lora_E", init_weights ? torch::zeros({r, 1}, dt) : torch::randn({r, 1}).to(dt));
+    add_param(a, "lora_B", (torch::randn({l.out_features, r}) * 0.02).to(dt));
+  }
+  double scaling(const std::string& a) const { return alpha.at(a) / (ranknum.at(a) + 1e-5) * scale_of(a); }
+  torch::Tensor delta_weight(const std::string& a) {
+    return param(a, "lora_B").matmul(param(a, "lora_A") * param(a, "lora_E")) * scaling(a);
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = base_forward(x);
+    for (auto& a : live_adapters()) {
+      auto xd = dropout[a] > 0 ? torch::dropout(x, dropout[a], is_training()) : x;
+      auto AE = param(a, "lora_A") * param(a, "lora_E");
+      y = y + torch::nn::functional::linear(torch::nn::functional::linear(xd, AE), param(a, "lora_B")) * scaling(a);
+    }
+    return y;
+  }
+  torch::Tensor extra_loss(const std::string& a, int64_t* count) override {
+    if (!has_adapter(a) || !is_training()) return {};
+    auto A = param(a, "lora_A"), B = param(a, "lora_B");
+    auto IA = torch::eye(A.size(0), A.options()), IB = torch::eye(B.size(1), B.options());
+    *count += 2;
+    return orth_weight[a] * ((A.matmul(A.t()) - IA).norm() + (B.t().matmul(B) - IB).norm());
+  }
+  bool can_merge() const override { return true; }
+  void merge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    W.add_(delta_weight(a).to(W.scalar_type()));
+  }
+  void unmerge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    W.sub_(delta_weight(a).to(W.scalar_type()));
+  }
+
+  // Updates the EMA importance of A, E, B from their current gradients (eq. 8-10).
+  void update_importance(const std::string& a, double b1, double b2) {
+    torch::NoGradGuard ng;
+    for (const char* k : {"lora_A", "lora_E", "lora_B"}) {
+      auto& p = param(a, k);
+      if (!p.grad().defined()) continue;
+      auto s = (p * p.grad()).abs();
+      auto& I = ipt[a][k];
+      auto& U = unc[a][k];
+      if (!I.defined()) {
+        I = torch::zeros_like(s);
+        U = torch::zeros_like(s);
+      }
+      I.mul_(b1).add_((1 - b1) * s);
+      U.mul_(b2).add_((1 - b2) * (s - I).abs());
+    }
+  }
+  // Triplet scores [r] (eq. 11); undefined before any importance was gathered.
+  torch::Tensor scores(const std::string& a) {
+    if (!ipt[a].count("lora_E")) return {};
+    auto s = [&](const char* k) { return ipt[a][k] * unc[a][k]; };
+    return s("lora_E").flatten() + s("lora_A").mean(1) + s("lora_B").mean(0);
+  }
+};
+
+class AdaLoraTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "ADALORA"; }
+  nlohmann::json defaults() const override {
+    return {{"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr},
+            {"beta1", 0.85}, {"beta2", 0.85}, {"bias", "none"}, {"deltaT", 1}, {"fan_in_fan_out", false},
+            {"inference_mode", false}, {"init_lora_weights", true}, {"init_r", 12}, {"layer_replication", nullptr},
+            {"layers_pattern", nullptr}, {"layers_to_transform", nullptr}, {"loftq_config", nlohmann::json::object()},
+            {"lora_alpha", 8}, {"lora_dropout", 0.0}, {"megatron_config", nullptr}, {"megatron_core", "megatron.core"},
+            {"modules_to_save", nullptr}, {"orth_reg_weight", 0.5}, {"peft_type", "ADALORA"}, {"r", 8},
+            {"rank_pattern", nullptr}, {"revision", nullptr}, {"target_modules", nullptr}, {"target_r", 8},
+            {"task_type", nullptr}, {"tfinal", 0}, {"tinit", 0}, {"total_step", nullptr}, {"use_dora", false},
+            {"use_rslora", false}};
+  }
+  std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
+  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  void validate(const nlohmann::json& c) const override {
+    PEFT_CHECK(c["init_r"].is_number_integer() && c["init_r"].get<int64_t>() > 0, "adapter config: field 'init_r' must be a positive integer");
+    PEFT_CHECK(c["target_r"].is_number_integer() && c["target_r"].get<int64_t>() > 0 &&
+                   c["target_r"].get<int64_t>() <= c["init_r"].get<int64_t>(),
+               "adapter config: field 'target_r' must be in [1, init_r]");
+    PEFT_CHECK(!c["use_dora"].get<bool>(), "adapter config: AdaLoRA does not support use_dora");
+    PEFT_CHECK(c["bias"] == "none", "adapter config: field 'bias': only 'none' is supported");
+  }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<AdaLoraLinear>(cur);
+    if (!layer) layer = std::make_shared<AdaLoraLinear>(cur);
+    layer->add(name, c["init_r"].get<int64_t>(), c["lora_alpha"].get<double>(), c["lora_dropout"].get<double>(),
+               c["orth_reg_weight"].get<double>(), c["init_lora_weights"] != false);
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+  void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const override {
+    if (!before) return;
+    auto& c = pm.adapter(name).config;
+    PEFT_CHECK(c["total_step"].is_number_integer(), "AdaLoRA: set total_step in the adapter config (the training length)");
+    const int64_t total = c["total_step"], tinit = c["tinit"], tfinal = c["tfinal"], dT = c["deltaT"];
+    const int64_t init_r = c["init_r"], target_r = c["target_r"];
+    std::vector<AdaLoraLinear*> layers;
+    for (auto& kv : pm.tuner_layers())
+      if (auto* l = dynamic_cast<AdaLoraLinear*>(kv.second); l && l->has_adapter(name)) layers.push_back(l);
+    for (auto* l : layers) l->update_importance(name, c["beta1"].get<double>(), c["beta2"].get<double>());
+    const int64_t n = static_cast<int64_t>(layers.size()), init_bgt = init_r * n, target_bgt = target_r * n;
+    int64_t budget;
+    bool mask;
+    if (step <= tinit) {
+      return;
+    } else if (step > total - tfinal) {
+      budget = target_bgt;
+      mask = true;
+    } else {
+      double mul = 1.0 - double(step - tinit) / double(std::max<int64_t>(1, total - tfinal - tinit));
+      budget = static_cast<int64_t>((init_bgt - target_bgt) * mul * mul * mul + target_bgt);
+      mask = step % dT == 0;
+    }
+    if (!mask || budget >= init_bgt) return;
+    std::vector<torch::Tensor> all;
+    for (auto* l : layers) {
+      auto s = l->scores(name);
+      if (!s.defined()) return;
+      all.push_back(s);
+    }
+    torch::NoGradGuard ng;
+    auto cat = torch::cat(all);
+    auto thr = std::get<0>(torch::kthvalue(cat, init_bgt - budget)).item<double>();
+    for (size_t i = 0; i < layers.size(); ++i)
+      layers[i]->param(name, "lora_E").masked_fill_((all[i] <= thr).unsqueeze(1), 0.0);
+  }
+};
+
+PEFT_REGISTER_TUNER(AdaLoraTuner);
+PEFT_REGISTER_METHOD("adalora", {{"peft_type", "ADALORA"}});
+
+}  // namespace
+}  // namespace peft

@@ -1,0 +1,114 @@
+// (IA)3 (Liu et al. 2022, "Few-Shot PEFT is Better and Cheaper than In-Context Learning", §3.3):
+// learned vectors rescale keys, values and the FFN's intermediate activation, l ⊙ h, init 1.
+// As peft implements it on Linear layers: attention targets scale the output
+// (y = (x W^T + b) ⊙ l, l ∈ R^out); feed-forward targets scale the input of the FFN's down
+// projection (y = (x ⊙ l) W^T + b, l ∈ R^in), which is the same as scaling the activation.
+// Merge: W ⊙ l (broadcast over the matching axis), and b ⊙ l for output scaling.
+#include <torch/torch.h>
+
+#include <regex>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+class IA3Linear : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::map<std::string, bool> feedforward;
+  std::string method() const override { return "ia3"; }
+
+  void add(const std::string& a, bool ff, bool init_ones) {
+    auto& l = base_linear();
+    feedforward[a] = ff;
+    auto shape = ff ? std::vector<int64_t>{1, l.in_features} : std::vector<int64_t>{l.out_features, 1};
+    auto v = init_ones ? torch::ones(shape) : torch::randn(shape) * 0.02 + 1.0;
+    add_param(a, "ia3_l", v.to(l.weight.scalar_type()));
+  }
+  // The scaling vector of the adapter, blended with the identity by the user scale s: 1 + s (l − 1).
+  torch::Tensor vec(const std::string& a) {
+    auto l = param(a, "ia3_l").flatten();
+    double s = scale_of(a);
+    return s == 1.0 ? l : 1 + s * (l - 1);
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto live = live_adapters();
+    torch::Tensor in_scale, out_scale;
+    for (auto& a : live) {
+      auto v = vec(a);
+      auto& target = feedforward[a] ? in_scale : out_scale;
+      target = target.defined() ? target * v : v;
+    }
+    auto y = base_forward(in_scale.defined() ? x * in_scale.to(x.scalar_type()) : x);
+    return out_scale.defined() ? y * out_scale.to(y.scalar_type()) : y;
+  }
+  bool can_merge() const override { return true; }
+  void apply_merge(const std::string& a, bool inverse) {
+    torch::NoGradGuard ng;
+    auto& lin = base_linear();
+    auto W = lin.weight_out_in();
+    auto v = vec(a).to(W.scalar_type());
+    if (inverse) v = 1.0 / v;
+    if (feedforward[a]) {
+      W.mul_(v.unsqueeze(0));
+    } else {
+      W.mul_(v.unsqueeze(1));
+      if (lin.bias.defined()) lin.bias.mul_(v);
+    }
+  }
+  void merge(const std::string& a) override { apply_merge(a, false); }
+  void unmerge(const std::string& a) override { apply_merge(a, true); }
+};
+
+bool suffix_match(const nlohmann::json& spec, const std::string& path) {
+  if (spec.is_string()) return std::regex_match(path, std::regex(spec.get<std::string>()));
+  if (!spec.is_array()) return false;
+  for (auto& v : spec) {
+    auto t = v.get<std::string>();
+    if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
+                      path[path.size() - t.size() - 1] == '.'))
+      return true;
+  }
+  return false;
+}
+
+class IA3Tuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "IA3"; }
+  nlohmann::json defaults() const override {
+    return {{"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr}, {"fan_in_fan_out", false},
+            {"feedforward_modules", nullptr}, {"inference_mode", false}, {"init_ia3_weights", true},
+            {"modules_to_save", nullptr}, {"peft_type", "IA3"}, {"revision", nullptr}, {"target_modules", nullptr},
+            {"task_type", nullptr}};
+  }
+  std::vector<std::string> extension_keys() const override {
+    return {"exclude_modules", "layers_to_transform", "layers_pattern"};
+  }
+  std::vector<std::string> default_roles() const override { return {"attn.k", "attn.v", "mlp.down"}; }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto ff_spec = c["feedforward_modules"];
+    if (ff_spec.is_null()) {  // default: the model's FFN down projection
+      auto roles = pm.model->roles();
+      ff_spec = nlohmann::json::array();
+      if (roles.count("mlp.down")) ff_spec.push_back(roles["mlp.down"]);
+    } else if (ff_spec.is_array()) {
+      auto roles = pm.model->roles();
+      nlohmann::json r = nlohmann::json::array();
+      for (auto& v : ff_spec) r.push_back(roles.count(v.get<std::string>()) ? roles[v.get<std::string>()] : v.get<std::string>());
+      ff_spec = r;
+    }
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<IA3Linear>(cur);
+    if (!layer) layer = std::make_shared<IA3Linear>(cur);
+    layer->add(name, suffix_match(ff_spec, slot.path), c["init_ia3_weights"].get<bool>());
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+PEFT_REGISTER_TUNER(IA3Tuner);
+PEFT_REGISTER_METHOD("ia3", {{"peft_type", "IA3"}});
+
+}  // namespace
+}  // namespace peft

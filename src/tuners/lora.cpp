@@ -1,0 +1,277 @@
+// LoRA and the variants that share its two factors (survey §3, reparameterized family).
+//
+// LoRA (Hu et al. 2021, eq. 3): h = W0 x + s · B A x, A ∈ R^{r×in}, B ∈ R^{out×r}, s = α / r;
+//   init A Kaiming-uniform, B = 0, so the model starts as the base.
+// rsLoRA (Kalajdzievski 2023): s = α / sqrt(r).
+// DoRA (Liu et al. 2024, eq. 5): W' = m · (W0 + sBA) / ||W0 + sBA||_c, m initialised to ||W0||_c
+//   (row norms of the [out, in] weight; the norm is detached as the paper's §4.3 suggests).
+// LoRA-FA (Zhang et al. 2023): A frozen at its random init, only B trains.
+// PiSSA (Meng et al. 2024): A, B from the top-r singular triplets of W0, W0 keeps the residual.
+// OLoRA (Büyükakyüz 2024): A, B from the QR decomposition of W0 (B = Q[:, :r], A = R[:r]).
+// DyLoRA (Valipour et al. 2023): each training forward uses the first b ~ U{1..r} ranks with
+//   s = α / b (nested-dropout style), so every prefix rank works at inference.
+// Delta-LoRA (Zi et al. 2023, eq. 8): after each step W += λ (B_{t+1} A_{t+1} − B_t A_t).
+//
+// Inits that change the base (PiSSA, OLoRA) and Delta-LoRA are saved as the plain rank-2r LoRA
+// that gives the same weights on the unmodified base: W0 + s [B, c B0] [A; A0].
+#include <torch/torch.h>
+
+#include <cmath>
+#include <regex>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+struct LoraOptions {
+  int64_t r = 8;
+  double alpha = 8, scaling = 1, dropout = 0;
+  bool dora = false, fa = false, dylora = false, rslora = false;
+  double delta_lambda = 0;
+  int64_t delta_start = 0;
+  std::string init = "default";  // default | gaussian | pissa | olora | false(B and A random: test use)
+};
+
+class LoraLinear : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::map<std::string, LoraOptions> opt;
+  // Base change made on the adapter's behalf: W = W0 + delta_coef·(B A) + res_coef·(B0 A0).
+  std::map<std::string, torch::Tensor> res_A, res_B, prev_BA;
+  std::map<std::string, double> res_coef;
+  std::map<std::string, torch::Tensor> dora_norm;  // row norms used at merge time
+
+  std::string method() const override { return opt.empty() ? "lora" : (opt.begin()->second.dora ? "dora" : "lora"); }
+
+  void add(const std::string& a, const LoraOptions& o, bool loading) {
+    opt[a] = o;
+    Linear& lin = base_linear();
+    const int64_t in = lin.in_features, out = lin.out_features, r = o.r;
+    auto W = lin.weight_out_in();
+    auto dt = W.scalar_type();
+    torch::NoGradGuard ng;
+    torch::Tensor A, B;
+    if (!loading && (o.init == "pissa" || o.init == "olora")) {
+      auto Wf = W.to(torch::kFloat32);
+      if (o.init == "pissa") {
+        auto svd = torch::linalg_svd(Wf, /*full_matrices=*/false);
+        auto U = std::get<0>(svd), S = std::get<1>(svd), Vh = std::get<2>(svd);
+        PEFT_CHECK(r <= S.size(0), "PiSSA: r = ", r, " exceeds the rank bound ", S.size(0));
+        auto Sr = S.slice(0, 0, r) / o.scaling;
+        A = torch::diag(Sr.sqrt()).matmul(Vh.slice(0, 0, r));
+        B = U.slice(1, 0, r).matmul(torch::diag(Sr.sqrt()));
+      } else {
+        auto qr = torch::linalg_qr(Wf);
+        auto Q = std::get<0>(qr), R = std::get<1>(qr);
+        PEFT_CHECK(r <= Q.size(1), "OLoRA: r = ", r, " exceeds min(in, out) = ", Q.size(1));
+        A = R.slice(0, 0, r).contiguous();
+        B = Q.slice(1, 0, r).contiguous();
+      }
+      W.sub_((o.scaling * B.matmul(A)).to(dt));  // the base keeps the residual
+      res_A[a] = A.clone().to(dt);
+      res_B[a] = B.clone().to(dt);
+      res_coef[a] = -o.scaling;
+    } else if (o.init == "gaussian") {
+      A = torch::randn({r, in}) / static_cast<double>(r);
+      B = torch::zeros({out, r});
+    } else {
+      A = kaiming_uniform({r, in}, in);
+      B = o.init == "false" ? kaiming_uniform({out, r}, r) : torch::zeros({out, r});
+    }
+    add_param(a, "lora_A.weight", A.to(dt), !o.fa);
+    add_param(a, "lora_B.weight", B.to(dt));
+    if (o.dora) add_param(a, "lora_magnitude_vector", row_norm(W.to(torch::kFloat32) + o.scaling * B.matmul(A)).to(dt));
+    if (o.delta_lambda > 0) {  // Delta-LoRA: track B_K A_K, the product at the first base update
+      res_A[a] = param(a, "lora_A.weight").clone();
+      res_B[a] = param(a, "lora_B.weight").clone();
+      res_coef[a] = 0;
+      prev_BA[a] = B.matmul(A).to(dt);
+    }
+  }
+  std::set<std::string> delta_started;
+
+  static torch::Tensor row_norm(const torch::Tensor& W) { return W.norm(2, {1}); }
+
+  torch::Tensor delta_weight(const std::string& a) {
+    auto& o = opt.at(a);
+    return o.scaling * scale_of(a) * param(a, "lora_B.weight").matmul(param(a, "lora_A.weight"));
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = base_forward(x);
+    for (auto& a : live_adapters()) {
+      auto& o = opt.at(a);
+      auto A = param(a, "lora_A.weight"), B = param(a, "lora_B.weight");
+      double s = o.scaling;
+      if (o.dylora && is_training() && o.r > 1) {
+        int64_t b = torch::randint(1, o.r + 1, {1}).item<int64_t>();
+        A = A.slice(0, 0, b);
+        B = B.slice(1, 0, b);
+        s = o.rslora ? o.alpha / std::sqrt((double)b) : o.alpha / (double)b;
+      }
+      s *= scale_of(a);
+      auto xd = o.dropout > 0 ? torch::dropout(x, o.dropout, is_training()) : x;
+      auto lora = torch::nn::functional::linear(torch::nn::functional::linear(xd, A), B) * s;
+      if (o.dora) {
+        auto W = base_linear().weight_out_in();
+        auto norm = row_norm(W + s * B.matmul(A)).detach();
+        auto mag = param(a, "lora_magnitude_vector") / norm;  // [out]
+        // (m/n)(x W^T) + (m/n) s x A^T B^T + b, written as a correction of base(x) = x W^T + b.
+        y = y + (mag - 1) * torch::nn::functional::linear(xd, W) + mag * lora;
+      } else {
+        y = y + lora;
+      }
+    }
+    return y;
+  }
+
+  bool can_merge() const override { return true; }
+  void merge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    auto d = delta_weight(a).to(W.scalar_type());
+    if (opt.at(a).dora) {
+      auto V = W + d;
+      auto n = row_norm(V);
+      dora_norm[a] = n;
+      W.copy_((param(a, "lora_magnitude_vector") / n).unsqueeze(1) * V);
+    } else {
+      W.add_(d);
+    }
+  }
+  void unmerge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    auto d = delta_weight(a).to(W.scalar_type());
+    if (opt.at(a).dora) W.copy_(W / (param(a, "lora_magnitude_vector") / dora_norm.at(a)).unsqueeze(1) - d);
+    else W.sub_(d);
+  }
+
+  void after_step(const std::string& a, int64_t step) override {
+    auto& o = opt.at(a);
+    if (o.delta_lambda <= 0 || merged.count(a)) return;
+    torch::NoGradGuard ng;
+    auto BA = param(a, "lora_B.weight").matmul(param(a, "lora_A.weight"));
+    if (step < o.delta_start) {  // not yet: B_K A_K is the latest product
+      res_A[a] = param(a, "lora_A.weight").clone();
+      res_B[a] = param(a, "lora_B.weight").clone();
+      prev_BA[a] = BA;
+      return;
+    }
+    base_linear().weight_out_in().add_(o.delta_lambda * (BA - prev_BA[a]));
+    prev_BA[a] = BA;
+    delta_started.insert(a);
+    res_coef[a] = -o.delta_lambda;  // W = W0 + λ B A − λ B_K A_K
+  }
+
+  /// Saved as a rank-2r LoRA when the base carries part of the adapter (see the file comment).
+  std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors(const std::string& a) const override {
+    auto t = TunerLayer::adapter_tensors(a);
+    if (!res_A.count(a)) return t;
+    auto& o = opt.at(a);
+    auto A = const_cast<LoraLinear*>(this)->param(a, "lora_A.weight").detach();
+    auto B = const_cast<LoraLinear*>(this)->param(a, "lora_B.weight").detach();
+    double lam = delta_started.count(a) ? o.delta_lambda : 0.0;
+    double c0 = res_coef.at(a);
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    for (auto& kv : t) {
+      if (kv.first == "lora_A.weight") out.emplace_back(kv.first, torch::cat({A, res_A.at(a)}, 0));
+      else if (kv.first == "lora_B.weight")
+        out.emplace_back(kv.first, torch::cat({B * ((o.scaling + lam) / o.scaling), res_B.at(a) * (c0 / o.scaling)}, 1));
+      else out.push_back(kv);
+    }
+    return out;
+  }
+};
+
+/// peft's rank_pattern / alpha_pattern: the first key that matches `(.*\.)?key$` wins.
+template <class T>
+T pattern_value(const nlohmann::json& pat, const std::string& path, T dflt) {
+  if (!pat.is_object()) return dflt;
+  for (auto& kv : pat.items())
+    if (std::regex_match(path, std::regex("(.*\\.)?" + kv.key() + "$"))) return kv.value().get<T>();
+  return dflt;
+}
+
+class LoraTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "LORA"; }
+  nlohmann::json defaults() const override {
+    return {{"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr},
+            {"bias", "none"}, {"fan_in_fan_out", false}, {"inference_mode", false}, {"init_lora_weights", true},
+            {"layer_replication", nullptr}, {"layers_pattern", nullptr}, {"layers_to_transform", nullptr},
+            {"loftq_config", nlohmann::json::object()}, {"lora_alpha", 8}, {"lora_dropout", 0.0},
+            {"megatron_config", nullptr}, {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr},
+            {"peft_type", "LORA"}, {"r", 8}, {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
+            {"target_modules", nullptr}, {"task_type", nullptr}, {"use_dora", false}, {"use_rslora", false}};
+  }
+  std::vector<std::string> extension_keys() const override {
+    return {"exclude_modules", "lora_fa", "dylora", "delta_lora_lambda", "delta_lora_start", "peft_cpp_residual"};
+  }
+  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  void validate(const nlohmann::json& c) const override {
+    PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
+    PEFT_CHECK(c["lora_alpha"].is_number(), "adapter config: field 'lora_alpha' must be a number");
+    double p = c["lora_dropout"].get<double>();
+    PEFT_CHECK(p >= 0 && p < 1, "adapter config: field 'lora_dropout' must be in [0, 1), got ", p);
+    auto b = c["bias"].get<std::string>();
+    PEFT_CHECK(b == "none", "adapter config: field 'bias' = '", b,
+               "': only 'none' is supported (train biases with the BitFit method instead)");
+    auto& init = c["init_lora_weights"];
+    PEFT_CHECK(init.is_boolean() || (init.is_string() && (init == "gaussian" || init == "pissa" || init == "olora")),
+               "adapter config: field 'init_lora_weights' must be true, false, \"gaussian\", \"pissa\" or \"olora\"");
+    PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");
+    PEFT_CHECK(c["loftq_config"].is_null() || c["loftq_config"].empty(), "adapter config: field 'loftq_config' is not supported");
+    PEFT_CHECK(!(c.value("use_dora", false) && c.value("dylora", false)), "adapter config: DoRA and DyLoRA cannot be combined");
+  }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<LoraLinear>(cur);
+    if (!layer) layer = std::make_shared<LoraLinear>(cur);
+    LoraOptions o;
+    o.r = pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>());
+    o.alpha = pattern_value<double>(c["alpha_pattern"], slot.path, c["lora_alpha"].get<double>());
+    o.rslora = c["use_rslora"].get<bool>();
+    o.scaling = o.rslora ? o.alpha / std::sqrt((double)o.r) : o.alpha / (double)o.r;
+    o.dropout = c["lora_dropout"].get<double>();
+    o.dora = c["use_dora"].get<bool>();
+    o.fa = c.value("lora_fa", false);
+    o.dylora = c.value("dylora", false);
+    o.delta_lambda = c.value("delta_lora_lambda", 0.0);
+    o.delta_start = c.value("delta_lora_start", 0);
+    auto& init = c["init_lora_weights"];
+    o.init = init.is_string() ? init.get<std::string>() : (init.get<bool>() ? "default" : "false");
+    layer->add(name, o, pm.loading());
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    if (layer->res_A.count(name) && o.delta_lambda <= 0) pm.mutable_config(name)["peft_cpp_residual"] = true;
+  }
+  nlohmann::json saved_config(const nlohmann::json& cfg) const override {
+    nlohmann::json c = cfg;
+    bool residual = c.value("peft_cpp_residual", false) || c.value("delta_lora_lambda", 0.0) > 0;
+    c.erase("delta_lora_start");
+    if (residual) {  // saved as the equivalent plain LoRA of rank 2r with the same scaling
+      c["r"] = c["r"].get<int64_t>() * 2;
+      c["lora_alpha"] = c["use_rslora"].get<bool>() ? c["lora_alpha"].get<double>() * std::sqrt(2.0)
+                                                    : c["lora_alpha"].get<double>() * 2;
+      c["init_lora_weights"] = true;
+      c.erase("peft_cpp_residual");
+      c.erase("delta_lora_lambda");
+    }
+    return c;
+  }
+};
+
+PEFT_REGISTER_TUNER(LoraTuner);
+PEFT_REGISTER_METHOD("lora", {{"peft_type", "LORA"}});
+PEFT_REGISTER_METHOD("rslora", {{"peft_type", "LORA"}, {"use_rslora", true}});
+PEFT_REGISTER_METHOD("dora", {{"peft_type", "LORA"}, {"use_dora", true}});
+PEFT_REGISTER_METHOD("pissa", {{"peft_type", "LORA"}, {"init_lora_weights", "pissa"}});
+PEFT_REGISTER_METHOD("olora", {{"peft_type", "LORA"}, {"init_lora_weights", "olora"}});
+PEFT_REGISTER_METHOD("lora-fa", {{"peft_type", "LORA"}, {"lora_fa", true}});
+PEFT_REGISTER_METHOD("dylora", {{"peft_type", "LORA"}, {"dylora", true}});
+PEFT_REGISTER_METHOD("delta-lora", {{"peft_type", "LORA"}, {"delta_lora_lambda", 0.5}, {"delta_lora_start", 0}});
+
+}  // namespace
+}  // namespace peft

@@ -1,0 +1,417 @@
+// PeftModel: named adapters over one frozen base; injection, freezing, merge, peft's file format.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "peft/error.h"
+#include "peft/io.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+/// modules_to_save (peft's ModulesToSaveWrapper): a fully trainable copy of a module per
+/// adapter, used in place of the original while that adapter is active.
+class ModulesToSave : public TunerLayer {
+ public:
+  explicit ModulesToSave(LayerPtr base) : TunerLayer(std::move(base)) {
+    copies_ = register_module("modules_to_save", std::make_shared<torch::nn::Module>());
+  }
+  void add(const std::string& a) {
+    if (copies.count(a)) return;
+    auto c = base_layer->clone_layer();
+    auto params = base_layer->parameters();
+    if (!params.empty()) c->to(params[0].device(), params[0].scalar_type());
+    copies[a] = copies_->register_module(a, c);
+    adapters_.insert(a);
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    if (!disabled)
+      for (auto& a : active)
+        if (copies.count(a)) return copies[a]->forward(x);
+    return base_forward(x);
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors(const std::string& a) const override {
+    std::vector<std::pair<std::string, torch::Tensor>> out;
+    auto it = copies.find(a);
+    if (it != copies.end())
+      for (auto& p : it->second->named_parameters()) out.emplace_back(p.key(), p.value());
+    return out;
+  }
+  std::vector<torch::Tensor> trainable_tensors(const std::string& a) const override {
+    std::vector<torch::Tensor> out;
+    for (auto& kv : adapter_tensors(a)) out.push_back(kv.second);
+    return out;
+  }
+  bool can_merge() const override { return true; }
+  void merge(const std::string&) override {}  // the copy is used whenever active
+  void unmerge(const std::string&) override {}
+  std::string method() const override { return "modules_to_save"; }
+  std::map<std::string, LayerPtr> copies;
+
+ private:
+  std::shared_ptr<torch::nn::Module> copies_;
+};
+
+bool internal_path(const std::string& p) {
+  return p.find("base_layer") != std::string::npos || p.find("modules_to_save") != std::string::npos;
+}
+
+}  // namespace
+
+PeftModel::PeftModel(ModelPtr base) : model(std::move(base)) {
+  PEFT_CHECK(model, "PeftModel: no base model");
+  base_model_ = register_module("base_model", std::make_shared<torch::nn::Module>());
+  base_model_->register_module("model", model);
+  for (auto& p : model->parameters()) p.set_requires_grad(false);
+  train(model->is_training());  // the wrapper follows the base's train/eval mode
+}
+
+void PeftModel::set_input_adapter(const std::string& name, std::shared_ptr<InputAdapter> ia) {
+  auto& e = adapters_.at(name);
+  e.input = ia;
+  register_module("input_" + name, ia);
+}
+
+void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
+  PEFT_CHECK(!name.empty() && name.find('.') == std::string::npos, "adapter name '", name,
+             "' must be non-empty and without dots");
+  PEFT_CHECK(!adapters_.count(name), "adapter '", name, "' already exists");
+  PEFT_CHECK(cfg.is_object() && cfg.contains("peft_type") && cfg["peft_type"].is_string(),
+             "adapter config: field 'peft_type' is missing");
+  auto tuner = find_tuner(cfg["peft_type"].get<std::string>());
+  nlohmann::json full = tuner->defaults();
+  auto ext = tuner->extension_keys();
+  for (auto& kv : cfg.items()) {
+    bool known = full.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end();
+    if (!known)
+      std::cerr << "warning: adapter config: unknown field '" << kv.key() << "' for " << tuner->peft_type()
+                << " ignored\n";
+    else
+      full[kv.key()] = kv.value();
+  }
+  full["peft_type"] = tuner->peft_type();
+  if (full.contains("task_type") && full["task_type"].is_null()) full["task_type"] = task_type_name(model->task());
+  tuner->validate(full);
+
+  AdapterEntry e{name, tuner, full, {}, nullptr};
+  adapters_[name] = e;
+  order_.push_back(name);
+  try {
+    tuner->add_global(*this, name, full);
+    if (tuner->targets_modules()) {
+      auto sel = TargetSelector::from_config(full, *model, tuner->default_roles());
+      for (auto& ref : find_slots(*model)) {
+        if (internal_path(ref.path)) continue;
+        auto mod = ref.get();
+        if (!sel.matches(ref.path, mod.get())) continue;
+        tuner->inject(*this, ref, name, full);
+        adapters_[name].targeted.push_back(ref.path);
+      }
+      if (adapters_[name].targeted.empty()) {
+        std::string some;
+        int n = 0;
+        for (auto& ref : find_slots(*model))
+          if (!internal_path(ref.path) && n++ < 12) some += " " + ref.path;
+        fail("adapter '", name, "': target_modules ", sel.target_modules.dump(),
+             " matched no module of the model (some module names:", some, ")");
+      }
+    }
+    // modules_to_save: trainable copies (peft adds the classification head itself for SEQ_CLS).
+    auto mts = full.value("modules_to_save", nlohmann::json());
+    if (mts.is_array() && !mts.empty()) {
+      bool any = false;
+      for (auto& ref : find_slots(*model)) {
+        if (internal_path(ref.path)) continue;
+        for (auto& t : mts) {
+          auto s = t.get<std::string>();
+          if (!(ref.path == s || (ref.path.size() > s.size() && ref.path.compare(ref.path.size() - s.size(), s.size(), s) == 0 &&
+                                  ref.path[ref.path.size() - s.size() - 1] == '.')))
+            continue;
+          auto cur = ref.get();
+          auto w = std::dynamic_pointer_cast<ModulesToSave>(cur);
+          if (!w) {
+            w = std::make_shared<ModulesToSave>(cur);
+            ref.parent->replace_slot(ref.name, w);
+          }
+          w->add(name);
+          any = true;
+        }
+      }
+      PEFT_CHECK(any, "adapter '", name, "': modules_to_save ", mts.dump(), " matched no module");
+    }
+  } catch (...) {
+    adapters_.erase(name);
+    order_.pop_back();
+    throw;
+  }
+  if (active_.empty()) active_ = {name};
+  set_adapter(active_);
+  train(is_training());  // new wrapper modules take the model's mode (eval: no dropout)
+}
+
+const AdapterEntry& PeftModel::adapter(const std::string& name) const {
+  auto it = adapters_.find(name);
+  PEFT_CHECK(it != adapters_.end(), "no adapter named '", name, "'");
+  return it->second;
+}
+
+std::string PeftModel::first_adapter() const {
+  PEFT_CHECK(!order_.empty(), "the model has no adapter");
+  return order_.front();
+}
+
+std::vector<std::pair<std::string, TunerLayer*>> PeftModel::tuner_layers() const {
+  std::vector<std::pair<std::string, TunerLayer*>> out;
+  for (auto& ref : find_slots(*model))
+    if (auto* t = dynamic_cast<TunerLayer*>(ref.get().get())) out.emplace_back(ref.path, t);
+  return out;
+}
+
+void PeftModel::set_adapter(const std::vector<std::string>& names) {
+  for (auto& n : names) adapter(n);
+  active_ = names;
+  for (auto& kv : tuner_layers()) {
+    kv.second->active = names;
+    kv.second->disabled = disabled_;
+  }
+  refresh_trainable();
+}
+
+void PeftModel::set_scale(const std::string& name, double scale) {
+  adapter(name);
+  for (auto& kv : tuner_layers()) kv.second->user_scale[name] = scale;
+}
+
+void PeftModel::disable_adapters(bool d) {
+  disabled_ = d;
+  for (auto& kv : tuner_layers()) kv.second->disabled = d;
+}
+
+void PeftModel::refresh_trainable() {
+  for (auto& p : parameters()) p.set_requires_grad(false);
+  for (auto& t : trainable_parameters()) t.set_requires_grad(true);
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> PeftModel::named_trainable_parameters() const {
+  std::set<const void*> want;
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_)
+      for (auto& t : kv.second->trainable_tensors(a)) want.insert(t.unsafeGetTensorImpl());
+  for (auto& a : active_) {
+    auto it = adapters_.find(a);
+    if (it != adapters_.end() && it->second.input)
+      for (auto& t : it->second.input->parameters()) want.insert(t.unsafeGetTensorImpl());
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& p : named_parameters())
+    if (want.count(p.value().unsafeGetTensorImpl())) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+std::vector<torch::Tensor> PeftModel::trainable_parameters() const {
+  std::vector<torch::Tensor> out;
+  for (auto& kv : named_trainable_parameters()) out.push_back(kv.second);
+  return out;
+}
+
+TrainableReport PeftModel::trainable_report() const {
+  TrainableReport r;
+  for (auto& p : parameters()) {
+    r.total += p.numel();
+    if (p.requires_grad()) r.trainable += p.numel();
+  }
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_)
+      for (auto& t : kv.second->trainable_tensors(a))
+        if (t.requires_grad()) r.by_method[kv.second->method()] += t.numel();
+  for (auto& a : active_) {
+    auto& e = adapter(a);
+    if (e.input)
+      for (auto& t : e.input->parameters())
+        if (t.requires_grad()) r.by_method[e.input->method()] += t.numel();
+  }
+  return r;
+}
+
+ModelOutput PeftModel::forward(const ModelInput& in_) {
+  ModelInput in = in_;
+  KVCache storage;
+  if (!disabled_)
+    for (auto& a : active_) {
+      auto& e = adapter(a);
+      if (e.input) e.input->apply(*model, in, storage);
+    }
+  ModelOutput out = model->forward(in);
+  auto reg = extra_loss();
+  if (out.loss.defined() && reg.defined() && is_training()) out.loss = out.loss + reg;
+  return out;
+}
+
+torch::Tensor PeftModel::extra_loss() {
+  torch::Tensor total;
+  if (disabled_) return total;
+  int64_t count = 0;
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_) {
+      auto r = kv.second->extra_loss(a, &count);
+      if (r.defined()) total = total.defined() ? total + r : r;
+    }
+  return total.defined() && count > 0 ? total / static_cast<double>(count) : total;
+}
+
+void PeftModel::before_step(int64_t step) {
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_) kv.second->before_step(a, step);
+  for (auto& a : active_) adapter(a).tuner->on_step(*this, a, step, true);
+}
+void PeftModel::after_step(int64_t step) {
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_) kv.second->after_step(a, step);
+  for (auto& a : active_) adapter(a).tuner->on_step(*this, a, step, false);
+}
+
+void PeftModel::merge() {
+  for (auto& a : active_) {
+    auto& e = adapter(a);
+    PEFT_CHECK(!e.input || !e.input->changes_input(), e.tuner->peft_type(), " adapter '", a, "' changes the model input and cannot be merged");
+  }
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_) {
+      auto* t = kv.second;
+      if (!t->has_adapter(a) || t->merged.count(a)) continue;
+      PEFT_CHECK(t->can_merge(), t->method(), " adapter '", a, "' at ", kv.first, " cannot be merged");
+      t->merge(a);
+      t->merged.insert(a);
+    }
+}
+
+void PeftModel::unmerge() {
+  for (auto& kv : tuner_layers()) {
+    auto* t = kv.second;
+    std::vector<std::string> m(t->merged.begin(), t->merged.end());
+    for (auto it = m.rbegin(); it != m.rend(); ++it) {
+      t->unmerge(*it);
+      t->merged.erase(*it);
+    }
+  }
+}
+
+ModelPtr PeftModel::merge_and_unload() {
+  merge();
+  for (auto& ref : find_slots(*model)) {
+    if (internal_path(ref.path)) continue;
+    LayerPtr l = ref.get();
+    if (!dynamic_cast<TunerLayer*>(l.get())) continue;
+    while (auto* t = dynamic_cast<TunerLayer*>(l.get())) {
+      auto* mts = dynamic_cast<ModulesToSave*>(t);
+      LayerPtr next = t->base_layer;
+      if (mts)
+        for (auto& a : active_)
+          if (mts->copies.count(a)) next = mts->copies[a];
+      l = next;
+    }
+    ref.parent->replace_slot(ref.name, l);
+  }
+  adapters_.clear();
+  active_.clear();
+  order_.clear();
+  return model;
+}
+
+// ---- peft's file format -----------------------------------------------------------------------
+
+TensorMap PeftModel::adapter_state_dict(const std::string& name) const {
+  auto& e = adapter(name);
+  // Prompt-learning models wrap the base directly (no LoraModel level): keys lack ".model".
+  std::string prefix = e.tuner->targets_modules() ? "base_model.model." : "base_model.";
+  TensorMap out;
+  for (auto& kv : tuner_layers()) {
+    if (!kv.second->has_adapter(name)) continue;
+    for (auto& t : kv.second->adapter_tensors(name)) out[prefix + kv.first + "." + t.first] = t.second.detach();
+  }
+  if (e.input)
+    for (auto& kv : e.input->saved_tensors()) out[kv.first] = kv.second.detach();
+  return out;
+}
+
+void PeftModel::load_adapter_state_dict(const std::string& name, const TensorMap& tensors, const std::string& source) {
+  auto& e = adapter(name);
+  std::string prefix = e.tuner->targets_modules() ? "base_model.model." : "base_model.";
+  TensorMap expected;
+  for (auto& kv : tuner_layers()) {
+    if (!kv.second->has_adapter(name)) continue;
+    for (auto& t : kv.second->adapter_tensors(name)) expected[prefix + kv.first + "." + t.first] = t.second;
+  }
+  torch::NoGradGuard ng;
+  for (auto& kv : tensors) {
+    if (e.input && e.input->saved_tensors().count(kv.first)) continue;
+    auto it = expected.find(kv.first);
+    PEFT_CHECK(it != expected.end(), source, ": tensor '", kv.first,
+               "' has no counterpart in the model with this adapter config (wrong base model or config?)");
+    PEFT_CHECK(it->second.sizes() == kv.second.sizes(), source, ": tensor '", kv.first, "' has shape ",
+               kv.second.sizes(), " but the model expects ", it->second.sizes());
+    it->second.copy_(kv.second);
+  }
+  for (auto& kv : expected)
+    PEFT_CHECK(tensors.count(kv.first), source, ": tensor '", kv.first, "' is missing");
+  if (e.input) e.input->load_saved(tensors, source);
+}
+
+nlohmann::json read_adapter_config(const std::string& dir) {
+  std::string path = join_path(dir, "adapter_config.json");
+  return with_context(path, [&] {
+    auto j = read_json(path);
+    PEFT_CHECK(j.is_object(), "must be a JSON object");
+    PEFT_CHECK(j.contains("peft_type") && j["peft_type"].is_string(), "field 'peft_type' is missing");
+    auto tuner = find_tuner(j["peft_type"].get<std::string>());
+    std::string ext_path = join_path(dir, "peft_cpp_config.json");
+    if (file_exists(ext_path)) {
+      auto ext = read_json(ext_path);
+      PEFT_CHECK(ext.is_object(), ext_path, ": must be a JSON object");
+      for (auto& k : tuner->extension_keys())
+        if (ext.contains(k)) j[k] = ext[k];
+    }
+    return j;
+  });
+}
+
+void PeftModel::load_adapter(const std::string& dir, const std::string& name, bool trainable) {
+  auto cfg = read_adapter_config(dir);
+  std::string weights = join_path(dir, "adapter_model.safetensors");
+  PEFT_CHECK(file_exists(weights), weights, ": file not found (adapter_model.bin is not supported; "
+             "save with safe_serialization=True)");
+  auto tensors = load_safetensors(weights);
+  loading_ = true;
+  try {
+    with_context(join_path(dir, "adapter_config.json"), [&] { add_adapter(name, cfg); });
+  } catch (...) {
+    loading_ = false;
+    throw;
+  }
+  loading_ = false;
+  load_adapter_state_dict(name, tensors, weights);
+  if (!trainable)
+    for (auto& kv : tuner_layers())
+      for (auto& t : kv.second->trainable_tensors(name)) t.set_requires_grad(false);
+}
+
+void PeftModel::save_adapter(const std::string& dir, const std::string& name_) const {
+  std::string name = name_.empty() ? first_adapter() : name_;
+  auto& e = adapter(name);
+  std::filesystem::create_directories(dir);
+  nlohmann::json cfg = e.tuner->saved_config(e.config), ext = nlohmann::json::object();
+  for (auto& k : e.tuner->extension_keys())
+    if (cfg.contains(k)) {
+      ext[k] = cfg[k];
+      cfg.erase(k);
+    }
+  if (cfg.contains("base_model_name_or_path")) cfg["base_model_name_or_path"] = model->name_or_path;
+  if (cfg.contains("inference_mode")) cfg["inference_mode"] = true;
+  save_safetensors(join_path(dir, "adapter_model.safetensors"), adapter_state_dict(name), {{"format", "pt"}});
+  write_json(join_path(dir, "adapter_config.json"), cfg);
+  if (!ext.empty()) write_json(join_path(dir, "peft_cpp_config.json"), ext);
+}
+
+}  // namespace peft

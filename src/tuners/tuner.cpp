@@ -1,0 +1,268 @@
+// Tuner registry, method presets, peft's targeting rules and the TunerLayer base.
+#include "peft/tuner.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <regex>
+
+#include "peft/error.h"
+
+namespace peft {
+
+namespace {
+std::map<std::string, TunerPtr>& tuner_registry() {
+  static std::map<std::string, TunerPtr> r;
+  return r;
+}
+std::map<std::string, nlohmann::json>& method_registry() {
+  static std::map<std::string, nlohmann::json> r;
+  return r;
+}
+std::string upper(std::string s) {
+  for (auto& ch : s) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  return s;
+}
+std::string lower(std::string s) {
+  for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+}  // namespace
+
+bool register_tuner(TunerPtr t) {
+  auto key = upper(t->peft_type());
+  TORCH_INTERNAL_ASSERT(!tuner_registry().count(key), "tuner registered twice: ", key);
+  tuner_registry()[key] = std::move(t);
+  return true;
+}
+
+TunerPtr find_tuner(const std::string& peft_type) {
+  auto it = tuner_registry().find(upper(peft_type));
+  if (it != tuner_registry().end()) return it->second;
+  std::string known;
+  for (auto& kv : tuner_registry()) known += " " + kv.first;
+  fail("unknown peft_type '", peft_type, "' (known:", known, ")");
+}
+
+std::vector<std::string> registered_tuners() {
+  std::vector<std::string> out;
+  for (auto& kv : tuner_registry()) out.push_back(kv.first);
+  return out;
+}
+
+bool register_method(const std::string& name, nlohmann::json base) {
+  TORCH_INTERNAL_ASSERT(!method_registry().count(name), "method registered twice: ", name);
+  TORCH_INTERNAL_ASSERT(base.contains("peft_type"), "method preset without peft_type: ", name);
+  method_registry()[name] = std::move(base);
+  return true;
+}
+
+std::vector<std::string> method_names() {
+  std::vector<std::string> out;
+  for (auto& kv : method_registry()) out.push_back(kv.first);
+  return out;
+}
+
+nlohmann::json method_config(const std::string& method, const nlohmann::json& overrides) {
+  std::string m = lower(method);
+  std::replace(m.begin(), m.end(), '_', '-');
+  auto it = method_registry().find(m);
+  if (it == method_registry().end()) {
+    // A peft_type works too ("LORA", "IA3").
+    if (tuner_registry().count(upper(method))) {
+      nlohmann::json c = {{"peft_type", upper(method)}};
+      if (overrides.is_object()) c.update(overrides);
+      return c;
+    }
+    std::string known;
+    for (auto& kv : method_registry()) known += " " + kv.first;
+    fail("unknown method '", method, "' (known:", known, ")");
+  }
+  nlohmann::json c = it->second;
+  PEFT_CHECK(overrides.is_object() || overrides.is_null(), "method options must be a JSON object");
+  if (overrides.is_object()) c.update(overrides);
+  return c;
+}
+
+torch::Tensor kaiming_uniform(std::vector<int64_t> shape, int64_t fan_in) {
+  // kaiming_uniform_(a=sqrt(5)): gain sqrt(2/(1+5)), bound = gain*sqrt(3/fan_in) = 1/sqrt(fan_in).
+  double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  return torch::empty(shape).uniform_(-bound, bound);
+}
+
+// ---- targeting ------------------------------------------------------------------------------
+
+static std::vector<std::string> string_list(const nlohmann::json& j, const char* field) {
+  std::vector<std::string> out;
+  PEFT_CHECK(j.is_array(), "adapter config: field '", field, "' must be a list of names or a regex string");
+  for (auto& v : j) {
+    PEFT_CHECK(v.is_string(), "adapter config: field '", field, "' must hold strings, got ", v.dump());
+    out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
+TargetSelector TargetSelector::from_config(const nlohmann::json& cfg, const PretrainedModel& model,
+                                           const std::vector<std::string>& default_roles) {
+  TargetSelector s;
+  auto roles = model.roles();
+  auto resolve = [&](const std::string& name) {
+    auto it = roles.find(name);
+    return it == roles.end() ? name : it->second;
+  };
+  auto tm = cfg.value("target_modules", nlohmann::json());
+  if (tm.is_null()) {
+    PEFT_CHECK(!default_roles.empty(), "adapter config: field 'target_modules' is required for peft_type ",
+               cfg.value("peft_type", std::string("?")));
+    tm = nlohmann::json::array();
+    for (auto& r : default_roles) {
+      auto it = roles.find(r);
+      PEFT_CHECK(it != roles.end(), "adapter config: target_modules not given and model type '", model.model_type(),
+                 "' has no module for the default role '", r, "'");
+      tm.push_back(it->second);
+    }
+  } else if (tm.is_array()) {
+    nlohmann::json r = nlohmann::json::array();
+    for (auto& n : string_list(tm, "target_modules")) r.push_back(resolve(n));
+    tm = r;
+  } else {
+    PEFT_CHECK(tm.is_string(), "adapter config: field 'target_modules' must be a list or a string");
+  }
+  s.target_modules = tm;
+  auto ex = cfg.value("exclude_modules", nlohmann::json());
+  if (ex.is_array()) {
+    nlohmann::json r = nlohmann::json::array();
+    for (auto& n : string_list(ex, "exclude_modules")) r.push_back(resolve(n));
+    ex = r;
+  }
+  s.exclude_modules = ex;
+  auto lt = cfg.value("layers_to_transform", nlohmann::json());
+  if (lt.is_number_integer()) s.layers_to_transform.push_back(lt.get<int64_t>());
+  else if (lt.is_array())
+    for (auto& v : lt) {
+      PEFT_CHECK(v.is_number_integer(), "adapter config: field 'layers_to_transform' must hold integers");
+      s.layers_to_transform.push_back(v.get<int64_t>());
+    }
+  else PEFT_CHECK(lt.is_null(), "adapter config: field 'layers_to_transform' must be an int or a list of ints");
+  auto lp = cfg.value("layers_pattern", nlohmann::json());
+  if (lp.is_string()) s.layers_pattern.push_back(lp.get<std::string>());
+  else if (lp.is_array()) s.layers_pattern = string_list(lp, "layers_pattern");
+  if (s.layers_pattern.empty()) s.layers_pattern.push_back(model.layers_pattern());
+  return s;
+}
+
+static bool name_matches(const nlohmann::json& spec, const std::string& path, const Module* mod) {
+  if (spec.is_null()) return false;
+  if (spec.is_string()) {
+    auto s = spec.get<std::string>();
+    if (s == "all-linear") return dynamic_cast<const Linear*>(mod) != nullptr;
+    return std::regex_match(path, std::regex(s));  // re.fullmatch
+  }
+  for (auto& v : spec) {
+    auto t = v.get<std::string>();
+    if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
+                      path[path.size() - t.size() - 1] == '.'))
+      return true;
+  }
+  return false;
+}
+
+bool TargetSelector::matches(const std::string& path, const Module* mod) const {
+  if (!name_matches(target_modules, path, mod)) return false;
+  if (name_matches(exclude_modules, path, mod)) return false;
+  if (!layers_to_transform.empty()) {
+    int64_t idx = -1;
+    for (auto& p : layers_pattern) {
+      std::smatch m;
+      std::regex re(".*\\." + p + "\\.(\\d+)\\..*");
+      std::string full = "." + path + ".";
+      if (std::regex_match(full, m, re)) {
+        idx = std::stoll(m[1].str());
+        break;
+      }
+    }
+    if (idx < 0) return false;
+    if (std::find(layers_to_transform.begin(), layers_to_transform.end(), idx) == layers_to_transform.end()) return false;
+  }
+  return true;
+}
+
+// ---- TunerLayer -----------------------------------------------------------------------------
+
+TunerLayer::TunerLayer(LayerPtr base) { register_slot("base_layer", base_layer, std::move(base)); }
+
+Linear& TunerLayer::base_linear() const {
+  Layer* l = base_layer.get();
+  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  auto* lin = dynamic_cast<Linear*>(l);
+  PEFT_CHECK(lin, "this method wraps Linear layers only; the targeted module is a ", l->name());
+  return *lin;
+}
+
+torch::Tensor TunerLayer::add_param(const std::string& adapter, const std::string& key, torch::Tensor value,
+                                    bool trainable) {
+  auto dot = key.find('.');
+  std::string head = key.substr(0, dot);
+  auto& cont = containers_[head];
+  if (!cont) cont = register_module(head, std::make_shared<torch::nn::Module>());
+  torch::Tensor t;
+  if (dot == std::string::npos) {
+    t = cont->register_parameter(adapter, value, trainable);
+  } else {
+    auto& sub = containers_[head + "/" + adapter];
+    if (!sub) sub = cont->register_module(adapter, std::make_shared<torch::nn::Module>());
+    t = sub->register_parameter(key.substr(dot + 1), value, trainable);
+  }
+  params_[{adapter, key}] = {t, trainable};
+  adapters_.insert(adapter);
+  return t;
+}
+
+torch::Tensor& TunerLayer::param(const std::string& adapter, const std::string& key) {
+  auto it = params_.find({adapter, key});
+  TORCH_INTERNAL_ASSERT(it != params_.end(), "no parameter ", key, " for adapter ", adapter);
+  return it->second.tensor;
+}
+
+bool TunerLayer::has_param(const std::string& adapter, const std::string& key) const {
+  return params_.count({adapter, key}) > 0;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> TunerLayer::adapter_tensors(const std::string& adapter) const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (auto& kv : params_)
+    if (kv.first.first == adapter) out.emplace_back(kv.first.second, kv.second.tensor);
+  return out;
+}
+
+std::vector<torch::Tensor> TunerLayer::trainable_tensors(const std::string& adapter) const {
+  std::vector<torch::Tensor> out;
+  for (auto& kv : params_)
+    if (kv.first.first == adapter && kv.second.trainable) out.push_back(kv.second.tensor);
+  return out;
+}
+
+std::vector<std::string> TunerLayer::live_adapters() const {
+  std::vector<std::string> out;
+  if (disabled) return out;
+  for (auto& a : active)
+    if (adapters_.count(a) && !merged.count(a)) out.push_back(a);
+  return out;
+}
+
+void TunerLayer::merge(const std::string& a) {
+  fail(method(), " adapters cannot be merged into the base weights (adapter '", a, "')");
+}
+void TunerLayer::unmerge(const std::string& a) {
+  fail(method(), " adapters cannot be merged into the base weights (adapter '", a, "')");
+}
+
+std::string TrainableReport::to_string() const {
+  std::string s = str_cat("trainable params: ", trainable, " || all params: ", total,
+                          " || trainable%: ", percent());
+  for (auto& kv : by_method) s += str_cat("\n  ", kv.first, ": ", kv.second);
+  return s;
+}
+
+}  // namespace peft

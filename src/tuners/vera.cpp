@@ -1,0 +1,141 @@
+// VeRA (Kopiczko et al. 2024, "Vector-based Random Matrix Adaptation", eq. 1):
+// h = W0 x + Λ_b B Λ_d A x with A [r, in] and B [out, r] frozen random matrices shared by all
+// layers (Kaiming-uniform from a seeded generator, saved with the adapter), and trainable
+// vectors d [r] (init d_initial = 0.1) and b [out] (init 0, so the model starts as the base).
+// Layers smaller than the shared matrices use their top-left slices, as peft does.
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+/// The shared frozen projections (buffers: saved, never trained).
+class VeraShared : public InputAdapter {
+ public:
+  VeraShared(int64_t r, int64_t max_in, int64_t max_out, uint64_t seed) {
+    auto gen = at::detail::createCPUGenerator(seed);
+    auto mk = [&](int64_t rows, int64_t cols) {
+      double bound = 1.0 / std::sqrt(static_cast<double>(cols));
+      return torch::empty({rows, cols}).uniform_(-bound, bound, gen);
+    };
+    A = register_buffer("vera_A", mk(r, max_in));
+    B = register_buffer("vera_B", mk(max_out, r));
+  }
+  void apply(PretrainedModel&, ModelInput&, KVCache&) override {}
+  TensorMap saved_tensors() const override { return {{"base_model.vera_A", A}, {"base_model.vera_B", B}}; }
+  void load_saved(const TensorMap& t, const std::string& source) override {
+    torch::NoGradGuard ng;
+    for (auto& kv : saved_tensors()) {
+      auto it = t.find(kv.first);
+      PEFT_CHECK(it != t.end(), source, ": tensor '", kv.first, "' is missing (VeRA saves its projections)");
+      PEFT_CHECK(it->second.sizes() == kv.second.sizes(), source, ": tensor '", kv.first, "' has shape ",
+                 it->second.sizes(), ", expected ", kv.second.sizes());
+      kv.second.copy_(it->second);
+    }
+  }
+  std::string method() const override { return "vera"; }
+  bool changes_input() const override { return false; }
+  torch::Tensor A, B;
+};
+
+class VeraLinear : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::map<std::string, std::shared_ptr<VeraShared>> shared;
+  std::map<std::string, double> dropout;
+  std::string method() const override { return "vera"; }
+
+  void add(const std::string& a, std::shared_ptr<VeraShared> s, double d_init, double drop) {
+    auto& l = base_linear();
+    auto dt = l.weight.scalar_type();
+    shared[a] = s;
+    dropout[a] = drop;
+    add_param(a, "vera_lambda_b", torch::zeros({l.out_features}, dt));
+    add_param(a, "vera_lambda_d", torch::full({s->A.size(0)}, d_init, dt));
+  }
+  std::pair<torch::Tensor, torch::Tensor> slices(const std::string& a) {
+    auto& l = base_linear();
+    auto& s = *shared.at(a);
+    return {s.A.slice(1, 0, l.in_features), s.B.slice(0, 0, l.out_features)};
+  }
+  torch::Tensor delta_weight(const std::string& a) {
+    auto [A, B] = slices(a);
+    return (param(a, "vera_lambda_b").unsqueeze(1) * B) .matmul(param(a, "vera_lambda_d").unsqueeze(1) * A) * scale_of(a);
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = base_forward(x);
+    for (auto& a : live_adapters()) {
+      auto [A, B] = slices(a);
+      auto xd = dropout[a] > 0 ? torch::dropout(x, dropout[a], is_training()) : x;
+      auto h = torch::nn::functional::linear(xd, A.to(x.scalar_type())) * param(a, "vera_lambda_d");
+      y = y + torch::nn::functional::linear(h, B.to(x.scalar_type())) * param(a, "vera_lambda_b") * scale_of(a);
+    }
+    return y;
+  }
+  bool can_merge() const override { return true; }
+  void merge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    W.add_(delta_weight(a).to(W.scalar_type()));
+  }
+  void unmerge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    W.sub_(delta_weight(a).to(W.scalar_type()));
+  }
+};
+
+class VeraTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "VERA"; }
+  nlohmann::json defaults() const override {
+    return {{"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr}, {"bias", "none"}, {"d_initial", 0.1},
+            {"fan_in_fan_out", false}, {"inference_mode", false}, {"init_weights", true}, {"layers_pattern", nullptr},
+            {"layers_to_transform", nullptr}, {"modules_to_save", nullptr}, {"peft_type", "VERA"},
+            {"projection_prng_key", 0}, {"r", 256}, {"revision", nullptr}, {"save_projection", true},
+            {"target_modules", nullptr}, {"task_type", nullptr}, {"vera_dropout", 0.0}};
+  }
+  std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
+  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  void validate(const nlohmann::json& c) const override {
+    PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
+    PEFT_CHECK(c["save_projection"].get<bool>(), "adapter config: VeRA needs save_projection = true (projections are saved)");
+  }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
+    // Size the shared matrices for the largest targeted layer.
+    auto sel = TargetSelector::from_config(c, *pm.model, default_roles());
+    int64_t max_in = 0, max_out = 0;
+    for (auto& ref : find_slots(*pm.model)) {
+      auto mod = ref.get();
+      if (!sel.matches(ref.path, mod.get())) continue;
+      Layer* l = mod.get();
+      while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+      if (auto* lin = dynamic_cast<Linear*>(l)) {
+        max_in = std::max(max_in, lin->in_features);
+        max_out = std::max(max_out, lin->out_features);
+      }
+    }
+    PEFT_CHECK(max_in > 0, "VeRA: target_modules matched no Linear layer");
+    pm.set_input_adapter(name, std::make_shared<VeraShared>(c["r"].get<int64_t>(), max_in, max_out,
+                                                            c["projection_prng_key"].get<uint64_t>()));
+  }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<VeraLinear>(cur);
+    if (!layer) layer = std::make_shared<VeraLinear>(cur);
+    auto shared = std::dynamic_pointer_cast<VeraShared>(pm.adapter(name).input);
+    layer->add(name, shared, c["d_initial"].get<double>(), c["vera_dropout"].get<double>());
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+PEFT_REGISTER_TUNER(VeraTuner);
+PEFT_REGISTER_METHOD("vera", {{"peft_type", "VERA"}, {"r", 32}});
+
+}  // namespace
+}  // namespace peft
