@@ -88,7 +88,7 @@ class BertEmbeddings : public Module {
     const int64_t B = x.size(0), T = x.size(1);
     auto dev = x.device();
     torch::Tensor pos = in.position_ids.defined() ? in.position_ids.to(dev) : default_positions(in, B, T, past, dev);
-    PEFT_CHECK(pos.max().item<int64_t>() < c.max_pos, "position ids reach ", pos.max().item<int64_t>(),
+    PEFT_CHECK(pos.numel() == 0 || pos.max().item<int64_t>() < c.max_pos, "position ids reach ", pos.max().item<int64_t>(),
                " but max_position_embeddings is ", c.max_pos, " (sequence too long)");
     torch::Tensor tt = in.token_type_ids.defined()
                            ? in.token_type_ids.to(dev)
