@@ -55,8 +55,9 @@ struct ModelInput {
 struct ModelOutput {
   torch::Tensor logits;  // [B, T, V] or [B, num_labels]
   torch::Tensor loss;    // scalar when labels were given
-  std::vector<torch::Tensor> hidden_states;  // transformers' convention (see fixtures README)
+  std::vector<torch::Tensor> hidden_states;  // transformers' convention (see fixtures README); decoder's for enc-dec
   torch::Tensor encoder_last_hidden_state;  // encoder-decoders
+  std::vector<torch::Tensor> encoder_hidden_states;  // encoder-decoders (output_hidden_states)
 };
 
 /// Shape facts tuners need without knowing the family (prefix sizes, prompt dims, layer names).
