@@ -424,3 +424,35 @@ TEST(DataErrors, UnknownFormatsAndColumns) {
   EXPECT_THROW(peft::bad_row_policy_from_name("ignore"), peft::Error);
   expect_error("/nonexistent/data.jsonl", {"/nonexistent/data.jsonl"});
 }
+
+TEST(Data, BundledAssetsLoad) {
+  peft::DataConfig c;
+  c.train_file = peft::test::source_path("assets/e2e/train.jsonl");
+  c.eval_file = peft::test::source_path("assets/e2e/validation.jsonl");
+  c.tokenize.max_length = 128;
+  auto e2e = peft::load_data(c, stories_tok());
+  EXPECT_EQ(e2e.train.kind, DataKind::PromptCompletion);
+  EXPECT_EQ(e2e.train.size(), 1966u);
+  EXPECT_EQ(e2e.eval.size(), 220u);
+  EXPECT_EQ(e2e.train.stats.skipped, 0);
+  auto test_rows = peft::read_records(peft::test::source_path("assets/e2e/test.jsonl"), {});
+  ASSERT_EQ(test_rows.size(), 100u);
+  for (auto& r : test_rows) EXPECT_GE(r.fields["references"].size(), 1u) << r.where();
+
+  peft::DataConfig s;
+  s.train_file = peft::test::source_path("assets/tinystories/valid_sample.txt");
+  s.format.txt_whole_file = true;
+  s.tokenize.max_length = 256;
+  s.eval_fraction = 0.1;
+  auto stories = peft::load_data(s, stories_tok());
+  EXPECT_GT(stories.train.size(), 20u);
+  EXPECT_GT(stories.eval.size(), 0u);
+
+  peft::DataConfig a;
+  a.train_file = peft::test::source_path("assets/alpaca/alpaca_gpt4_sample.jsonl");
+  a.tokenize.max_length = 4096;
+  a.format.bad_rows = peft::BadRowPolicy::Skip;
+  auto alpaca = peft::load_data(a, stories_tok());
+  EXPECT_EQ(alpaca.train.kind, DataKind::Alpaca);
+  EXPECT_GT(alpaca.train.size(), 150u);
+}
