@@ -58,7 +58,9 @@ struct DataFormat {
   /// CSV/TSV: RFC 4180 double-quote handling. Off = every character literal (GLUE TSVs).
   bool csv_quoting = true;
   /// .txt: false = one example per non-empty line; true = the whole file is one token stream
-  /// cut into max_length blocks (paragraphs, split at blank lines, are tokenized one by one).
+  /// cut into max_length blocks: paragraphs (split at blank lines) are tokenized one by one with
+  /// the tokenizer's specials (BOS), concatenated, EOS appended. With kind Text, a text field of
+  /// any file type is then chunked the same way instead of truncated.
   bool txt_whole_file = false;
   /// Classification with a real-valued label (e.g. STS-B): Batch::labels is float [B].
   bool regression = false;
