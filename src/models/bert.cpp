@@ -126,7 +126,7 @@ class BertSelfAttention : public Module {
     }
     auto scores = torch::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(c.head_dim));
     scores = scores + bias;
-    auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
+    auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(q.scalar_type());
     return torch::matmul(probs, v).transpose(1, 2).reshape({B, T, c.hidden});
   }
 };

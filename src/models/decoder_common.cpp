@@ -1,4 +1,5 @@
 #include "models/decoder_common.h"
+#include "peft/model.h"
 
 #include <torch/torch.h>
 

@@ -143,7 +143,7 @@ class T5Attention : public Module {
       }
     }
     auto scores = torch::matmul(qh, kh.transpose(2, 3)) + bias;  // T5 does not scale by 1/sqrt(d)
-    auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(scores.scalar_type());
+    auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(scores.scalar_type());
     return o->forward(torch::matmul(probs, vh).transpose(1, 2).reshape({B, T, c.n_heads * c.d_kv}));
   }
 };

@@ -1,0 +1,94 @@
+// The training loop every tuner trains through: AdamW over the trainable parameters only,
+// warmup + linear/cosine/constant schedules, gradient accumulation and clipping, periodic
+// evaluation with early stopping, atomic checkpoints (keep the last K and the best) and an
+// exact resume (adapter, optimizer state, schedule, RNG state, data position).
+//
+//   peft::TrainingArguments args = peft::TrainingArguments::from_json(recipe);
+//   peft::Trainer trainer(peft_model, args, data.train, &data.eval);
+//   peft::TrainResult r = trainer.train(/*resume=*/false);
+#pragma once
+#include <torch/optim/optimizer.h>
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "peft/data.h"
+#include "peft/tuner.h"
+
+namespace peft {
+
+/// Keys and defaults as in Hugging Face's TrainingArguments.
+struct TrainingArguments {
+  std::string output_dir;
+  double learning_rate = 2e-4;
+  int64_t max_steps = -1;  // > 0 overrides num_train_epochs
+  double num_train_epochs = 1;
+  int64_t per_device_train_batch_size = 8, per_device_eval_batch_size = 8;
+  int64_t gradient_accumulation_steps = 1;
+  int64_t warmup_steps = 0;
+  double warmup_ratio = 0;
+  std::string lr_scheduler_type = "linear";  // linear | cosine | constant | constant_with_warmup
+  double weight_decay = 0, adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  int64_t seed = 42;
+  int64_t eval_steps = 0, save_steps = 0, logging_steps = 10;  // 0: eval/save at the end only
+  int64_t save_total_limit = 2;  // checkpoints kept besides the best; <= 0: all
+  std::string metric_for_best_model = "eval_loss";
+  bool greater_is_better = false;
+  int64_t early_stopping_patience = 0;  // evaluations without improvement; 0: off
+  bool progress = true;
+
+  /// Reads the keys it knows from `j` and removes them; errors name the key and the type.
+  static TrainingArguments from_json(nlohmann::json& j);
+  nlohmann::json to_json() const;
+  /// The names of every key (for `peft train --help` and unknown-key errors).
+  static std::vector<std::string> keys();
+};
+
+/// LR multiplier after `step` optimizer steps (transformers' get_*_schedule_with_warmup).
+double lr_lambda(const std::string& type, int64_t step, int64_t warmup, int64_t total);
+
+struct TrainResult {
+  int64_t steps = 0;
+  double train_loss = 0;  // mean over the last logging window
+  nlohmann::json final_eval;  // last evaluation
+  std::string best_checkpoint;
+  bool stopped_early = false;
+};
+
+class Trainer {
+ public:
+  Trainer(PeftModelPtr model, TrainingArguments args, const Dataset& train, const Dataset* eval,
+          nlohmann::json run_config = nlohmann::json::object());
+  /// Trains to max_steps. resume: continue from the newest checkpoint in output_dir (error if
+  /// none). Writes output_dir/{adapter files, metrics.jsonl, report.svg, report.html,
+  /// run_config.json} and output_dir/checkpoint-N/. A NaN/Inf loss stops with a peft::Error
+  /// and leaves the checkpoints as they were.
+  TrainResult train(bool resume = false);
+  /// Loss / perplexity (causal LM), accuracy / F1 / MCC (classification), Pearson / Spearman
+  /// (regression) on the eval set, as "eval_*" keys.
+  nlohmann::json evaluate();
+  int64_t total_steps() const { return total_steps_; }
+
+ private:
+  void save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state);
+  int64_t restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state);
+  void prune_checkpoints(const std::string& best);
+
+  PeftModelPtr pm_;
+  TrainingArguments args_;
+  const Dataset& train_;
+  const Dataset* eval_;
+  nlohmann::json run_config_;
+  int64_t total_steps_ = 0;
+  std::unique_ptr<torch::optim::Optimizer> opt_;
+};
+
+/// Mean token loss of a causal LM / mean loss of a classifier over a dataset, plus task metrics.
+nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput&)>& forward, const Dataset& ds,
+                                int64_t batch_size);
+
+}  // namespace peft
