@@ -26,6 +26,15 @@ TensorMap load_safetensors(const std::string& path, Metadata* metadata = nullptr
 /// Writes tensors (made contiguous, on CPU) atomically: `path`.tmp, fsync, then rename.
 void save_safetensors(const std::string& path, const TensorMap& tensors, const Metadata& metadata = {});
 
+/// Writes `tensors` into `dir` as Hugging Face sharded weights: model-00001-of-0000M.safetensors
+/// ... (tensors in name order, a new shard whenever the next tensor would push the current one
+/// past `max_shard_bytes`; a larger tensor gets a shard of its own) and
+/// model.safetensors.index.json ({"metadata": {"total_size"}, "weight_map"}). A single shard is
+/// written as model.safetensors, as transformers does. Every file is written atomically; stale
+/// model*.safetensors files of an earlier save in `dir` are removed afterwards.
+void save_checkpoint_sharded(const std::string& dir, const TensorMap& tensors, uint64_t max_shard_bytes,
+                             const Metadata& metadata = {{"format", "pt"}});
+
 /// Loads the weights of a Hugging Face folder: model.safetensors, or the shards listed by
 /// model.safetensors.index.json ("weight_map").
 TensorMap load_checkpoint_dir(const std::string& dir);

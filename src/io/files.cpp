@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "io/json_parse.h"
 #include "peft/error.h"
 #include "peft/io.h"
 
@@ -61,13 +62,21 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
+nlohmann::json parse_json_limited(const char* begin, const char* end, const std::string& what) {
+  auto depth_guard = [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    PEFT_CHECK(depth <= kMaxJsonDepth, what, ": JSON nested deeper than ", kMaxJsonDepth, " levels");
+    return true;
+  };
+  try {
+    return nlohmann::json::parse(begin, end, depth_guard);
+  } catch (const nlohmann::json::exception& e) {
+    fail(what, ": invalid JSON: ", e.what());
+  }
+}
+
 nlohmann::json read_json(const std::string& path) {
   std::string text = read_file(path);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(path, ": invalid JSON: ", e.what());
-  }
+  return parse_json_limited(text.data(), text.data() + text.size(), path);
 }
 
 void write_json(const std::string& path, const nlohmann::json& j) { write_file_atomic(path, j.dump(2) + "\n"); }

@@ -9,8 +9,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <set>
 
+#include "io/json_parse.h"
 #include "peft/error.h"
 #include "peft/io.h"
 
@@ -84,12 +88,8 @@ TensorMap load_safetensors(const std::string& path, Metadata* metadata) {
   PEFT_CHECK(n <= kMaxHeader, path, ": header length ", n, " exceeds the 100 MB limit (corrupt file?)");
   PEFT_CHECK(n <= file_size - 8, path, ": header length ", n, " runs past the end of the file (",
              file_size, " bytes): truncated?");
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(base + 8, base + 8 + n);
-  } catch (const std::exception& e) {
-    fail(path, ": header is not valid JSON: ", e.what());
-  }
+  const char* hb = reinterpret_cast<const char*>(base + 8);
+  nlohmann::json header = parse_json_limited(hb, hb + n, path + ": header");
   PEFT_CHECK(header.is_object(), path, ": header must be a JSON object");
   const uint64_t data_size = file_size - 8 - n;
   const uint8_t* data = base + 8 + n;
@@ -199,6 +199,56 @@ void save_safetensors(const std::string& path, const TensorMap& tensors, const M
   bytes += h;
   for (auto& t : data) bytes.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
   write_file_atomic(path, bytes);
+}
+
+void save_checkpoint_sharded(const std::string& dir, const TensorMap& tensors, uint64_t max_shard_bytes,
+                             const Metadata& metadata) {
+  namespace fs = std::filesystem;
+  PEFT_CHECK(max_shard_bytes > 0, dir, ": max_shard_bytes must be > 0");
+  fs::create_directories(dir);
+  // Greedy in name order, as transformers' shard_checkpoint: start a new shard when the next
+  // tensor would overflow the current one (an oversized tensor sits alone in its shard).
+  std::vector<TensorMap> shards(1);
+  uint64_t cur = 0, total = 0;
+  for (auto& [name, t] : tensors) {
+    PEFT_CHECK(t.defined(), dir, ": tensor '", name, "' is undefined");
+    uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
+    if (!shards.back().empty() && cur + nbytes > max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back()[name] = t;
+    cur += nbytes;
+    total += nbytes;
+  }
+  const std::string single = join_path(dir, "model.safetensors");
+  const std::string index = join_path(dir, "model.safetensors.index.json");
+  std::set<std::string> written;
+  if (shards.size() == 1) {
+    save_safetensors(single, shards[0], metadata);
+    written.insert("model.safetensors");
+  } else {
+    nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+    const size_t m = shards.size();
+    for (size_t i = 0; i < m; ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, m);
+      save_safetensors(join_path(dir, name), shards[i], metadata);
+      written.insert(name);
+      for (auto& kv : shards[i]) weight_map[kv.first] = name;
+    }
+    nlohmann::ordered_json idx = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_file_atomic(index, idx.dump(2) + "\n");
+    written.insert("model.safetensors.index.json");
+  }
+  // Remove what an earlier save left (a stale model.safetensors would shadow the index).
+  for (auto& e : fs::directory_iterator(dir)) {
+    std::string n = e.path().filename().string();
+    bool ours = n == "model.safetensors" || n == "model.safetensors.index.json" ||
+                (n.rfind("model-", 0) == 0 && n.find("-of-") != std::string::npos && n.size() > 12 &&
+                 n.compare(n.size() - 12, 12, ".safetensors") == 0);
+    if (ours && !written.count(n)) fs::remove(e.path());
+  }
 }
 
 TensorMap load_checkpoint_dir(const std::string& dir) {

@@ -31,7 +31,12 @@ struct LlamaConfig {
                "config.json: sizes must be positive");
     PEFT_CHECK(n_heads % n_kv == 0, "config.json: num_attention_heads (", n_heads,
                ") must be a multiple of num_key_value_heads (", n_kv, ")");
+    PEFT_CHECK(hidden <= (1 << 17) && intermediate <= (1 << 20) && n_layers <= (1 << 12) && vocab <= (1 << 24) &&
+                   n_heads <= (1 << 14),
+               "config.json: implausible sizes (hidden_size ", hidden, ", intermediate_size ", intermediate,
+               ", num_hidden_layers ", n_layers, ", vocab_size ", vocab, "): corrupt config?");
     head_dim = cfg_int(c, "head_dim", hidden / n_heads);
+    PEFT_CHECK(head_dim > 0 && head_dim <= (1 << 14), "config.json: head_dim must be in [1, 16384], got ", head_dim);
     PEFT_CHECK(head_dim % 2 == 0, "config.json: head_dim must be even for rotary embeddings, got ", head_dim);
     max_pos = cfg_int(c, "max_position_embeddings", 2048);
     eps = cfg_double(c, "rms_norm_eps", 1e-6);
