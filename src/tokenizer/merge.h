@@ -3,8 +3,14 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <algorithm>
+#include <cmath>
 #include <queue>
+#include <string>
+#include <utility>
 #include <vector>
+
+#include "tokenizer/unicode.h"
 
 namespace peft::tok {
 
@@ -54,6 +60,49 @@ std::vector<int64_t> merge_greedy(const std::vector<int64_t>& ids, Lookup&& look
   std::vector<int64_t> out;
   for (int i = 0; i >= 0; i = next[i]) out.push_back(sym[i]);
   return out;
+}
+
+/// Unigram segmentation (Kudo 2018): the Viterbi path of highest total piece score over the
+/// code-point boundaries of `s`. find(piece, &id, &score) looks a piece up; a code point with no
+/// piece of its own is one unknown token scored `unk_score`. Returns (start byte, id) per
+/// token, id -2 for unknown.
+template <class Find>
+std::vector<std::pair<size_t, int64_t>> unigram_viterbi(const std::string& s, size_t max_len, double unk_score, Find&& find) {
+  const size_t n = s.size();
+  std::vector<double> best(n + 1, -INFINITY);
+  std::vector<int64_t> back_id(n + 1, -1);
+  std::vector<size_t> back_pos(n + 1, 0);
+  best[0] = 0;
+  auto relax = [&](size_t from, size_t to, int64_t id, double score) {
+    double sc = best[from] + score;
+    if (sc > best[to]) {
+      best[to] = sc;
+      back_id[to] = id;
+      back_pos[to] = from;
+    }
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (best[i] == -INFINITY || (s[i] & 0xC0) == 0x80) continue;
+    size_t cl = std::min(size_t(utf8_len((unsigned char)s[i])), n - i);
+    bool single = false;
+    for (size_t l = 1; l <= max_len && i + l <= n; ++l) {
+      if (i + l < n && (s[i + l] & 0xC0) == 0x80) continue;
+      int64_t id;
+      double score;
+      if (!find(s.substr(i, l), &id, &score)) continue;
+      if (l == cl) single = true;
+      relax(i, i + l, id, score);
+    }
+    if (!single) relax(i, i + cl, -2, unk_score);
+  }
+  std::vector<std::pair<size_t, int64_t>> path;
+  for (size_t e = n; e > 0;) {
+    size_t b = back_pos[e];
+    path.push_back({b, back_id[e]});
+    e = b;
+  }
+  std::reverse(path.begin(), path.end());
+  return path;
 }
 
 }  // namespace peft::tok

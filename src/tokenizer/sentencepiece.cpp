@@ -287,43 +287,14 @@ class SpmTokenizer : public Tokenizer {
 
   void encode_unigram(const std::string& s, std::vector<int64_t>& out) const {
     size_t n = s.size();
-    std::vector<double> best(n + 1, -INFINITY);
-    std::vector<int64_t> back_id(n + 1, -1);
-    std::vector<size_t> back_pos(n + 1, 0);
-    best[0] = 0;
     double unk_score = min_score_ - 10.0;
-    for (size_t i = 0; i < n; ++i) {
-      if (best[i] == -INFINITY || (s[i] & 0xC0) == 0x80) continue;
-      size_t cl = std::min(size_t(utf8_len((unsigned char)s[i])), n - i);
-      bool single = false;
-      for (size_t l = 1; l <= max_len_ && i + l <= n; ++l) {
-        if (i + l < n && (s[i + l] & 0xC0) == 0x80) continue;
-        auto it = lookup_.find(s.substr(i, l));
-        if (it == lookup_.end()) continue;
-        if (l == cl) single = true;
-        double sc = best[i] + (m_.types[it->second] == USER_DEFINED ? 0.0 : double(m_.scores[it->second]));
-        if (sc > best[i + l]) {
-          best[i + l] = sc;
-          back_id[i + l] = it->second;
-          back_pos[i + l] = i;
-        }
-      }
-      if (!single) {
-        double sc = best[i] + unk_score;
-        if (sc > best[i + cl]) {
-          best[i + cl] = sc;
-          back_id[i + cl] = -2;
-          back_pos[i + cl] = i;
-        }
-      }
-    }
-    std::vector<std::pair<size_t, int64_t>> path;
-    for (size_t e = n; e > 0;) {
-      size_t b = back_pos[e];
-      path.push_back({b, back_id[e]});
-      e = b;
-    }
-    std::reverse(path.begin(), path.end());
+    auto path = tok::unigram_viterbi(s, max_len_, unk_score, [&](const std::string& piece, int64_t* id, double* sc) {
+      auto it = lookup_.find(piece);
+      if (it == lookup_.end()) return false;
+      *id = it->second;
+      *sc = m_.types[it->second] == USER_DEFINED ? 0.0 : double(m_.scores[it->second]);
+      return true;
+    });
     bool last_unk = false;
     for (size_t k = 0; k < path.size(); ++k) {
       if (path[k].second >= 0) {

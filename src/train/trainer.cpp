@@ -86,7 +86,8 @@ nlohmann::json TrainingArguments::to_json() const {
 
 std::vector<std::string> TrainingArguments::keys() {
   std::vector<std::string> k;
-  for (auto& kv : TrainingArguments().to_json().items()) k.push_back(kv.key());
+  const nlohmann::json all = TrainingArguments().to_json();
+  for (auto& kv : all.items()) k.push_back(kv.key());
   return k;
 }
 
