@@ -148,6 +148,8 @@ std::vector<MethodCase> method_cases() {
   };
 }
 
+void PrintTo(const MethodCase& c, std::ostream* os) { *os << c.method; }
+
 class Method : public ::testing::TestWithParam<MethodCase> {};
 
 TEST_P(Method, IdentityAtInitAndTrainableCount) {
