@@ -48,6 +48,10 @@ struct TargetSelector {
   bool matches(const std::string& path, const Module* mod) const;
 };
 
+/// peft's name rule: `spec` a list of suffixes (path == s or path ends with "." + s) or a regex
+/// string (full match); null matches nothing.
+bool module_name_matches(const nlohmann::json& spec, const std::string& path);
+
 /// One PEFT method. Subclasses live in src/tuners/, one file per method family.
 class Tuner {
  public:
@@ -131,7 +135,11 @@ class TunerLayer : public Layer {
   /// Adapters that should act in this forward: active, not merged, not disabled.
   std::vector<std::string> live_adapters() const;
 
-  /// Folds adapter `a` into the base weight / restores it. Default: the method cannot merge.
+  /// The dense update ΔW [out, in] of adapter `a` (scales applied) for methods that have one;
+  /// undefined otherwise. The default merge()/unmerge() add/subtract it to the base weight.
+  virtual torch::Tensor delta_weight(const std::string& a) { return {}; }
+  /// Folds adapter `a` into the base weight / restores it. Default: through delta_weight(),
+  /// or an error naming the method when it has none.
   virtual bool can_merge() const { return false; }
   virtual void merge(const std::string& a);
   virtual void unmerge(const std::string& a);

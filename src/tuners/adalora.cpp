@@ -37,7 +37,7 @@ class AdaLoraLinear : public TunerLayer {
     add_param(a, "lora_B", (torch::randn({l.out_features, r}) * 0.02).to(dt));
   }
   double scaling(const std::string& a) const { return alpha.at(a) / (ranknum.at(a) + 1e-5) * scale_of(a); }
-  torch::Tensor delta_weight(const std::string& a) {
+  torch::Tensor delta_weight(const std::string& a) override {
     return param(a, "lora_B").matmul(param(a, "lora_A") * param(a, "lora_E")) * scaling(a);
   }
   torch::Tensor forward(const torch::Tensor& x) override {
@@ -57,16 +57,6 @@ class AdaLoraLinear : public TunerLayer {
     return orth_weight[a] * ((A.matmul(A.t()) - IA).norm() + (B.t().matmul(B) - IB).norm());
   }
   bool can_merge() const override { return true; }
-  void merge(const std::string& a) override {
-    torch::NoGradGuard ng;
-    auto W = base_linear().weight_out_in();
-    W.add_(delta_weight(a).to(W.scalar_type()));
-  }
-  void unmerge(const std::string& a) override {
-    torch::NoGradGuard ng;
-    auto W = base_linear().weight_out_in();
-    W.sub_(delta_weight(a).to(W.scalar_type()));
-  }
 
   // Updates the EMA importance of A, E, B from their current gradients (eq. 8-10).
   void update_importance(const std::string& a, double b1, double b2) {

@@ -6,7 +6,6 @@
 // Merge: W ⊙ l (broadcast over the matching axis), and b ⊙ l for output scaling.
 #include <torch/torch.h>
 
-#include <regex>
 
 #include "peft/error.h"
 #include "peft/tuner.h"
@@ -62,18 +61,6 @@ class IA3Linear : public TunerLayer {
   void unmerge(const std::string& a) override { apply_merge(a, true); }
 };
 
-bool suffix_match(const nlohmann::json& spec, const std::string& path) {
-  if (spec.is_string()) return std::regex_match(path, std::regex(spec.get<std::string>()));
-  if (!spec.is_array()) return false;
-  for (auto& v : spec) {
-    auto t = v.get<std::string>();
-    if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
-                      path[path.size() - t.size() - 1] == '.'))
-      return true;
-  }
-  return false;
-}
-
 class IA3Tuner : public Tuner {
  public:
   std::string peft_type() const override { return "IA3"; }
@@ -102,7 +89,7 @@ class IA3Tuner : public Tuner {
     auto cur = slot.get();
     auto layer = std::dynamic_pointer_cast<IA3Linear>(cur);
     if (!layer) layer = std::make_shared<IA3Linear>(cur);
-    layer->add(name, suffix_match(ff_spec, slot.path), c["init_ia3_weights"].get<bool>());
+    layer->add(name, module_name_matches(ff_spec, slot.path), c["init_ia3_weights"].get<bool>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
 };

@@ -94,7 +94,7 @@ class LoraLinear : public TunerLayer {
 
   static torch::Tensor row_norm(const torch::Tensor& W) { return W.norm(2, {1}); }
 
-  torch::Tensor delta_weight(const std::string& a) {
+  torch::Tensor delta_weight(const std::string& a) override {
     auto& o = opt.at(a);
     return o.scaling * scale_of(a) * param(a, "lora_B.weight").matmul(param(a, "lora_A.weight"));
   }

@@ -22,7 +22,7 @@ class DeltaLinear : public TunerLayer {
   using TunerLayer::TunerLayer;
   std::map<std::string, double> scaling, dropout;
   virtual torch::Tensor raw_delta(const std::string& a) = 0;  // [out, in] without scaling
-  torch::Tensor delta_weight(const std::string& a) { return raw_delta(a) * (scaling.at(a) * scale_of(a)); }
+  torch::Tensor delta_weight(const std::string& a) override { return raw_delta(a) * (scaling.at(a) * scale_of(a)); }
   torch::Tensor forward(const torch::Tensor& x) override {
     auto y = base_forward(x);
     for (auto& a : live_adapters()) {
@@ -32,16 +32,6 @@ class DeltaLinear : public TunerLayer {
     return y;
   }
   bool can_merge() const override { return true; }
-  void merge(const std::string& a) override {
-    torch::NoGradGuard ng;
-    auto W = base_linear().weight_out_in();
-    W.add_(delta_weight(a).to(W.scalar_type()));
-  }
-  void unmerge(const std::string& a) override {
-    torch::NoGradGuard ng;
-    auto W = base_linear().weight_out_in();
-    W.sub_(delta_weight(a).to(W.scalar_type()));
-  }
 };
 
 class LohaLinear : public DeltaLinear {

@@ -126,10 +126,7 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
       for (auto& ref : find_slots(*model)) {
         if (internal_path(ref.path)) continue;
         for (auto& t : mts) {
-          auto s = t.get<std::string>();
-          if (!(ref.path == s || (ref.path.size() > s.size() && ref.path.compare(ref.path.size() - s.size(), s.size(), s) == 0 &&
-                                  ref.path[ref.path.size() - s.size() - 1] == '.')))
-            continue;
+          if (!module_name_matches(nlohmann::json::array({t}), ref.path)) continue;
           auto cur = ref.get();
           auto w = std::dynamic_pointer_cast<ModulesToSave>(cur);
           if (!w) {

@@ -153,12 +153,13 @@ TargetSelector TargetSelector::from_config(const nlohmann::json& cfg, const Pret
 }
 
 static bool name_matches(const nlohmann::json& spec, const std::string& path, const Module* mod) {
+  if (spec.is_string() && spec.get<std::string>() == "all-linear") return dynamic_cast<const Linear*>(mod) != nullptr;
+  return module_name_matches(spec, path);
+}
+
+bool module_name_matches(const nlohmann::json& spec, const std::string& path) {
   if (spec.is_null()) return false;
-  if (spec.is_string()) {
-    auto s = spec.get<std::string>();
-    if (s == "all-linear") return dynamic_cast<const Linear*>(mod) != nullptr;
-    return std::regex_match(path, std::regex(s));  // re.fullmatch
-  }
+  if (spec.is_string()) return std::regex_match(path, std::regex(spec.get<std::string>()));  // re.fullmatch
   for (auto& v : spec) {
     auto t = v.get<std::string>();
     if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
@@ -252,10 +253,18 @@ std::vector<std::string> TunerLayer::live_adapters() const {
 }
 
 void TunerLayer::merge(const std::string& a) {
-  fail(method(), " adapters cannot be merged into the base weights (adapter '", a, "')");
+  torch::NoGradGuard ng;
+  auto d = delta_weight(a);
+  PEFT_CHECK(d.defined(), method(), " adapters cannot be merged into the base weights (adapter '", a, "')");
+  auto W = base_linear().weight_out_in();
+  W.add_(d.to(W.scalar_type()));
 }
 void TunerLayer::unmerge(const std::string& a) {
-  fail(method(), " adapters cannot be merged into the base weights (adapter '", a, "')");
+  torch::NoGradGuard ng;
+  auto d = delta_weight(a);
+  PEFT_CHECK(d.defined(), method(), " adapters cannot be merged into the base weights (adapter '", a, "')");
+  auto W = base_linear().weight_out_in();
+  W.sub_(d.to(W.scalar_type()));
 }
 
 std::string TrainableReport::to_string() const {

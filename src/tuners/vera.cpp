@@ -63,7 +63,7 @@ class VeraLinear : public TunerLayer {
     auto& s = *shared.at(a);
     return {s.A.slice(1, 0, l.in_features), s.B.slice(0, 0, l.out_features)};
   }
-  torch::Tensor delta_weight(const std::string& a) {
+  torch::Tensor delta_weight(const std::string& a) override {
     auto [A, B] = slices(a);
     return (param(a, "vera_lambda_b").unsqueeze(1) * B) .matmul(param(a, "vera_lambda_d").unsqueeze(1) * A) * scale_of(a);
   }
@@ -78,16 +78,6 @@ class VeraLinear : public TunerLayer {
     return y;
   }
   bool can_merge() const override { return true; }
-  void merge(const std::string& a) override {
-    torch::NoGradGuard ng;
-    auto W = base_linear().weight_out_in();
-    W.add_(delta_weight(a).to(W.scalar_type()));
-  }
-  void unmerge(const std::string& a) override {
-    torch::NoGradGuard ng;
-    auto W = base_linear().weight_out_in();
-    W.sub_(delta_weight(a).to(W.scalar_type()));
-  }
 };
 
 class VeraTuner : public Tuner {
