@@ -118,7 +118,30 @@ void PretrainedModel::load_weights(const TensorMap& weights, const std::string& 
   std::map<std::string, torch::Tensor> targets;
   for (auto& p : named_parameters()) targets[p.key()] = p.value();
   for (auto& b : named_buffers()) targets[b.key()] = b.value();
-  for (auto& [name, t] : weights) {
+  // Names as transformers resolves them: legacy LayerNorm gamma/beta, and a checkpoint of the
+  // bare encoder (`embeddings...`) loaded into a task model (`bert.embeddings...`) or the other
+  // way round (base_model_prefix).
+  std::vector<std::string> children;
+  for (auto& ch : named_children()) children.push_back(ch.key());
+  auto resolve = [&](const std::string& name) -> std::string {
+    if (targets.count(name) || ignorable_key(name)) return name;
+    std::vector<std::string> cands = {name};
+    auto ends = [](const std::string& s, const std::string& suf) {
+      return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    if (ends(name, ".gamma")) cands.push_back(name.substr(0, name.size() - 6) + ".weight");
+    if (ends(name, ".beta")) cands.push_back(name.substr(0, name.size() - 5) + ".bias");
+    for (auto& c : cands) {
+      if (targets.count(c)) return c;
+      for (auto& p : children)
+        if (targets.count(p + "." + c) || ignorable_key(p + "." + c)) return p + "." + c;
+      auto dot = c.find('.');
+      if (dot != std::string::npos && targets.count(c.substr(dot + 1))) return c.substr(dot + 1);
+    }
+    return name;
+  };
+  for (auto& [name_in, t] : weights) {
+    const std::string name = resolve(name_in);
     auto it = targets.find(name);
     if (it == targets.end()) {
       if (ignorable_key(name) || !strict) continue;
