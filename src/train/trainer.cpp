@@ -318,7 +318,8 @@ TrainResult Trainer::train(bool resume) {
       if (eval_hook_) {
         bool was_training = pm_->is_training();
         pm_->eval();
-        for (auto& kv : eval_hook_().items()) ev[kv.key()] = kv.value();
+        const nlohmann::json extra = eval_hook_();  // (items() of a temporary would dangle)
+        for (auto& kv : extra.items()) ev[kv.key()] = kv.value();
         pm_->train(was_training);
       }
       ev["step"] = step;
