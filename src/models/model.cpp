@@ -60,13 +60,20 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
       config["architectures"][0].is_string())
     arch = config["architectures"][0].get<std::string>();
   const Entry* chosen = nullptr;
+  std::string chosen_arch;
   auto it = registry().find(arch);
-  if (it != registry().end() && (!opts.task || it->second.task == *opts.task)) chosen = &it->second;
+  if (it != registry().end() && (!opts.task || it->second.task == *opts.task)) {
+    chosen = &it->second;
+    chosen_arch = arch;
+  }
   if (!chosen) {
     PEFT_CHECK(!model_type.empty() || !arch.empty(), "config.json: neither 'architectures' nor 'model_type' is set");
     TaskType want = opts.task ? *opts.task : (it != registry().end() ? it->second.task : TaskType::CausalLM);
     for (auto& [name, e] : registry())
-      if (e.model_type == model_type && e.task == want) chosen = &e;
+      if (e.model_type == model_type && e.task == want) {
+        chosen = &e;
+        chosen_arch = name;
+      }
     if (!chosen && !opts.task)
       for (auto& [name, e] : registry())
         if (e.model_type == model_type) { chosen = &e; break; }
@@ -78,6 +85,9 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
          "'", opts.task ? ", task " + task_type_name(*opts.task) : std::string(), "); supported:", known);
   }
   nlohmann::json cfg = config;
+  // A task override (a classifier on a bare / causal-LM checkpoint) is recorded, so a merged
+  // checkpoint written by save_pretrained reloads with its head.
+  if (opts.task && !chosen_arch.empty() && chosen_arch != arch) cfg["architectures"] = {chosen_arch};
   if (opts.num_labels > 0) {
     nlohmann::json id2label = nlohmann::json::object();
     for (int64_t i = 0; i < opts.num_labels; ++i) id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);

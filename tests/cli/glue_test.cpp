@@ -115,6 +115,16 @@ TEST(GlueCli, BertSst2TrainsWithLoraAndLogsClassificationMetrics) {
   auto j = nlohmann::json::parse(eo.substr(eo.rfind("\n{") + 1));
   EXPECT_NEAR(j["accuracy"].get<double>(), acc, 1e-9) << eo;
   EXPECT_NEAR(j["loss"].get<double>(), l.evals.back()["eval_loss"].get<double>(), 1e-4) << eo;
+
+  // peft merge: a plain BertForSequenceClassification checkpoint with the trained head.
+  auto merged = temp_dir("glue_merged") + "/m";
+  rc = run_cli("merge --model " + model + " --adapter " + out + " --out " + merged, &eo);
+  ASSERT_EQ(rc, 0) << eo;
+  auto mcfg = read_json(merged + "/config.json");
+  EXPECT_EQ(mcfg["architectures"][0], "BertForSequenceClassification");
+  auto re = load_model(merged);
+  EXPECT_EQ(re->task(), TaskType::SeqCls);
+  EXPECT_TRUE(torch::equal(re->state_dict().at("classifier.weight"), w.at("base_model.model.classifier.weight")));
 }
 
 TEST(GlueCli, RobertaStsbRegressionLogsPearsonSpearman) {
