@@ -50,6 +50,11 @@ class Layer : public Module {
   virtual std::shared_ptr<Layer> clone_layer() const;
 };
 
+/// For composite layers' clone_layer() (a head made of Linears, an MLP): gives `fresh`, a newly
+/// built layer of the same type and shapes, a copy of each of `src`'s slots (their own
+/// clone_layer()) and of `src`'s direct parameters and buffers; returns `fresh`.
+std::shared_ptr<Layer> clone_slots_into(const Layer& src, std::shared_ptr<Layer> fresh);
+
 /// Linear layer with the Hugging Face parameter layout: `weight` [out, in] as nn.Linear, or
 /// [in, out] as GPT-2's Conv1D (conv1d = true; y = x W + b), so state-dict keys and shapes
 /// match the checkpoint byte for byte.
@@ -108,6 +113,7 @@ class Activation : public Layer {
  public:
   explicit Activation(std::string name);
   torch::Tensor forward(const torch::Tensor& x) override { return activation(name, x); }
+  std::shared_ptr<Layer> clone_layer() const override { return std::make_shared<Activation>(name); }
   std::string name;
 };
 

@@ -72,6 +72,9 @@ class Trainer {
   /// (regression) on the eval set, as "eval_*" keys.
   nlohmann::json evaluate();
   int64_t total_steps() const { return total_steps_; }
+  /// Extra metrics computed at every evaluation (e.g. BLEU/chrF of generated translations),
+  /// merged into the eval record ("eval_*" keys); called with the model in eval mode.
+  void set_eval_hook(std::function<nlohmann::json()> hook) { eval_hook_ = std::move(hook); }
 
  private:
   void save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state);
@@ -85,6 +88,7 @@ class Trainer {
   nlohmann::json run_config_;
   int64_t total_steps_ = 0;
   std::unique_ptr<torch::optim::Optimizer> opt_;
+  std::function<nlohmann::json()> eval_hook_;
 };
 
 /// Mean token loss of a causal LM / mean loss of a classifier over a dataset, plus task metrics.

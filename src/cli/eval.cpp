@@ -2,7 +2,9 @@
 // Scores the base model or the model with adapters on a data file: loss/perplexity (and
 // classification metrics) on the tokenized examples, and for generation metrics (bleu, chrf,
 // rouge_l) greedy continuations of each prompt against its reference(s) (a "references" list
-// field when the row has one, else the completion/output field).
+// field when the row has one, else the completion/output/target field). Encoder-decoder models
+// (T5) translate each `source` with generate_seq2seq: greedy, or beam search with
+// --num_beams N [--length_penalty X] [--early_stopping true].
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "cli/command.h"
 #include "cli/model_args.h"
 #include "cli/recipe.h"
+#include "cli/seq2seq_gen.h"
 #include "peft/data.h"
 #include "peft/error.h"
 #include "peft/io.h"
@@ -74,9 +77,19 @@ int run_eval(Args& a) {
 
   bool want_ds = false, want_gen = false;
   for (auto& m : metrics) (gen_metrics.count(m) ? want_gen : want_ds) = true;
+  DataFormat fmt;  // column mapping and file parsing, as `peft train` takes them
+  fmt.file_type = a.get("file_type", fmt.file_type);
+  fmt.csv_quoting = a.get_bool("csv_quoting", fmt.csv_quoting);
+  fmt.text_column = a.get("text_column", fmt.text_column);
+  fmt.text_pair_column = a.get("text_pair_column", fmt.text_pair_column);
+  fmt.label_column = a.get("label_column", fmt.label_column);
+  fmt.source_column = a.get("source_column", fmt.source_column);
+  fmt.target_column = a.get("target_column", fmt.target_column);
+  fmt.regression = a.get_bool("regression", false);
   if (want_ds) {
     DataConfig dc;
     dc.train_file = data_file;
+    dc.format = fmt;
     dc.tokenize.max_length = max_length;
     auto data = load_data(dc, *tok);
     auto ev = evaluate_dataset(lm.forward, data.train, a.get_int("batch_size", 8));
@@ -86,30 +99,44 @@ int run_eval(Args& a) {
     }
   }
   if (want_gen) {
-    DataFormat fmt;
     auto rows = read_records(data_file, fmt);
+    const bool enc_dec = lm.model->is_encoder_decoder();
+    GenerateOptions gopt;
+    gopt.max_new_tokens = max_new;
+    gopt.num_beams = a.get_int("num_beams", 1);
+    gopt.length_penalty = a.get_double("length_penalty", 1.0);
+    gopt.early_stopping = a.get_bool("early_stopping", false);
+    PEFT_CHECK(enc_dec || gopt.num_beams == 1,
+               "option --num_beams: beam search is implemented for encoder-decoder models only");
+    std::vector<std::string> prompts;
     PEFT_CHECK(!rows.empty(), data_file, ": no rows");
     std::vector<std::string> hyps;
     std::vector<std::vector<std::string>> per_row;
     for (auto& row : rows) {
-      if (max_examples > 0 && (int64_t)hyps.size() >= max_examples) break;
+      if (max_examples > 0 && (int64_t)per_row.size() >= max_examples) break;
       auto& f = row.fields;
       std::string prompt = f.contains("prompt") ? field(f, "prompt")
                            : f.contains("instruction") ? alpaca_prompt(field(f, "instruction"), field(f, "input"))
-                                                       : field(f, "source");
+                                                       : field(f, fmt.source_column);
       PEFT_CHECK(!prompt.empty(), row.where(), ": no prompt / instruction / source field");
       std::vector<std::string> r;
       if (f.contains("references") && f["references"].is_array())
         for (auto& x : f["references"]) r.push_back(x.get<std::string>());
-      for (const char* k : {"completion", "output", "target"})
+      for (const std::string& k : {std::string("completion"), std::string("output"), fmt.target_column})
         if (r.empty() && f.contains(k)) r.push_back(field(f, k));
       PEFT_CHECK(!r.empty(), row.where(), ": no reference (references / completion / output / target)");
-      hyps.push_back(greedy(lm, *tok, prompt, max_new));
+      if (!enc_dec) hyps.push_back(greedy(lm, *tok, prompt, max_new));
+      prompts.push_back(prompt);
       per_row.push_back(r);
-      if ((int64_t)hyps.size() <= show)
-        std::cerr << "--- " << row.where() << "\nprompt:    " << prompt << "\noutput:    " << hyps.back()
-                  << "\nreference: " << r[0] << "\n";
     }
+    if (enc_dec) {  // batched, with the adapters (module tuners live inside the base model)
+      std::vector<std::vector<int64_t>> src;
+      for (auto& p : prompts) src.push_back(encode_source(*tok, p, max_length));
+      hyps = generate_texts(*lm.model, *tok, src, gopt, a.get_int("batch_size", 8));
+    }
+    for (size_t i = 0; i < hyps.size() && (int64_t)i < show; ++i)
+      std::cerr << "--- " << rows[i].where() << "\nprompt:    " << prompts[i] << "\noutput:    " << hyps[i]
+                << "\nreference: " << per_row[i][0] << "\n";
     if (metrics.count("bleu")) result["bleu"] = corpus_bleu(hyps, per_row).score;
     if (metrics.count("chrf")) result["chrf"] = corpus_chrf(hyps, per_row).score;
     if (metrics.count("rouge_l")) result["rouge_l"] = rouge_l(hyps, per_row);

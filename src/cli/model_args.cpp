@@ -29,12 +29,40 @@ std::pair<std::string, double> parse_adapter_arg(const std::string& arg) {
   return {arg, 1.0};
 }
 
+// A SEQ_CLS adapter trained by `peft train` on a bare encoder / causal-LM checkpoint carries the
+// classification head it created (modules_to_save): the base is then loaded with that head.
+static void classifier_from_adapter(const std::string& dir, LoadOptions* opts) {
+  auto cfg = read_adapter_config(dir);
+  if (cfg.value("task_type", nlohmann::json()) != "SEQ_CLS") return;
+  std::string w = join_path(dir, "adapter_model.safetensors");
+  if (!file_exists(w)) return;
+  for (auto& [k, t] : load_safetensors(w))
+    for (const std::string suffix : {".classifier.weight", ".classifier.out_proj.weight", ".score.weight"})
+      if (k.size() > suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        opts->task = TaskType::SeqCls;
+        opts->num_labels = t.size(0);
+        return;
+      }
+}
+
 LoadedModel load_model_from_args(Args& a) {
   LoadOptions opts;
   opts.dtype = parse_dtype(a.get("dtype", "float32"));
   LoadedModel lm;
-  lm.model = load_model(a.get("model"), opts);
   auto adapters = a.get_all("adapter");
+  if (!adapters.empty()) {
+    std::string cfg_path = join_path(a.get("model"), "config.json");
+    std::string arch;
+    if (file_exists(cfg_path)) {
+      auto cfg = read_json(cfg_path);
+      if (cfg.contains("architectures") && cfg["architectures"].is_array() && !cfg["architectures"].empty() &&
+          cfg["architectures"][0].is_string())
+        arch = cfg["architectures"][0].get<std::string>();
+    }
+    if (arch.find("ForSequenceClassification") == std::string::npos)
+      classifier_from_adapter(parse_adapter_arg(adapters[0]).first, &opts);
+  }
+  lm.model = load_model(a.get("model"), opts);
   if (adapters.empty()) {
     auto m = lm.model;
     lm.forward = [m](const ModelInput& in) { return m->forward(in); };

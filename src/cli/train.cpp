@@ -11,9 +11,11 @@
 
 #include "cli/command.h"
 #include "cli/recipe.h"
+#include "cli/seq2seq_gen.h"
 #include "peft/data.h"
 #include "peft/error.h"
 #include "peft/io.h"
+#include "peft/metrics.h"
 #include "peft/tokenizer.h"
 #include "peft/trainer.h"
 #include "peft/tuner.h"
@@ -47,6 +49,8 @@ DataConfig data_config(nlohmann::json& r, const std::string& train, const std::s
   auto& f = c.format;
   f.kind = data_kind_from_name(pop<std::string>(r, "format", "auto"));
   f.bad_rows = bad_row_policy_from_name(pop<std::string>(r, "bad_rows", "fail"));
+  f.file_type = pop<std::string>(r, "file_type", f.file_type);
+  f.csv_quoting = pop(r, "csv_quoting", f.csv_quoting);  // off for GLUE's TSVs
   f.regression = pop(r, "regression", false);
   f.text_column = pop(r, "text_column", f.text_column);
   f.text_pair_column = pop(r, "text_pair_column", f.text_pair_column);
@@ -97,8 +101,22 @@ int run_train(Args& a) {
   if (lo.task) {  // the head is new: record the labels so the saved config reads back
     nlohmann::json id2label = nlohmann::json::object();
     for (size_t i = 0; i < data.train.label_names.size(); ++i) id2label[std::to_string(i)] = data.train.label_names[i];
+    if (data.train.regression) {
+      id2label = {{"0", "LABEL_0"}};
+      model->config["problem_type"] = "regression";
+    }
     model->config["id2label"] = id2label;
   }
+  // Seq2seq: BLEU / chrF of generated eval outputs at every evaluation (Seq2SeqTrainer's
+  // predict_with_generate), decoded with the same tokenizer.
+  const bool s2s = data.train.kind == DataKind::Seq2Seq;
+  const bool gen = pop(r, "predict_with_generate", s2s);
+  GenerateOptions gopt;
+  gopt.max_new_tokens = pop<int64_t>(r, "generation_max_length", 64);
+  gopt.num_beams = pop<int64_t>(r, "generation_num_beams", 1);
+  gopt.length_penalty = pop(r, "length_penalty", 1.0);
+  const int64_t gen_examples = pop<int64_t>(r, "generation_max_examples", 0);
+  PEFT_CHECK(!gen || model->is_encoder_decoder(), "peft train: predict_with_generate needs an encoder-decoder model");
   auto pm = std::make_shared<PeftModel>(model);
 
   // Everything left is a method key; check it against the method's config before building.
@@ -120,6 +138,23 @@ int run_train(Args& a) {
 
   saved["method"] = method;
   Trainer trainer(pm, args, data.train, data.eval.size() ? &data.eval : nullptr, saved);
+  if (gen && data.eval.size()) {
+    const Dataset& ev = data.eval;
+    const Tokenizer& tk = *tok;
+    const int64_t bs = args.per_device_eval_batch_size;
+    trainer.set_eval_hook([&ev, &tk, model, gopt, gen_examples, bs]() {
+      std::vector<std::vector<int64_t>> src;
+      std::vector<std::vector<std::string>> refs;
+      for (auto& e : ev.examples) {
+        if (gen_examples > 0 && static_cast<int64_t>(src.size()) >= gen_examples) break;
+        src.push_back(e.input_ids);
+        refs.push_back({tk.decode(e.labels, /*skip_special=*/true)});
+      }
+      auto hyps = generate_texts(*model, tk, src, gopt, bs);
+      return nlohmann::json{{"eval_bleu", corpus_bleu(hyps, refs).score}, {"eval_chrf", corpus_chrf(hyps, refs).score},
+                            {"eval_generated", static_cast<int64_t>(hyps.size())}};
+    });
+  }
   TrainResult res = trainer.train(resume);
   std::cout << "trained " << res.steps << " steps; final train loss " << res.train_loss << "\n";
   if (!res.final_eval.is_null()) std::cout << "eval: " << res.final_eval.dump() << "\n";

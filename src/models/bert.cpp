@@ -158,11 +158,13 @@ class BertAttention : public Module {
 class BertIntermediate : public Layer {
  public:
   LayerPtr dense, intermediate_act_fn;
-  explicit BertIntermediate(const BertConfig& c) {
+  const BertConfig& c;
+  explicit BertIntermediate(const BertConfig& cfg) : c(cfg) {
     register_slot("dense", dense, std::make_shared<Linear>(c.hidden, c.intermediate, true));
     register_slot("intermediate_act_fn", intermediate_act_fn, std::make_shared<Activation>(c.act));
   }
   torch::Tensor forward(const torch::Tensor& x) override { return intermediate_act_fn->forward(dense->forward(x)); }
+  LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<BertIntermediate>(c)); }
 };
 
 class BertLayer : public Module {
@@ -210,13 +212,16 @@ class BertPooler : public Module {
 class RobertaClassificationHead : public Layer {
  public:
   LayerPtr dense, out_proj;
-  explicit RobertaClassificationHead(const BertConfig& c) {
+  const BertConfig& c;
+  explicit RobertaClassificationHead(const BertConfig& cfg) : c(cfg) {
     register_slot("dense", dense, std::make_shared<Linear>(c.hidden, c.hidden, true));
     register_slot("out_proj", out_proj, std::make_shared<Linear>(c.hidden, c.num_labels, true));
   }
   torch::Tensor forward(const torch::Tensor& features) override {
     return out_proj->forward(torch::tanh(dense->forward(features.select(1, 0))));
   }
+  // modules_to_save copies the whole head (as peft deep-copies RobertaClassificationHead).
+  LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<RobertaClassificationHead>(c)); }
 };
 
 // embeddings + encoder (+ pooler), registered on `owner`: a `bert`/`roberta` child for the task
@@ -267,7 +272,8 @@ torch::Tensor encoder_seq_cls_loss(const torch::Tensor& logits, const torch::Ten
     pt = n == 1 ? "regression" : integral ? "single_label_classification" : "multi_label_classification";
   }
   if (pt == "regression") {
-    auto lf = logits.to(torch::kFloat32), yf = labels.to(torch::kFloat32);
+    auto ct = compute_dtype(logits.scalar_type());
+    auto lf = logits.to(ct), yf = labels.to(ct);
     if (n == 1) return F::mse_loss(lf.squeeze(), yf.squeeze());
     return F::mse_loss(lf, yf);
   }

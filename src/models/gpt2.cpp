@@ -89,12 +89,14 @@ class GPT2Attention : public Module {
 class GPT2MLP : public Layer {
  public:
   LayerPtr c_fc, c_proj, act;
-  explicit GPT2MLP(const GPT2Config& c) {
+  const GPT2Config& c;
+  explicit GPT2MLP(const GPT2Config& cfg) : c(cfg) {
     register_slot("c_fc", c_fc, std::make_shared<Linear>(c.hidden, c.inner, true, /*conv1d=*/true));
     register_slot("c_proj", c_proj, std::make_shared<Linear>(c.inner, c.hidden, true, /*conv1d=*/true));
     register_slot("act", act, std::make_shared<Activation>(c.act));
   }
   torch::Tensor forward(const torch::Tensor& x) override { return c_proj->forward(act->forward(c_fc->forward(x))); }
+  LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<GPT2MLP>(c)); }
 };
 
 class GPT2Block : public Module {

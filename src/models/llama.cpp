@@ -128,7 +128,8 @@ class LlamaAttention : public Module {
 class LlamaMLP : public Layer {
  public:
   LayerPtr gate_proj, up_proj, down_proj, act_fn;
-  explicit LlamaMLP(const LlamaConfig& c) {
+  const LlamaConfig& c;
+  explicit LlamaMLP(const LlamaConfig& cfg) : c(cfg) {
     register_slot("gate_proj", gate_proj, std::make_shared<Linear>(c.hidden, c.intermediate, c.mlp_bias));
     register_slot("up_proj", up_proj, std::make_shared<Linear>(c.hidden, c.intermediate, c.mlp_bias));
     register_slot("down_proj", down_proj, std::make_shared<Linear>(c.intermediate, c.hidden, c.mlp_bias));
@@ -137,6 +138,7 @@ class LlamaMLP : public Layer {
   torch::Tensor forward(const torch::Tensor& x) override {
     return down_proj->forward(act_fn->forward(gate_proj->forward(x)) * up_proj->forward(x));
   }
+  LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<LlamaMLP>(c)); }
 };
 
 class LlamaDecoderLayer : public Module {
@@ -255,7 +257,9 @@ class LlamaForCausalLM : public PretrainedModel {
   }
   bool ignorable_key(const std::string& k) const override {
     // Rotary tables some exporters save; a tied head duplicated in the checkpoint.
-    return k.find("rotary_emb.inv_freq") != std::string::npos || (c.tie && k == "lm_head.weight");
+    // A causal-LM checkpoint loaded as a classifier: its LM head is unused (as transformers drops it).
+    return k.find("rotary_emb.inv_freq") != std::string::npos || (c.tie && k == "lm_head.weight") ||
+           (task_ == TaskType::SeqCls && k == "lm_head.weight");
   }
 };
 

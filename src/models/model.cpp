@@ -60,13 +60,20 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
       config["architectures"][0].is_string())
     arch = config["architectures"][0].get<std::string>();
   const Entry* chosen = nullptr;
+  std::string chosen_arch;
   auto it = registry().find(arch);
-  if (it != registry().end() && (!opts.task || it->second.task == *opts.task)) chosen = &it->second;
+  if (it != registry().end() && (!opts.task || it->second.task == *opts.task)) {
+    chosen = &it->second;
+    chosen_arch = arch;
+  }
   if (!chosen) {
     PEFT_CHECK(!model_type.empty() || !arch.empty(), "config.json: neither 'architectures' nor 'model_type' is set");
     TaskType want = opts.task ? *opts.task : (it != registry().end() ? it->second.task : TaskType::CausalLM);
     for (auto& [name, e] : registry())
-      if (e.model_type == model_type && e.task == want) chosen = &e;
+      if (e.model_type == model_type && e.task == want) {
+        chosen = &e;
+        chosen_arch = name;
+      }
     if (!chosen && !opts.task)
       for (auto& [name, e] : registry())
         if (e.model_type == model_type) { chosen = &e; break; }
@@ -78,6 +85,9 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
          "'", opts.task ? ", task " + task_type_name(*opts.task) : std::string(), "); supported:", known);
   }
   nlohmann::json cfg = config;
+  // A task override (a classifier on a bare / causal-LM checkpoint) is recorded, so a merged
+  // checkpoint written by save_pretrained reloads with its head.
+  if (opts.task && !chosen_arch.empty() && chosen_arch != arch) cfg["architectures"] = {chosen_arch};
   if (opts.num_labels > 0) {
     nlohmann::json id2label = nlohmann::json::object();
     for (int64_t i = 0; i < opts.num_labels; ++i) id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);
@@ -118,7 +128,30 @@ void PretrainedModel::load_weights(const TensorMap& weights, const std::string& 
   std::map<std::string, torch::Tensor> targets;
   for (auto& p : named_parameters()) targets[p.key()] = p.value();
   for (auto& b : named_buffers()) targets[b.key()] = b.value();
-  for (auto& [name, t] : weights) {
+  // Names as transformers resolves them: legacy LayerNorm gamma/beta, and a checkpoint of the
+  // bare encoder (`embeddings...`) loaded into a task model (`bert.embeddings...`) or the other
+  // way round (base_model_prefix).
+  std::vector<std::string> children;
+  for (auto& ch : named_children()) children.push_back(ch.key());
+  auto resolve = [&](const std::string& name) -> std::string {
+    if (targets.count(name) || ignorable_key(name)) return name;
+    std::vector<std::string> cands = {name};
+    auto ends = [](const std::string& s, const std::string& suf) {
+      return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    if (ends(name, ".gamma")) cands.push_back(name.substr(0, name.size() - 6) + ".weight");
+    if (ends(name, ".beta")) cands.push_back(name.substr(0, name.size() - 5) + ".bias");
+    for (auto& c : cands) {
+      if (targets.count(c)) return c;
+      for (auto& p : children)
+        if (targets.count(p + "." + c) || ignorable_key(p + "." + c)) return p + "." + c;
+      auto dot = c.find('.');
+      if (dot != std::string::npos && targets.count(c.substr(dot + 1))) return c.substr(dot + 1);
+    }
+    return name;
+  };
+  for (auto& [name_in, t] : weights) {
+    const std::string name = resolve(name_in);
     auto it = targets.find(name);
     if (it == targets.end()) {
       if (ignorable_key(name) || !strict) continue;

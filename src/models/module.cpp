@@ -28,7 +28,24 @@ torch::Tensor Linear::forward(const torch::Tensor& x) {
 }
 
 LayerPtr Layer::clone_layer() const {
-  fail("module of type ", name(), " cannot be copied (modules_to_save supports Linear, LayerNorm, RMSNorm)");
+  fail("module of type ", name(), " cannot be copied (modules_to_save supports Linear, LayerNorm, RMSNorm, "
+       "activations and the heads/MLPs built from them)");
+}
+
+LayerPtr clone_slots_into(const Layer& src, LayerPtr fresh) {
+  TORCH_INTERNAL_ASSERT(fresh, "clone_slots_into: no layer");
+  for (auto& name : src.slot_names()) fresh->replace_slot(name, src.slot(name)->clone_layer());
+  torch::NoGradGuard ng;
+  auto copy_direct = [](const auto& from, auto to) {
+    for (auto& kv : from) {
+      auto* t = to.find(kv.key());
+      PEFT_CHECK(t && t->sizes() == kv.value().sizes(), "clone: tensor '", kv.key(), "' differs in the copy");
+      t->copy_(kv.value());
+    }
+  };
+  copy_direct(src.named_parameters(/*recurse=*/false), fresh->named_parameters(false));
+  copy_direct(src.named_buffers(/*recurse=*/false), fresh->named_buffers(false));
+  return fresh;
 }
 
 LayerPtr Linear::clone_layer() const {

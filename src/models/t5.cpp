@@ -167,7 +167,8 @@ class T5LayerAttention : public Module {
 class T5DenseReluDense : public Layer {
  public:
   LayerPtr wi, wi_0, wi_1, wo, act;
-  explicit T5DenseReluDense(const T5Config& c) {
+  const T5Config& c;
+  explicit T5DenseReluDense(const T5Config& cfg) : c(cfg) {
     if (c.gated) {
       register_slot("wi_0", wi_0, std::make_shared<Linear>(c.d_model, c.d_ff, false));
       register_slot("wi_1", wi_1, std::make_shared<Linear>(c.d_model, c.d_ff, false));
@@ -181,6 +182,7 @@ class T5DenseReluDense : public Layer {
     auto h = wi ? act->forward(wi->forward(x)) : act->forward(wi_0->forward(x)) * wi_1->forward(x);
     return wo->forward(h);
   }
+  LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<T5DenseReluDense>(c)); }
 };
 
 class T5LayerFF : public Module {
@@ -312,7 +314,7 @@ class T5ForConditionalGeneration : public PretrainedModel {
     }
     if (in.labels.defined()) {
       out.loss = torch::nn::functional::cross_entropy(
-          out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat32), in.labels.reshape({-1}).to(torch::kLong),
+          out.logits.reshape({-1, out.logits.size(-1)}).to(compute_dtype(out.logits.scalar_type())), in.labels.reshape({-1}).to(torch::kLong),
           torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
     }
     return out;

@@ -115,9 +115,12 @@ nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput
     in.labels = b.labels;
     if (b.token_type_ids.defined()) in.token_type_ids = b.token_type_ids;
     auto out = forward(in);
-    if (ds.is_causal_lm()) {
+    if (ds.is_causal_lm() || ds.kind == DataKind::Seq2Seq) {
       // Token-weighted mean over the whole set (a batch mean weights short batches too much).
-      auto n = (b.labels.slice(1, 1) != -100).sum().item<double>();
+      // Causal LM labels are shifted inside the model; seq2seq labels are not (every label
+      // position is predicted from the decoder input before it).
+      auto counted = ds.is_causal_lm() ? b.labels.slice(1, 1) : b.labels;
+      auto n = (counted != -100).sum().item<double>();
       loss_sum += out.loss.item<double>() * n;
       weight += n;
     } else {
@@ -142,7 +145,7 @@ nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput
   PEFT_CHECK(weight > 0, "evaluation: the dataset has no examples with labels");
   double loss = loss_sum / weight;
   r["eval_loss"] = loss;
-  if (ds.is_causal_lm()) r["eval_perplexity"] = perplexity(loss);
+  if (ds.is_causal_lm() || ds.kind == DataKind::Seq2Seq) r["eval_perplexity"] = perplexity(loss);
   if (!pred.empty()) {
     r["eval_accuracy"] = accuracy(pred, gold);
     r["eval_f1"] = ds.label_names.size() == 2 ? f1_score(pred, gold, "binary") : f1_score(pred, gold, "macro");
@@ -312,6 +315,13 @@ TrainResult Trainer::train(bool resume) {
     nlohmann::json ev;
     if (has_eval) {
       ev = evaluate();
+      if (eval_hook_) {
+        bool was_training = pm_->is_training();
+        pm_->eval();
+        const nlohmann::json extra = eval_hook_();  // (items() of a temporary would dangle)
+        for (auto& kv : extra.items()) ev[kv.key()] = kv.value();
+        pm_->train(was_training);
+      }
       ev["step"] = step;
       log.log(ev);
       result.final_eval = ev;

@@ -1,0 +1,344 @@
+// Tuners on the encoder (BERT, RoBERTa) and encoder-decoder (T5) families: Python peft's
+// BERT adapters (tests/fixtures/peft/adapters/bert_cls/*) reproduce peft's logits, loss, merged
+// logits, saved keys and config fields; merge_and_unload reproduces peft's merged checkpoint
+// (tests/fixtures/hf/merged/bert_cls_lora); modules_to_save copies RoBERTa's composite head;
+// LoRA and IA3 on T5 / T5 v1.1 are the identity at init, merge exactly, have finite-difference
+// gradients in float64 and pick their default targets through the model's roles.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+
+#include "peft/io.h"
+#include "peft/model.h"
+#include "peft/tuner.h"
+#include "test_util.h"
+
+using namespace peft;
+using peft::test::source_path;
+using peft::test::temp_dir;
+
+namespace {
+
+const std::string kBert = "tests/fixtures/hf/models/bert_cls";
+const std::string kRoberta = "tests/fixtures/hf/models/roberta_cls";
+
+ModelInput fixture_input(const std::string& model_dir, bool labels = true) {
+  auto in = load_safetensors(source_path(model_dir + "/inputs.safetensors"));
+  ModelInput mi;
+  mi.input_ids = in.at("input_ids").clone();
+  mi.attention_mask = in.at("attention_mask").clone();
+  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
+  if (in.count("decoder_input_ids")) mi.decoder_input_ids = in.at("decoder_input_ids").clone();
+  if (labels && in.count("labels")) mi.labels = in.at("labels").clone();
+  return mi;
+}
+
+PeftModelPtr peft_on(const std::string& dir, torch::Dtype dtype = torch::kFloat32) {
+  auto m = load_model(source_path(dir), LoadOptions{std::nullopt, 0, dtype});
+  m->eval();
+  return std::make_shared<PeftModel>(m);
+}
+
+torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
+  torch::NoGradGuard ng;
+  return pm.forward(in).logits;
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+std::vector<std::string> json_keys(const nlohmann::json& j) {
+  std::vector<std::string> k;
+  for (auto& kv : j.items()) k.push_back(kv.key());
+  std::sort(k.begin(), k.end());
+  return k;
+}
+
+std::vector<std::string> map_keys(const TensorMap& m) {
+  std::vector<std::string> k;
+  for (auto& kv : m) k.push_back(kv.first);
+  return k;
+}
+
+void randomize(PeftModel& pm, double scale) {
+  torch::NoGradGuard ng;
+  for (auto& t : pm.trainable_parameters()) {
+    bool ones = t.numel() > 0 && t.min().item<double>() > 0.5;  // IA3 vectors start at 1
+    t.copy_(torch::randn_like(t) * scale + (ones ? 1.0 : 0.0));
+  }
+}
+
+}  // namespace
+
+// ---- BERT: Python peft's adapters --------------------------------------------------------------
+
+class BertPeftFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BertPeftFixture, LoadsAdapterAndMatchesPeft) {
+  const std::string method = GetParam();
+  const std::string dir = source_path("tests/fixtures/peft/adapters/bert_cls/" + method);
+  auto ref = load_safetensors(dir + "/reference.safetensors");
+  auto pm = peft_on(kBert);
+  auto base_weights = pm->model->state_dict();
+  for (auto& kv : base_weights) kv.second = kv.second.clone();
+  pm->load_adapter(dir);
+  auto in = fixture_input(kBert);
+  torch::NoGradGuard ng;
+  auto out = pm->forward(in);
+  EXPECT_TRUE(torch::allclose(out.logits, ref.at("logits"), 1e-4, 1e-5)) << max_diff(out.logits, ref.at("logits"));
+  auto ref_loss = ref.count("task_loss") ? ref.at("task_loss") : ref.at("loss");
+  EXPECT_NEAR(out.loss.item<double>(), ref_loss.item<double>(), 1e-5);
+
+  // The adapter's own classifier copy is used (modules_to_save), not the base classifier.
+  bool has_classifier = false;
+  for (auto& [path, layer] : pm->tuner_layers())
+    if (path == "classifier") has_classifier = layer->method() == "modules_to_save";
+  EXPECT_TRUE(has_classifier);
+
+  pm->merge();
+  auto merged = pm->forward(in);
+  EXPECT_TRUE(torch::allclose(merged.logits, ref.at("merged_logits"), 1e-4, 1e-5))
+      << max_diff(merged.logits, ref.at("merged_logits"));
+  EXPECT_NEAR(merged.loss.item<double>(), ref.at("merged_loss").item<double>(), 1e-5);
+  pm->unmerge();
+  for (auto& kv : pm->model->state_dict()) {
+    std::string k = kv.first;
+    auto pos = k.find(".base_layer");
+    if (pos != std::string::npos) k.erase(pos, 11);
+    if (!base_weights.count(k)) continue;
+    EXPECT_LT(max_diff(kv.second, base_weights.at(k)), 1e-6) << k;
+  }
+  EXPECT_LT(max_diff(pm->forward(in).logits, out.logits), 1e-5);
+
+  // Saved by us: exactly peft's key names (classifier copy included) and config fields.
+  auto tmp = temp_dir("bert_fixture_save");
+  pm->save_adapter(tmp);
+  auto theirs = load_safetensors(dir + "/adapter_model.safetensors");
+  auto ours = load_safetensors(tmp + "/adapter_model.safetensors");
+  EXPECT_EQ(map_keys(theirs), map_keys(ours));
+  for (auto& kv : theirs)
+    if (ours.count(kv.first)) EXPECT_TRUE(torch::equal(kv.second, ours.at(kv.first))) << kv.first;
+  EXPECT_EQ(json_keys(read_json(dir + "/adapter_config.json")), json_keys(read_json(tmp + "/adapter_config.json")));
+  auto cfg = read_json(tmp + "/adapter_config.json");
+  EXPECT_EQ(cfg["task_type"], "SEQ_CLS");
+  EXPECT_EQ(cfg["modules_to_save"], read_json(dir + "/adapter_config.json")["modules_to_save"]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Bert, BertPeftFixture,
+                         ::testing::Values("lora", "rslora", "dora", "ia3", "loha", "lokr", "lokr_decomposed", "adalora"));
+
+// peft's IA3 defaults on BERT: `output.dense` hits both attention.output.dense and the FFN's
+// output.dense, and both scale their input (feed-forward).
+TEST(BertIA3, OutputDenseIsFeedForwardInBothPlaces) {
+  auto pm = peft_on(kBert);
+  pm->load_adapter(source_path("tests/fixtures/peft/adapters/bert_cls/ia3"));
+  auto sd = pm->adapter_state_dict("default");
+  const std::string p = "base_model.model.bert.encoder.layer.0.";
+  EXPECT_EQ(sd.at(p + "attention.output.dense.ia3_l").sizes(), torch::IntArrayRef({1, 64}));
+  EXPECT_EQ(sd.at(p + "output.dense.ia3_l").sizes(), torch::IntArrayRef({1, 128}));
+  EXPECT_EQ(sd.at(p + "attention.self.key.ia3_l").sizes(), torch::IntArrayRef({64, 1}));
+  // The same from a config without target/feedforward modules (peft's defaults via roles).
+  auto pm2 = peft_on(kBert);
+  pm2->add_adapter("default", method_config("ia3", {{"task_type", "SEQ_CLS"}}));
+  std::vector<std::string> targeted = pm2->adapter("default").targeted;
+  std::sort(targeted.begin(), targeted.end());
+  EXPECT_EQ(targeted.size(), 8u);
+  auto sd2 = pm2->adapter_state_dict("default");
+  for (auto& kv : sd)
+    if (kv.first.find("ia3_l") != std::string::npos) {
+      ASSERT_TRUE(sd2.count(kv.first)) << kv.first;
+      EXPECT_EQ(sd2.at(kv.first).sizes(), kv.second.sizes()) << kv.first;
+    }
+}
+
+// merge_and_unload of peft's LoRA adapter = peft's merged checkpoint, weight by weight (the
+// adapter's classifier copy replaces the base classifier).
+TEST(BertMerged, MergeAndUnloadEqualsPeftCheckpoint) {
+  auto pm = peft_on(kBert);
+  pm->load_adapter(source_path("tests/fixtures/peft/adapters/bert_cls/lora"));
+  auto merged = pm->merge_and_unload();
+  const std::string mdir = source_path("tests/fixtures/hf/merged/bert_cls_lora");
+  auto want = load_safetensors(mdir + "/model.safetensors");
+  auto have = merged->state_dict();
+  for (auto& kv : want) {
+    ASSERT_TRUE(have.count(kv.first)) << kv.first;
+    EXPECT_LT(max_diff(have.at(kv.first), kv.second), 1e-6) << kv.first;
+  }
+  for (auto& kv : have)
+    if (!merged->ignorable_key(kv.first)) EXPECT_TRUE(want.count(kv.first)) << "extra " << kv.first;
+  auto adapter = load_safetensors(source_path("tests/fixtures/peft/adapters/bert_cls/lora/adapter_model.safetensors"));
+  EXPECT_TRUE(torch::equal(have.at("classifier.weight"), adapter.at("base_model.model.classifier.weight")));
+
+  auto ref = load_safetensors(mdir + "/reference.safetensors");
+  torch::NoGradGuard ng;
+  auto out = merged->forward(fixture_input(kBert));
+  EXPECT_TRUE(torch::allclose(out.logits, ref.at("logits"), 1e-4, 1e-5)) << max_diff(out.logits, ref.at("logits"));
+  EXPECT_NEAR(out.loss.item<double>(), ref.at("loss").item<double>(), 1e-5);
+
+  // Written with save_pretrained, it reloads as a plain BERT classifier with the same output.
+  auto dir = temp_dir("bert_merged");
+  merged->save_pretrained(dir);
+  auto re = load_model(dir);
+  re->eval();
+  EXPECT_LT(max_diff(re->forward(fixture_input(kBert)).logits, out.logits), 1e-6);
+}
+
+// ---- RoBERTa: modules_to_save on a composite head ----------------------------------------------
+
+TEST(RobertaModulesToSave, CompositeHeadIsCopiedTrainedSavedAndMerged) {
+  auto pm = peft_on(kRoberta);
+  auto in = fixture_input(kRoberta);
+  auto base = logits_of(*pm, in);
+  auto base_sd = pm->model->state_dict();
+  for (auto& kv : base_sd) kv.second = kv.second.clone();
+  pm->add_adapter("default", method_config("lora", {{"r", 4}, {"target_modules", {"query", "value"}},
+                                                    {"modules_to_save", {"classifier"}}}));
+  EXPECT_LT(max_diff(logits_of(*pm, in), base), 1e-6);  // the copy starts equal to the head
+  auto named = pm->named_trainable_parameters();
+  std::vector<std::string> head;
+  for (auto& [n, t] : named)
+    if (n.find("classifier.modules_to_save.default.") != std::string::npos) head.push_back(n);
+  std::sort(head.begin(), head.end());
+  ASSERT_EQ(head.size(), 4u);  // dense.{weight,bias}, out_proj.{weight,bias}
+  EXPECT_NE(head[0].find("dense.bias"), std::string::npos);
+
+  // One training step moves the copy, never the base head.
+  pm->train();
+  std::vector<torch::Tensor> params;
+  for (auto& kv : named) params.push_back(kv.second);
+  torch::optim::SGD opt(params, torch::optim::SGDOptions(0.5));
+  pm->forward(in).loss.backward();
+  opt.step();
+  pm->eval();
+  auto after = pm->model->state_dict();
+  for (auto& k : {"classifier.dense.weight", "classifier.out_proj.weight"}) {
+    std::string wrapped = std::string("classifier.base_layer.") + (k + 11);
+    ASSERT_TRUE(after.count(wrapped)) << wrapped;
+    EXPECT_TRUE(torch::equal(after.at(wrapped), base_sd.at(k))) << k;
+    std::string copy = std::string("classifier.modules_to_save.default.") + (k + 11);
+    EXPECT_GT(max_diff(after.at(copy), base_sd.at(k)), 0.0) << copy;
+  }
+  auto trained = logits_of(*pm, in);
+  EXPECT_GT(max_diff(trained, base), 1e-4);
+
+  // Saved as peft names it; reloads to the same output.
+  auto dir = temp_dir("roberta_mts");
+  pm->save_adapter(dir);
+  auto saved = load_safetensors(dir + "/adapter_model.safetensors");
+  for (auto& k : {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight", "classifier.out_proj.bias"})
+    EXPECT_TRUE(saved.count(std::string("base_model.model.") + k)) << k;
+  auto pm2 = peft_on(kRoberta);
+  pm2->load_adapter(dir);
+  EXPECT_TRUE(torch::equal(logits_of(*pm2, in), trained));
+
+  // merge_and_unload puts the trained copy in place of the head.
+  auto merged = pm2->merge_and_unload();
+  auto sd = merged->state_dict();
+  EXPECT_TRUE(torch::equal(sd.at("classifier.out_proj.weight"), saved.at("base_model.model.classifier.out_proj.weight")));
+  torch::NoGradGuard ng;
+  EXPECT_LT(max_diff(merged->forward(in).logits, trained), 1e-5);
+}
+
+TEST(RobertaModulesToSave, CloneLayerCopiesEveryComposite) {
+  // Every slot that is a Layer of the RoBERTa classifier (head, FFN intermediate, activations)
+  // can be copied: same output, independent parameters.
+  auto m = load_model(source_path(kRoberta));
+  m->eval();
+  torch::NoGradGuard ng;
+  for (auto& ref : find_slots(*m)) {
+    auto layer = ref.get();
+    auto copy = layer->clone_layer();
+    auto p1 = layer->parameters(), p2 = copy->parameters();
+    ASSERT_EQ(p1.size(), p2.size()) << ref.path;
+    for (size_t i = 0; i < p1.size(); ++i) {
+      EXPECT_TRUE(torch::equal(p1[i], p2[i])) << ref.path;
+      EXPECT_NE(p1[i].data_ptr(), p2[i].data_ptr()) << ref.path;
+    }
+    int64_t in_dim = ref.path.find("output.dense") != std::string::npos && ref.path.find("attention") == std::string::npos ? 128 : 64;
+    auto x = ref.path == "classifier" ? torch::randn({2, 3, 64}) : torch::randn({2, 3, in_dim});
+    EXPECT_TRUE(torch::equal(layer->forward(x), copy->forward(x))) << ref.path;
+  }
+}
+
+// ---- T5: LoRA and IA3 --------------------------------------------------------------------------
+
+struct T5Case {
+  std::string model, method;
+};
+
+class T5Tuner : public ::testing::TestWithParam<T5Case> {};
+
+TEST_P(T5Tuner, DefaultTargetsIdentityMergeAndGradients) {
+  auto c = GetParam();
+  const std::string dir = "tests/fixtures/hf/models/" + c.model;
+  auto in = fixture_input(dir);
+  {
+    auto pm = peft_on(dir);
+    auto base = logits_of(*pm, in);
+    pm->add_adapter("default", method_config(c.method));  // target_modules from roles
+    auto targeted = pm->adapter("default").targeted;
+    // q and v of every self-attention and cross-attention (lora), k, v, wo (ia3).
+    std::vector<std::string> suffixes = c.method == "lora" ? std::vector<std::string>{".q", ".v"}
+                                                           : std::vector<std::string>{".k", ".v", ".wo"};
+    int64_t attn = 2 /*enc self*/ + 2 * 2 /*dec self + cross*/;
+    int64_t expect = c.method == "lora" ? 2 * attn : 2 * attn + 4 /*wo: 2 enc + 2 dec*/;
+    EXPECT_EQ((int64_t)targeted.size(), expect);
+    for (auto& t : targeted) {
+      bool ok = false;
+      for (auto& s : suffixes) ok = ok || (t.size() > s.size() && t.compare(t.size() - s.size(), s.size(), s) == 0);
+      EXPECT_TRUE(ok) << t;
+    }
+    EXPECT_TRUE(std::any_of(targeted.begin(), targeted.end(),
+                            [](const std::string& t) { return t.find("EncDecAttention") != std::string::npos; }));
+    EXPECT_EQ(pm->adapter("default").config["task_type"], "SEQ_2_SEQ_LM");
+    EXPECT_LT(max_diff(logits_of(*pm, in), base), 1e-6);
+
+    randomize(*pm, 0.1);
+    auto out = logits_of(*pm, in);
+    EXPECT_GT(max_diff(out, base), 1e-4);
+    // float32 rounding relative to the logits' size (T5 v1.1's untied head is not rescaled).
+    const double tol = 1e-5 * std::max(1.0, out.abs().max().item<double>());
+    pm->merge();
+    EXPECT_LT(max_diff(logits_of(*pm, in), out), tol);
+    pm->unmerge();
+    EXPECT_LT(max_diff(logits_of(*pm, in), out), tol);
+
+    // Round trip through peft's format.
+    auto tmp = temp_dir("t5_" + c.method);
+    pm->save_adapter(tmp);
+    auto pm2 = peft_on(dir);
+    pm2->load_adapter(tmp);
+    EXPECT_TRUE(torch::equal(logits_of(*pm2, in), out));
+  }
+  // Finite differences in float64.
+  auto pm = peft_on(dir, torch::kFloat64);
+  pm->add_adapter("default", method_config(c.method));
+  pm->to(torch::kFloat64);
+  randomize(*pm, 0.3);
+  auto named = pm->named_trainable_parameters();
+  ASSERT_FALSE(named.empty());
+  pm->forward(in).loss.backward();
+  torch::NoGradGuard ng;
+  int checked = 0;
+  for (auto& [name, p] : named) {
+    if (checked++ % 3) continue;  // a third of the tensors keeps the test quick
+    ASSERT_TRUE(p.grad().defined()) << name;
+    auto flat = p.view({-1});
+    auto g = p.grad().view({-1});
+    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
+      const double h = 1e-6, orig = flat[idx].item<double>();
+      flat[idx].fill_(orig + h);
+      double lp = pm->forward(in).loss.item<double>();
+      flat[idx].fill_(orig - h);
+      double lm = pm->forward(in).loss.item<double>();
+      flat[idx].fill_(orig);
+      double fd = (lp - lm) / (2 * h);
+      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.method << " " << name << "[" << idx << "]";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, T5Tuner,
+                         ::testing::Values(T5Case{"t5", "lora"}, T5Case{"t5", "ia3"}, T5Case{"t5_v1_1", "lora"},
+                                           T5Case{"t5_v1_1", "ia3"}),
+                         [](const auto& info) { return info.param.model + "_" + info.param.method; });
