@@ -98,7 +98,7 @@ json inspect_model(const std::string& path) {
 
 json inspect_adapter(const std::string& dir) {
   std::string cfg_path = join_path(dir, "adapter_config.json");
-  nlohmann::json config = read_adapter_config(cfg_path);
+  nlohmann::json config = read_adapter_config_file(cfg_path);
   std::string weights_path = join_path(dir, "adapter_model.safetensors");
   PEFT_CHECK(file_exists(weights_path), dir, ": no adapter_model.safetensors",
              file_exists(join_path(dir, "adapter_model.bin"))

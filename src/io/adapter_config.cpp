@@ -5,7 +5,7 @@
 
 namespace peft {
 
-nlohmann::json read_adapter_config(const std::string& path) {
+nlohmann::json read_adapter_config_file(const std::string& path) {
   nlohmann::json c = read_json(path);
   PEFT_CHECK(c.is_object(), path, ": not a JSON object");
   auto field = [&](const char* k) { return path + ": field '" + k + "'"; };

@@ -12,6 +12,6 @@ namespace peft {
 /// feedforward_modules (string, list of strings or null), rank_pattern / alpha_pattern
 /// (objects of numbers), flags (booleans). Any violation throws peft::Error naming the file
 /// and the field.
-nlohmann::json read_adapter_config(const std::string& path);
+nlohmann::json read_adapter_config_file(const std::string& path);
 
 }  // namespace peft

@@ -7,6 +7,7 @@
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/tuner.h"
+#include "io/adapter_config.h"
 
 namespace peft {
 namespace {
@@ -361,9 +362,8 @@ void PeftModel::load_adapter_state_dict(const std::string& name, const TensorMap
 
 nlohmann::json read_adapter_config(const std::string& dir) {
   std::string path = join_path(dir, "adapter_config.json");
+  auto j = read_adapter_config_file(path);  // types of every field checked, errors name file + field
   return with_context(path, [&] {
-    auto j = read_json(path);
-    PEFT_CHECK(j.is_object(), "must be a JSON object");
     PEFT_CHECK(j.contains("peft_type") && j["peft_type"].is_string(), "field 'peft_type' is missing");
     auto tuner = find_tuner(j["peft_type"].get<std::string>());
     std::string ext_path = join_path(dir, "peft_cpp_config.json");

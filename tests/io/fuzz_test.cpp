@@ -283,14 +283,14 @@ TEST(Fuzz, AdapterConfigJson) {
   std::string path = test::temp_dir("fuzz_adapter") + "/adapter_config.json";
   auto try_text = [&](const std::string& text, const std::string& label) {
     write_bytes(path, text);
-    run_case(t, label, [&] { read_adapter_config(path); });
+    run_case(t, label, [&] { read_adapter_config_file(path); });
   };
   for (const char* base : {"tests/fixtures/peft/adapters/llama", "tests/fixtures/peft/adapters/bert_cls"}) {
     for (auto& e : fs::directory_iterator(test::source_path(base))) {
       const std::string good = read_file((e.path() / "adapter_config.json").string());
       const json cfg = json::parse(good);
       std::string who = e.path().filename().string();
-      EXPECT_NO_THROW(read_adapter_config((e.path() / "adapter_config.json").string())) << who;
+      EXPECT_NO_THROW(read_adapter_config_file((e.path() / "adapter_config.json").string())) << who;
       for (auto& [key, _] : cfg.items()) {
         for (size_t i = 0; i < values.size(); i += 2 + rng.below(4)) {
           json c = cfg;
