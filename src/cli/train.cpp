@@ -133,6 +133,11 @@ int run_train(Args& a) {
     auto roles = model->roles();  // a new classification head must train (peft does the same)
     if (roles.count("head")) mcfg["modules_to_save"] = {roles["head"]};
   }
+  // Prompt tuning's TEXT init: the tuner has no tokenizer, so the ids are filled in here (with
+  // special tokens, as peft's tokenizer(prompt_tuning_init_text) call adds them).
+  if (mcfg.value("prompt_tuning_init", std::string()) == "TEXT" && mcfg.value("prompt_tuning_init_text", nlohmann::json()).is_string() &&
+      !mcfg.contains("prompt_tuning_init_token_ids"))
+    mcfg["prompt_tuning_init_token_ids"] = tok->encode(mcfg["prompt_tuning_init_text"].get<std::string>(), true);
   pm->add_adapter("default", mcfg);
   std::cerr << pm->trainable_report().to_string() << "\n";
 

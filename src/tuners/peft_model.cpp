@@ -102,12 +102,14 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   try {
     tuner->add_global(*this, name, full);
     if (tuner->targets_modules()) {
-      auto sel = TargetSelector::from_config(full, *model, tuner->default_roles());
+      // The stored config: add_global may have resolved targeting fields (bottleneck placements).
+      const nlohmann::json resolved = adapters_[name].config;
+      auto sel = TargetSelector::from_config(resolved, *model, tuner->default_roles());
       for (auto& ref : find_slots(*model)) {
         if (internal_path(ref.path)) continue;
         auto mod = ref.get();
         if (!sel.matches(ref.path, mod.get())) continue;
-        tuner->inject(*this, ref, name, full);
+        tuner->inject(*this, ref, name, resolved);
         adapters_[name].targeted.push_back(ref.path);
       }
       if (adapters_[name].targeted.empty()) {
@@ -120,7 +122,14 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
       }
     }
     // modules_to_save: trainable copies (peft adds the classification head itself for SEQ_CLS).
-    auto mts = full.value("modules_to_save", nlohmann::json());
+    // From the stored config (add_global may have set it).
+    auto mts = adapters_[name].config.value("modules_to_save", nlohmann::json());
+    // Configs without the field (prompt learning) get the classification head, as peft's
+    // PeftModelForSequenceClassification adds it for every method.
+    if (!adapters_[name].config.contains("modules_to_save") && model->task() == TaskType::SeqCls) {
+      auto roles = model->roles();
+      if (roles.count("head")) mts = nlohmann::json::array({roles["head"]});
+    }
     if (mts.is_array() && !mts.empty()) {
       bool any = false;
       for (auto& ref : find_slots(*model)) {

@@ -1,0 +1,192 @@
+// Bottleneck adapters: small down-project / non-linearity / up-project modules inserted into
+// every block (our peft_type "BOTTLENECK"; Python peft has no such method).
+//
+// - Houlsby et al. 2019 ("Parameter-Efficient Transfer Learning for NLP", sec. 2.1, fig. 2):
+//   sequential adapters after the attention output projection and after the FFN, each
+//   h <- h + W_up f(W_down h), before the block's residual add / layer norm.
+// - Pfeiffer et al. 2021 ("AdapterFusion", sec. 3.1): one sequential adapter after the FFN.
+// - Parallel adapter (He et al. 2022, "Towards a Unified View of Parameter-Efficient Transfer
+//   Learning", eq. 8 / table 1, "scaled PA"): h <- FFN(x) + s * W_up f(W_down x), reading the
+//   FFN input x, with scaling s (4 in the paper).
+// - Optional own LayerNorm on the adapter input (the adapter-transformers "residual adapter"
+//   variant: h + W_up f(W_down LN(h))), configurable bottleneck (hidden_size / reduction_factor
+//   or bottleneck_size), non-linearity, and AdapterDrop (Rücklé et al. 2021, sec. 3: no adapters
+//   in the lowest n layers).
+// W_up (and its bias) start at zero, so the adapted model equals the base at init; W_down is
+// initialised as nn.Linear (Kaiming-uniform). Non-linear, so not mergeable.
+//
+// Placement uses the model's generic roles: "attn.o" (attention output), "mlp.down" (FFN
+// output) and "mlp" (the whole FFN, parallel adapters); an explicit target_modules overrides.
+// A sequential adapter at a slot maps its output (dim out -> b -> out); a parallel one maps
+// the slot's input to its output (in -> b -> out).
+//
+// Format (peft_cpp_format_version 1): adapter_config.json with peft_type "BOTTLENECK" and the
+// fields of defaults() below (target_modules resolved to module-name suffixes), and
+// adapter_model.safetensors with, per wrapped module <m> (model-relative path, e.g.
+// model.layers.0.mlp.down_proj; K = base_model.model.<m>), d = in (parallel) or out (sequential):
+//   K.adapter_down.weight [b, d]    K.adapter_down.bias [b]
+//   K.adapter_up.weight   [out, b]  K.adapter_up.bias   [out]
+//   K.adapter_ln.weight / K.adapter_ln.bias [d] (adapter_layernorm only)
+#include <torch/torch.h>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+int64_t layer_input_dim(Layer* l, int64_t hidden) {
+  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->in_features;
+  return hidden;
+}
+int64_t layer_output_dim(Layer* l, int64_t hidden) {
+  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->out_features;
+  return hidden;
+}
+
+class BottleneckLayer : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  struct Opts {
+    bool parallel, layernorm;
+    double scaling, dropout;
+    std::string act;
+  };
+  std::map<std::string, Opts> opts;
+  std::string method() const override { return "bottleneck"; }
+
+  void add(const std::string& a, int64_t in, int64_t out, int64_t b, const Opts& o, bool init_weights) {
+    opts[a] = o;
+    int64_t din = o.parallel ? in : out;
+    auto dt = torch::kFloat32;
+    for (auto& p : base_layer->parameters()) {
+      dt = p.scalar_type();
+      break;
+    }
+    add_param(a, "adapter_down.weight", kaiming_uniform({b, din}, din).to(dt));
+    add_param(a, "adapter_down.bias", kaiming_uniform({b}, din).to(dt));
+    auto up_w = init_weights ? torch::zeros({out, b}) : kaiming_uniform({out, b}, b);
+    add_param(a, "adapter_up.weight", up_w.to(dt));
+    add_param(a, "adapter_up.bias", torch::zeros({out}, dt));
+    if (o.layernorm) {
+      add_param(a, "adapter_ln.weight", torch::ones({din}, dt));
+      add_param(a, "adapter_ln.bias", torch::zeros({din}, dt));
+    }
+  }
+  torch::Tensor adapter(const std::string& a, const torch::Tensor& x) {
+    auto& o = opts.at(a);
+    auto z = x;
+    if (o.layernorm)
+      z = torch::layer_norm(z, {z.size(-1)}, param(a, "adapter_ln.weight"), param(a, "adapter_ln.bias"), 1e-5);
+    if (o.dropout > 0) z = torch::dropout(z, o.dropout, is_training());
+    z = torch::nn::functional::linear(z, param(a, "adapter_down.weight"), param(a, "adapter_down.bias"));
+    z = activation(o.act, z);
+    z = torch::nn::functional::linear(z, param(a, "adapter_up.weight"), param(a, "adapter_up.bias"));
+    return z * (o.scaling * scale_of(a));
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto h = base_forward(x);
+    // Parallel adapters read the slot input; sequential ones the (running) output, in order.
+    for (auto& a : live_adapters()) h = h + adapter(a, opts.at(a).parallel ? x : h);
+    return h;
+  }
+};
+
+class BottleneckTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "BOTTLENECK"; }
+  nlohmann::json defaults() const override {
+    return {{"adapter_drop_layers", 0},
+            {"adapter_layernorm", false},
+            {"adapter_type", "houlsby"},
+            {"base_model_name_or_path", nullptr},
+            {"bottleneck_size", nullptr},
+            {"dropout", 0.0},
+            {"exclude_modules", nullptr},
+            {"inference_mode", false},
+            {"init_weights", true},
+            {"layers_pattern", nullptr},
+            {"layers_to_transform", nullptr},
+            {"modules_to_save", nullptr},
+            {"non_linearity", "relu"},
+            {"peft_cpp_format_version", 1},
+            {"peft_type", "BOTTLENECK"},
+            {"reduction_factor", 16},
+            {"scaling", 1.0},
+            {"target_modules", nullptr},
+            {"task_type", nullptr}};
+  }
+  void validate(const nlohmann::json& c) const override {
+    auto t = c["adapter_type"];
+    PEFT_CHECK(t == "houlsby" || t == "pfeiffer" || t == "parallel",
+               "adapter config: field 'adapter_type' must be houlsby, pfeiffer or parallel, got ", t.dump());
+    PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
+               "adapter config: field 'reduction_factor' must be > 0");
+    PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
+               "adapter config: field 'bottleneck_size' must be a positive integer or null");
+    PEFT_CHECK(c["adapter_drop_layers"].is_number_integer() && c["adapter_drop_layers"].get<int64_t>() >= 0,
+               "adapter config: field 'adapter_drop_layers' must be a non-negative integer");
+    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
+               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
+    check_activation(c["non_linearity"].get<std::string>());
+    double d = c["dropout"].get<double>();
+    PEFT_CHECK(d >= 0 && d < 1, "adapter config: field 'dropout' must be in [0, 1)");
+  }
+  // Resolves placements (roles -> module suffixes) and AdapterDrop into the stored config.
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    auto roles = pm.model->roles();
+    auto role = [&](const std::string& r) {
+      PEFT_CHECK(roles.count(r), "BOTTLENECK (", c["adapter_type"].get<std::string>(), "): model type '",
+                 pm.model->model_type(), "' has no '", r, "' module; give target_modules explicitly");
+      return roles[r];
+    };
+    auto ends_with = [](const std::string& s, const std::string& t) {
+      return s == t || (s.size() > t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0 && s[s.size() - t.size() - 1] == '.');
+    };
+    if (c["target_modules"].is_null()) {
+      auto type = c["adapter_type"].get<std::string>();
+      if (type == "parallel") {
+        c["target_modules"] = {role("mlp")};
+      } else {
+        auto down = role("mlp.down");
+        if (type == "houlsby") c["target_modules"] = {role("attn.o"), down};
+        else c["target_modules"] = {down};
+        // A suffix like BERT's "output.dense" also names the attention output: keep it out.
+        if (type == "pfeiffer" && roles.count("attn.o") && ends_with(roles["attn.o"], down) && c["exclude_modules"].is_null())
+          c["exclude_modules"] = {roles["attn.o"]};
+      }
+    }
+    int64_t drop = c["adapter_drop_layers"].get<int64_t>();
+    if (drop > 0 && c["layers_to_transform"].is_null()) {
+      int64_t L = pm.model->dims().num_layers;
+      PEFT_CHECK(drop < L, "adapter config: adapter_drop_layers (", drop, ") leaves no layer of ", L);
+      c["layers_to_transform"] = nlohmann::json::array();
+      for (int64_t i = drop; i < L; ++i) c["layers_to_transform"].push_back(i);
+    }
+  }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<BottleneckLayer>(cur);
+    if (!layer) layer = std::make_shared<BottleneckLayer>(cur);
+    const int64_t hidden = pm.model->dims().hidden_size;
+    BottleneckLayer::Opts o{c["adapter_type"] == "parallel", c["adapter_layernorm"].get<bool>(), c["scaling"].get<double>(),
+                            c["dropout"].get<double>(), c["non_linearity"].get<std::string>()};
+    int64_t b = c["bottleneck_size"].is_null()
+                    ? std::max<int64_t>(1, static_cast<int64_t>(hidden / c["reduction_factor"].get<double>()))
+                    : c["bottleneck_size"].get<int64_t>();
+    layer->add(name, layer_input_dim(cur.get(), hidden), layer_output_dim(cur.get(), hidden), b, o, c["init_weights"].get<bool>());
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+PEFT_REGISTER_TUNER(BottleneckTuner);
+PEFT_REGISTER_METHOD("bottleneck", {{"peft_type", "BOTTLENECK"}});
+PEFT_REGISTER_METHOD("houlsby", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "houlsby"}});
+PEFT_REGISTER_METHOD("pfeiffer", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}});
+PEFT_REGISTER_METHOD("parallel-adapter", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "parallel"}, {"scaling", 4.0}});
+
+}  // namespace
+}  // namespace peft

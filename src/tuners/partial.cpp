@@ -1,0 +1,377 @@
+// Partial (selective) fine-tuning: train a chosen subset of the base model's own parameters.
+// Each trainable part is held per adapter next to the frozen original, so disabling, merging
+// and unmerging behave as for the other methods.
+//
+// - BitFit (Ben Zaken et al. 2022, "BitFit", sec. 2): only the bias terms train. Stored as
+//   zero-initialised bias deltas `bitfit_bias` [out] on every Linear / LayerNorm that has a
+//   bias (b' = b + delta; identity at init; merge: b += delta). Models without biases (Llama)
+//   are refused with a clear error unless add_missing_biases is true, which adds zero-
+//   initialised biases to bias-less Linear layers (those cannot be merged: the checkpoint has no
+//   bias tensor to fold them into). peft_type "BITFIT" (ours). The SEQ_CLS head trains through
+//   modules_to_save (set to the head when null).
+// - LN tuning (Qi et al. 2024, "Parameter-Efficient Tuning on Layer Normalization", sec. 3):
+//   a trainable copy of each norm layer per adapter, peft's LN_TUNING format
+//   (`<norm>.ln_tuning_layers.weight` / `.bias`); merge swaps the copy's values in.
+// - Layer freezing (Lee et al. 2019, "What Would Elsa Do? Freezing Layers During Transformer
+//   Fine-Tuning"): the last num_trainable_layers blocks train fully (a trainable copy of every
+//   Linear / norm in them, `<m>.trainable_copy.weight`), the rest stays frozen. peft_type
+//   "LAYER_FREEZE" (ours); mergeable.
+// - Sparse fine-tuning with a fixed mask (the sparse phase of LT-SFT, Ansell et al. 2022,
+//   "Composable Sparse Fine-Tuning", sec. 3: W' = W + Δ with Δ nonzero on k entries):
+//   k = density * numel entries per targeted Linear are chosen once, by magnitude of W
+//   ("magnitude") or uniformly at random from a seed ("random"), and only their deltas train.
+//   Stored sparsely: `sparse_indices` [k] int64 (flat indices into W as [out, in]) and
+//   `sparse_values` [k]; merge: W.flat[idx] += values. peft_type "SPARSE_DELTA" (ours).
+// Our types write adapter_config.json with "peft_cpp_format_version": 1.
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <set>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+Layer* innermost(Layer* l) {
+  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  return l;
+}
+bool is_norm(Layer* l) { return dynamic_cast<RMSNorm*>(l) || dynamic_cast<LayerNorm*>(l); }
+bool is_leaf(Layer* l) { return dynamic_cast<Linear*>(l) || is_norm(l); }
+std::string last_name(const std::string& path) {
+  auto p = path.rfind('.');
+  return p == std::string::npos ? path : path.substr(p + 1);
+}
+bool internal_path(const std::string& p) {
+  return p.find("base_layer") != std::string::npos || p.find("modules_to_save") != std::string::npos;
+}
+bool is_head(const PretrainedModel& m, const std::string& path) {
+  auto roles = m.roles();
+  auto it = roles.find("head");
+  return it != roles.end() && (path == it->second || (path.size() > it->second.size() &&
+                                                      path.compare(path.size() - it->second.size(), it->second.size(), it->second) == 0 &&
+                                                      path[path.size() - it->second.size() - 1] == '.'));
+}
+torch::ScalarType dtype_of(Layer& l) {
+  for (auto& p : l.parameters()) return p.scalar_type();
+  return torch::kFloat32;
+}
+nlohmann::json common_defaults(const std::string& type) {
+  return {{"base_model_name_or_path", nullptr}, {"exclude_modules", nullptr}, {"inference_mode", false},
+          {"layers_pattern", nullptr},          {"layers_to_transform", nullptr}, {"modules_to_save", nullptr},
+          {"peft_cpp_format_version", 1},       {"peft_type", type},          {"target_modules", nullptr},
+          {"task_type", nullptr}};
+}
+void check_version(const nlohmann::json& c) {
+  PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
+             c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
+}
+// SEQ_CLS: the head trains too (as peft does for every method).
+void head_to_save(PeftModel& pm, nlohmann::json& c) {
+  auto roles = pm.model->roles();
+  if (c["modules_to_save"].is_null() && pm.model->task() == TaskType::SeqCls && roles.count("head"))
+    c["modules_to_save"] = {roles["head"]};
+}
+
+// ---- BitFit ---------------------------------------------------------------------------------
+
+class BitFitLayer : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::string method() const override { return "bitfit"; }
+  torch::Tensor* base_bias() const {
+    Layer* l = innermost(base_layer.get());
+    if (auto* lin = dynamic_cast<Linear*>(l)) return lin->bias.defined() ? &lin->bias : nullptr;
+    if (auto* ln = dynamic_cast<LayerNorm*>(l)) return ln->bias.defined() ? &ln->bias : nullptr;
+    return nullptr;
+  }
+  int64_t out_dim() const {
+    Layer* l = innermost(base_layer.get());
+    if (auto* lin = dynamic_cast<Linear*>(l)) return lin->out_features;
+    if (auto* ln = dynamic_cast<LayerNorm*>(l)) return ln->dim;
+    fail("BITFIT: module is neither a Linear nor a LayerNorm");
+  }
+  void add(const std::string& a) { add_param(a, "bitfit_bias", torch::zeros({out_dim()}, dtype_of(*base_layer))); }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = base_forward(x);
+    for (auto& a : live_adapters()) y = y + param(a, "bitfit_bias") * scale_of(a);
+    return y;
+  }
+  bool can_merge() const override { return base_bias() != nullptr; }
+  void merge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    PEFT_CHECK(base_bias(), "BITFIT: a bias added to a layer without one (add_missing_biases) cannot be merged");
+    base_bias()->add_(param(a, "bitfit_bias") * scale_of(a));
+  }
+  void unmerge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    base_bias()->sub_(param(a, "bitfit_bias") * scale_of(a));
+  }
+};
+
+class BitFitTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "BITFIT"; }
+  nlohmann::json defaults() const override {
+    auto d = common_defaults("BITFIT");
+    d["add_missing_biases"] = false;
+    return d;
+  }
+  void validate(const nlohmann::json& c) const override { check_version(c); }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    head_to_save(pm, c);
+    if (!c["target_modules"].is_null()) return;
+    bool add_missing = c["add_missing_biases"].get<bool>();
+    nlohmann::json t = nlohmann::json::array();
+    for (auto& ref : find_slots(*pm.model)) {
+      if (internal_path(ref.path) || is_head(*pm.model, ref.path)) continue;
+      Layer* l = innermost(ref.get().get());
+      auto* lin = dynamic_cast<Linear*>(l);
+      auto* ln = dynamic_cast<LayerNorm*>(l);
+      if ((lin && (lin->bias.defined() || add_missing)) || (ln && ln->bias.defined())) t.push_back(ref.path);
+    }
+    PEFT_CHECK(!t.empty(), "BITFIT: model type '", pm.model->model_type(),
+               "' has no bias terms to train; set add_missing_biases = true to train zero-initialised biases "
+               "(not mergeable), or use another method");
+    c["target_modules"] = t;
+  }
+  void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<BitFitLayer>(cur);
+    if (!layer) layer = std::make_shared<BitFitLayer>(cur);
+    Layer* l = innermost(cur.get());
+    auto* lin = dynamic_cast<Linear*>(l);
+    PEFT_CHECK(lin || dynamic_cast<LayerNorm*>(l), "BITFIT: target ", slot.path, " is neither a Linear nor a LayerNorm");
+    PEFT_CHECK(!lin || lin->bias.defined() || c["add_missing_biases"].get<bool>(), "BITFIT: ", slot.path,
+               " has no bias (set add_missing_biases = true to add a zero-initialised one)");
+    layer->add(name);
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+// ---- trainable copies (LN tuning, layer freezing) -----------------------------------------
+
+class CopyLayer : public TunerLayer {
+ public:
+  CopyLayer(LayerPtr base, std::string key, std::string method) : TunerLayer(std::move(base)), key_(std::move(key)), method_(std::move(method)) {}
+  std::string method() const override { return method_; }
+  void add(const std::string& a) {
+    auto c = innermost(base_layer.get())->clone_layer();
+    c->to(dtype_of(*base_layer));
+    copies_[a] = c;
+    // The copy's own tensors, registered under peft's names (`<key>.<a>.weight`).
+    for (auto& p : c->named_parameters()) add_param(a, key_ + "." + p.key(), p.value());
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto live = live_adapters();
+    if (live.empty()) return base_forward(x);
+    return copies_.at(live.back())->forward(x);
+  }
+  bool can_merge() const override { return true; }
+  void merge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto base = innermost(base_layer.get())->named_parameters();
+    auto& saved = backup_[a];
+    saved.clear();
+    for (auto& p : copies_.at(a)->named_parameters()) {
+      auto& b = base[p.key()];
+      saved.push_back(b.clone());
+      b.copy_(p.value());
+    }
+  }
+  void unmerge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto base = innermost(base_layer.get())->named_parameters();
+    size_t i = 0;
+    for (auto& p : copies_.at(a)->named_parameters()) base[p.key()].copy_(backup_.at(a).at(i++));
+    backup_.erase(a);
+  }
+
+ private:
+  std::string key_, method_;
+  std::map<std::string, LayerPtr> copies_;
+  std::map<std::string, std::vector<torch::Tensor>> backup_;
+};
+
+class LnTuningTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "LN_TUNING"; }
+  nlohmann::json defaults() const override {
+    return {{"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr}, {"inference_mode", false},
+            {"modules_to_save", nullptr}, {"peft_type", "LN_TUNING"}, {"revision", nullptr},
+            {"target_modules", nullptr}, {"task_type", nullptr}};
+  }
+  std::vector<std::string> extension_keys() const override {
+    return {"exclude_modules", "layers_to_transform", "layers_pattern"};
+  }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    head_to_save(pm, c);
+    if (!c["target_modules"].is_null()) return;
+    // Every norm of the model, by module name (Llama: input_layernorm, post_attention_layernorm, norm).
+    std::vector<std::string> names;
+    for (auto& ref : find_slots(*pm.model))
+      if (!internal_path(ref.path) && is_norm(innermost(ref.get().get())) &&
+          std::find(names.begin(), names.end(), last_name(ref.path)) == names.end())
+        names.push_back(last_name(ref.path));
+    PEFT_CHECK(!names.empty(), "LN_TUNING: model type '", pm.model->model_type(), "' has no norm layer");
+    c["target_modules"] = names;
+  }
+  void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json&) const override {
+    auto cur = slot.get();
+    PEFT_CHECK(is_norm(innermost(cur.get())), "LN_TUNING: target ", slot.path, " is not a norm layer");
+    auto layer = std::dynamic_pointer_cast<CopyLayer>(cur);
+    if (!layer) layer = std::make_shared<CopyLayer>(cur, "ln_tuning_layers", "ln_tuning");
+    layer->add(name);
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+class LayerFreezeTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "LAYER_FREEZE"; }
+  nlohmann::json defaults() const override {
+    auto d = common_defaults("LAYER_FREEZE");
+    d["num_trainable_layers"] = 1;
+    return d;
+  }
+  void validate(const nlohmann::json& c) const override {
+    check_version(c);
+    PEFT_CHECK(c["num_trainable_layers"].is_number_integer() && c["num_trainable_layers"].get<int64_t>() > 0,
+               "adapter config: field 'num_trainable_layers' must be a positive integer");
+  }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    head_to_save(pm, c);
+    const int64_t L = pm.model->dims().num_layers, n = c["num_trainable_layers"].get<int64_t>();
+    PEFT_CHECK(n <= L, "adapter config: num_trainable_layers (", n, ") exceeds the model's ", L, " layers");
+    if (c["layers_to_transform"].is_null()) {
+      c["layers_to_transform"] = nlohmann::json::array();
+      for (int64_t i = L - n; i < L; ++i) c["layers_to_transform"].push_back(i);
+    }
+    if (c["target_modules"].is_null()) {  // every Linear / norm inside the blocks
+      std::vector<std::string> names;
+      std::string pat = "." + pm.model->layers_pattern() + ".";
+      for (auto& ref : find_slots(*pm.model))
+        if (!internal_path(ref.path) && ("." + ref.path).find(pat) != std::string::npos && is_leaf(ref.get().get()) &&
+            std::find(names.begin(), names.end(), last_name(ref.path)) == names.end())
+          names.push_back(last_name(ref.path));
+      c["target_modules"] = names;
+    }
+  }
+  void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json&) const override {
+    auto cur = slot.get();
+    if (!is_leaf(innermost(cur.get()))) return;  // containers (an MLP) are covered by their leaves
+    auto layer = std::dynamic_pointer_cast<CopyLayer>(cur);
+    if (!layer) layer = std::make_shared<CopyLayer>(cur, "trainable_copy", "layer_freeze");
+    layer->add(name);
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+// ---- sparse deltas --------------------------------------------------------------------------
+
+class SparseDeltaLayer : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::string method() const override { return "sparse_delta"; }
+  void add(const std::string& a, double density, const std::string& selection, uint64_t seed) {
+    auto& l = base_linear();
+    auto W = l.weight_out_in();
+    const int64_t n = W.numel();
+    const int64_t k = std::max<int64_t>(1, std::min<int64_t>(n, std::llround(density * n)));
+    torch::Tensor idx;
+    if (selection == "magnitude") {
+      idx = std::get<1>(W.detach().abs().reshape({-1}).topk(k));
+    } else {
+      auto gen = at::detail::createCPUGenerator(seed);
+      idx = torch::randperm(n, gen, torch::kLong).slice(0, 0, k);
+    }
+    indices_[a] = std::get<0>(idx.sort());
+    add_param(a, "sparse_values", torch::zeros({k}, W.scalar_type()));
+  }
+  torch::Tensor delta(const std::string& a) {
+    auto& l = base_linear();
+    auto vals = param(a, "sparse_values");
+    auto flat = torch::zeros({l.out_features * l.in_features}, vals.options()).index_add(0, indices_.at(a).to(vals.device()), vals);
+    return flat.view({l.out_features, l.in_features}) * scale_of(a);
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto y = base_forward(x);
+    for (auto& a : live_adapters()) y = y + torch::nn::functional::linear(x, delta(a).to(x.scalar_type()));
+    return y;
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors(const std::string& a) const override {
+    auto out = TunerLayer::adapter_tensors(a);
+    auto it = indices_.find(a);
+    if (it != indices_.end()) out.emplace_back("sparse_indices", it->second);
+    return out;
+  }
+  bool can_merge() const override { return true; }
+  void merge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    W.add_(delta(a).to(W.scalar_type()));
+  }
+  void unmerge(const std::string& a) override {
+    torch::NoGradGuard ng;
+    auto W = base_linear().weight_out_in();
+    W.sub_(delta(a).to(W.scalar_type()));
+  }
+
+ private:
+  std::map<std::string, torch::Tensor> indices_;  // int64, not a parameter (dtype casts leave it alone)
+};
+
+class SparseDeltaTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "SPARSE_DELTA"; }
+  nlohmann::json defaults() const override {
+    auto d = common_defaults("SPARSE_DELTA");
+    d["density"] = 0.01;
+    d["selection"] = "magnitude";
+    d["seed"] = 0;
+    return d;
+  }
+  void validate(const nlohmann::json& c) const override {
+    check_version(c);
+    PEFT_CHECK(c["density"].is_number() && c["density"].get<double>() > 0 && c["density"].get<double>() <= 1,
+               "adapter config: field 'density' must be in (0, 1]");
+    PEFT_CHECK(c["selection"] == "magnitude" || c["selection"] == "random",
+               "adapter config: field 'selection' must be magnitude or random, got ", c["selection"].dump());
+  }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    head_to_save(pm, c);
+    if (!c["target_modules"].is_null()) return;
+    auto roles = pm.model->roles();
+    nlohmann::json t = nlohmann::json::array();
+    for (auto r : {"attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "mlp.gate", "mlp.up", "mlp.down"})
+      if (roles.count(r)) t.push_back(roles[r]);
+    c["target_modules"] = t;
+  }
+  void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    if (!dynamic_cast<Linear*>(innermost(cur.get()))) return;
+    auto layer = std::dynamic_pointer_cast<SparseDeltaLayer>(cur);
+    if (!layer) layer = std::make_shared<SparseDeltaLayer>(cur);
+    layer->add(name, c["density"].get<double>(), c["selection"].get<std::string>(), c["seed"].get<uint64_t>());
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+PEFT_REGISTER_TUNER(BitFitTuner);
+PEFT_REGISTER_TUNER(LnTuningTuner);
+PEFT_REGISTER_TUNER(LayerFreezeTuner);
+PEFT_REGISTER_TUNER(SparseDeltaTuner);
+PEFT_REGISTER_METHOD("bitfit", {{"peft_type", "BITFIT"}});
+PEFT_REGISTER_METHOD("ln-tuning", {{"peft_type", "LN_TUNING"}});
+PEFT_REGISTER_METHOD("layer-freeze", {{"peft_type", "LAYER_FREEZE"}});
+PEFT_REGISTER_METHOD("sparse-delta", {{"peft_type", "SPARSE_DELTA"}});
+
+}  // namespace
+}  // namespace peft

@@ -1,0 +1,268 @@
+// Soft prompts: input tuners that leave every weight of the model alone.
+//
+// - Prompt tuning (Lester et al. 2021, "The Power of Scale for Parameter-Efficient Prompt
+//   Tuning", sec. 2): P trainable embeddings P_e [P, d] are concatenated in front of the token
+//   embeddings, [P_e; X_e]; init RANDOM (N(0,1) as nn.Embedding) or TEXT (embeddings of the
+//   tokens of a text, repeated/truncated to P).
+// - P-tuning (Liu et al. 2021, "GPT Understands, Too", sec. 3.2, eq. h_i = MLP([LSTM(h_0:i),
+//   LSTM(h_i:m)])): the virtual tokens are the output of a prompt encoder (peft's MLP with two
+//   hidden layers, or a bidirectional LSTM followed by an MLP) applied to trainable embeddings.
+//   peft saves only the encoder OUTPUT as `prompt_embeddings`; a loaded adapter is plain
+//   prompt tuning.
+// - Prefix tuning (Li & Liang 2021, "Prefix-Tuning", sec. 4.2, eq. 3-5): every attention layer
+//   attends to P extra key/value vectors, fed as a pre-filled KV cache (prefix keys are not
+//   rotated by RoPE, real positions start at P). Optional reparameterisation P = MLP(P')
+//   (prefix_projection: Linear, tanh, Linear) during training, saved as its output.
+//   P-tuning v2 (Liu et al. 2022, sec. 3.2) is prefix tuning without the reparameterisation.
+//   Sized for num_key_value_heads (GQA), as peft does.
+//
+// peft's conventions: the attention mask is prefixed with ones, BERT token_type_ids with zeros,
+// causal-LM labels with -100; position ids are recomputed (real tokens start at P). During
+// generation with a KV cache the virtual tokens/prefix enter only when the cache is empty.
+// Encoder-decoders: prompt tuning / p-tuning prepend to the encoder input (peft keeps
+// num_transformer_submodules = 2 sets of rows; the first P are used); prefix tuning is refused.
+#include <torch/torch.h>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+enum class Kind { Prompt, PTuning, Prefix };
+
+class PromptLearning : public InputAdapter {
+ public:
+  PromptLearning(Kind kind, const nlohmann::json& c, PretrainedModel& model, bool loading) : kind_(kind) {
+    P_ = c["num_virtual_tokens"].get<int64_t>();
+    subm_ = c["num_transformer_submodules"].get<int64_t>();
+    token_dim_ = c["token_dim"].get<int64_t>();
+    layers_ = c["num_layers"].get<int64_t>();
+    heads_ = c["num_attention_heads"].get<int64_t>();
+    const int64_t rows = P_ * subm_;
+    const int64_t out_dim = kind == Kind::Prefix ? layers_ * 2 * token_dim_ : token_dim_;
+    bool encoder = !loading && ((kind == Kind::PTuning) || (kind == Kind::Prefix && c["prefix_projection"].get<bool>()));
+    int64_t in_dim = encoder ? token_dim_ : out_dim;
+    torch::Tensor init = torch::randn({rows, in_dim});  // nn.Embedding's N(0, 1)
+    if (kind == Kind::Prompt && !loading && c["prompt_tuning_init"].get<std::string>() == "TEXT") {
+      auto ids_j = c.value("prompt_tuning_init_token_ids", nlohmann::json());
+      PEFT_CHECK(ids_j.is_array() && !ids_j.empty(),
+                 "adapter config: prompt_tuning_init TEXT needs 'prompt_tuning_init_token_ids' (the token ids of "
+                 "prompt_tuning_init_text; the CLI fills them in from the tokenizer)");
+      std::vector<int64_t> ids;
+      for (auto& v : ids_j) ids.push_back(v.get<int64_t>());
+      std::vector<int64_t> rep;  // repeated / truncated to rows, as peft does
+      while ((int64_t)rep.size() < rows) rep.insert(rep.end(), ids.begin(), ids.end());
+      rep.resize(rows);
+      torch::NoGradGuard ng;
+      auto t = torch::tensor(rep, torch::kLong);
+      init = model.embed_tokens(t.unsqueeze(0)).squeeze(0).detach().to(torch::kFloat32).clone();
+    }
+    embedding = register_parameter("embedding", init);
+    if (encoder) {
+      int64_t h = c["encoder_hidden_size"].get<int64_t>();
+      if (kind == Kind::Prefix) {
+        mlp_ = register_module("transform", torch::nn::Sequential(torch::nn::Linear(token_dim_, h), torch::nn::Tanh(),
+                                                                  torch::nn::Linear(h, out_dim)));
+      } else if (c["encoder_reparameterization_type"].get<std::string>() == "LSTM") {
+        int64_t nl = c["encoder_num_layers"].get<int64_t>();
+        lstm_ = register_module("lstm_head", torch::nn::LSTM(torch::nn::LSTMOptions(token_dim_, h)
+                                                                  .num_layers(nl)
+                                                                  .dropout(c["encoder_dropout"].get<double>())
+                                                                  .bidirectional(true)
+                                                                  .batch_first(true)));
+        mlp_ = register_module("mlp_head", torch::nn::Sequential(torch::nn::Linear(2 * h, 2 * h), torch::nn::ReLU(),
+                                                                 torch::nn::Linear(2 * h, out_dim)));
+      } else {  // peft 0.13's MLP: always two hidden layers
+        mlp_ = register_module("mlp_head", torch::nn::Sequential(torch::nn::Linear(token_dim_, h), torch::nn::ReLU(),
+                                                                 torch::nn::Linear(h, h), torch::nn::ReLU(),
+                                                                 torch::nn::Linear(h, out_dim)));
+      }
+    }
+  }
+
+  /// The virtual tokens [rows, out_dim]: the embeddings, or the encoder's output.
+  torch::Tensor prompts() {
+    if (!mlp_) return embedding;
+    torch::Tensor x = embedding;
+    if (lstm_) x = std::get<0>(lstm_->forward(x.unsqueeze(0))).squeeze(0);
+    return mlp_->forward(x);
+  }
+
+  void apply(PretrainedModel& model, ModelInput& in, KVCache& storage) override {
+    const bool continuing = in.cache && in.cache->length() > 0;  // virtual tokens already cached
+    torch::Tensor ref = in.inputs_embeds.defined() ? in.inputs_embeds : in.input_ids;
+    PEFT_CHECK(ref.defined(), method(), ": input_ids or inputs_embeds required");
+    const int64_t B = ref.size(0);
+    auto dev = ref.device();
+    if (in.attention_mask.defined())
+      in.attention_mask = torch::cat({torch::ones({B, P_}, in.attention_mask.options()), in.attention_mask}, 1);
+    if (kind_ == Kind::Prefix) {
+      if (continuing) return;
+      KVCache* cache = in.cache ? in.cache : &storage;
+      const int64_t hd = token_dim_ / heads_;
+      // [P, L*2*token_dim] -> [L*2, heads, P, head_dim]; layer l: key = 2l, value = 2l + 1.
+      auto pkv = prompts().view({P_, layers_ * 2, heads_, hd}).permute({1, 2, 0, 3}).to(dev);
+      cache->k.resize(layers_);
+      cache->v.resize(layers_);
+      for (int64_t l = 0; l < layers_; ++l) {
+        cache->k[l] = pkv[2 * l].unsqueeze(0).expand({B, heads_, P_, hd});
+        cache->v[l] = pkv[2 * l + 1].unsqueeze(0).expand({B, heads_, P_, hd});
+      }
+      in.cache = cache;
+      return;
+    }
+    if (continuing) return;
+    torch::Tensor x = in.inputs_embeds.defined() ? in.inputs_embeds : model.embed_tokens(in.input_ids);
+    auto pr = prompts().slice(0, 0, P_).to(x.device(), x.scalar_type());
+    in.inputs_embeds = torch::cat({pr.unsqueeze(0).expand({B, P_, pr.size(1)}), x}, 1);
+    in.input_ids = torch::Tensor();
+    in.position_ids = torch::Tensor();  // peft drops them: real tokens sit at P..
+    if (in.token_type_ids.defined())
+      in.token_type_ids = torch::cat({torch::zeros({B, P_}, in.token_type_ids.options()), in.token_type_ids}, 1);
+    if (in.labels.defined() && model.task() == TaskType::CausalLM)
+      in.labels = torch::cat({torch::full({B, P_}, -100, in.labels.options()), in.labels}, 1);
+  }
+
+  TensorMap saved_tensors() const override {
+    torch::NoGradGuard ng;
+    auto* self = const_cast<PromptLearning*>(this);
+    return {{"prompt_embeddings", self->prompts().detach().clone()}};
+  }
+
+  void load_saved(const TensorMap& t, const std::string& source) override {
+    auto it = t.find("prompt_embeddings");
+    PEFT_CHECK(it != t.end(), source, ": tensor 'prompt_embeddings' is missing");
+    const int64_t out_dim = kind_ == Kind::Prefix ? layers_ * 2 * token_dim_ : token_dim_;
+    PEFT_CHECK(it->second.dim() == 2 && it->second.size(0) == P_ * subm_ && it->second.size(1) == out_dim, source,
+               ": tensor 'prompt_embeddings' has shape ", it->second.sizes(), " but the config asks for [", P_ * subm_,
+               ", ", out_dim, "]");
+    torch::NoGradGuard ng;
+    if (mlp_) {  // the saved tensor is the encoder output: drop the encoder
+      if (lstm_) unregister_module("lstm_head");
+      unregister_module(kind_ == Kind::Prefix ? "transform" : "mlp_head");
+      mlp_ = nullptr;
+      lstm_ = nullptr;
+    }
+    embedding.set_data(it->second.to(embedding.device(), embedding.scalar_type()).clone());
+  }
+
+  std::string method() const override {
+    return kind_ == Kind::Prompt ? "prompt_tuning" : kind_ == Kind::PTuning ? "p_tuning" : "prefix_tuning";
+  }
+  bool has_encoder() const { return static_cast<bool>(mlp_); }
+
+  torch::Tensor embedding;
+
+ private:
+  Kind kind_;
+  int64_t P_, subm_, token_dim_, layers_, heads_;
+  torch::nn::Sequential mlp_{nullptr};
+  torch::nn::LSTM lstm_{nullptr};
+};
+
+class PromptLearningTuner : public Tuner {
+ public:
+  explicit PromptLearningTuner(Kind k) : kind_(k) {}
+  std::string peft_type() const override {
+    return kind_ == Kind::Prompt ? "PROMPT_TUNING" : kind_ == Kind::PTuning ? "P_TUNING" : "PREFIX_TUNING";
+  }
+  bool targets_modules() const override { return false; }
+  nlohmann::json defaults() const override {
+    nlohmann::json d = {{"auto_mapping", nullptr},     {"base_model_name_or_path", nullptr},
+                        {"inference_mode", false},     {"num_attention_heads", nullptr},
+                        {"num_layers", nullptr},       {"num_transformer_submodules", nullptr},
+                        {"num_virtual_tokens", nullptr}, {"peft_type", peft_type()},
+                        {"revision", nullptr},         {"task_type", nullptr},
+                        {"token_dim", nullptr}};
+    if (kind_ == Kind::Prompt) {
+      d["prompt_tuning_init"] = "RANDOM";
+      d["prompt_tuning_init_text"] = nullptr;
+      d["tokenizer_kwargs"] = nullptr;
+      d["tokenizer_name_or_path"] = nullptr;
+    } else if (kind_ == Kind::PTuning) {
+      d["encoder_dropout"] = 0.0;
+      d["encoder_hidden_size"] = nullptr;
+      d["encoder_num_layers"] = 2;
+      d["encoder_reparameterization_type"] = "MLP";
+    } else {
+      d["encoder_hidden_size"] = nullptr;
+      d["prefix_projection"] = false;
+    }
+    return d;
+  }
+  std::vector<std::string> extension_keys() const override {
+    if (kind_ == Kind::Prompt) return {"prompt_tuning_init_token_ids"};
+    return {};
+  }
+  void validate(const nlohmann::json& c) const override {
+    auto pos = [&](const char* f, bool nullable) {
+      if (nullable && c[f].is_null()) return;
+      PEFT_CHECK(c[f].is_number_integer() && c[f].get<int64_t>() > 0, "adapter config: field '", f,
+                 "' must be a positive integer, got ", c[f].dump());
+    };
+    pos("num_virtual_tokens", false);
+    for (auto f : {"num_attention_heads", "num_layers", "num_transformer_submodules", "token_dim"}) pos(f, true);
+    if (kind_ == Kind::Prompt) {
+      auto init = c["prompt_tuning_init"];
+      PEFT_CHECK(init == "RANDOM" || init == "TEXT", "adapter config: field 'prompt_tuning_init' must be RANDOM or TEXT, got ",
+                 init.dump());
+    } else {
+      pos("encoder_hidden_size", true);
+    }
+    if (kind_ == Kind::PTuning) {
+      auto t = c["encoder_reparameterization_type"];
+      PEFT_CHECK(t == "MLP" || t == "LSTM", "adapter config: field 'encoder_reparameterization_type' must be MLP or LSTM, got ",
+                 t.dump());
+      pos("encoder_num_layers", false);
+    }
+  }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    auto& model = *pm.model;
+    auto d = model.dims();
+    const bool encdec = model.is_encoder_decoder();
+    PEFT_CHECK(!(encdec && kind_ == Kind::Prefix), "PREFIX_TUNING: encoder-decoder models are not supported");
+    int64_t heads = d.num_heads, token_dim = d.hidden_size;
+    if (kind_ == Kind::Prefix) {  // peft sizes the prefix for the key/value heads (GQA)
+      int64_t kv = d.num_kv_heads > 0 ? d.num_kv_heads : d.num_heads;
+      token_dim = d.hidden_size / d.num_heads * kv;
+      if (d.head_dim > 0) token_dim = d.head_dim * kv;
+      heads = kv;
+    }
+    auto fill = [&](const char* f, int64_t v) {
+      if (c[f].is_null()) c[f] = v;
+      PEFT_CHECK(c[f].get<int64_t>() == v, "adapter config: field '", f, "' is ", c[f].dump(), " but the model needs ", v);
+    };
+    fill("num_layers", d.num_layers);
+    fill("token_dim", token_dim);
+    fill("num_attention_heads", heads);
+    fill("num_transformer_submodules", encdec ? 2 : 1);
+    if (kind_ != Kind::Prompt && c["encoder_hidden_size"].is_null()) c["encoder_hidden_size"] = token_dim;
+    pm.set_input_adapter(name, std::make_shared<PromptLearning>(kind_, c, model, pm.loading()));
+  }
+
+ private:
+  Kind kind_;
+};
+
+struct PromptTuner : PromptLearningTuner {
+  PromptTuner() : PromptLearningTuner(Kind::Prompt) {}
+};
+struct PTuningTuner : PromptLearningTuner {
+  PTuningTuner() : PromptLearningTuner(Kind::PTuning) {}
+};
+struct PrefixTuner : PromptLearningTuner {
+  PrefixTuner() : PromptLearningTuner(Kind::Prefix) {}
+};
+
+PEFT_REGISTER_TUNER(PromptTuner);
+PEFT_REGISTER_TUNER(PTuningTuner);
+PEFT_REGISTER_TUNER(PrefixTuner);
+PEFT_REGISTER_METHOD("prompt-tuning", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 8}});
+PEFT_REGISTER_METHOD("p-tuning", {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 8}, {"encoder_hidden_size", 64}});
+PEFT_REGISTER_METHOD("prefix-tuning", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 8}, {"prefix_projection", true}});
+PEFT_REGISTER_METHOD("p-tuning-v2", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 8}, {"prefix_projection", false}});
+
+}  // namespace
+}  // namespace peft

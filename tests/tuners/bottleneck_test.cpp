@@ -1,0 +1,183 @@
+// Bottleneck adapters (Houlsby, Pfeiffer, parallel, own LayerNorm, AdapterDrop): identity at
+// init, closed-form parameter counts, placement through roles, bit-exact save/load in our
+// documented format, no merge, finite-difference gradients in float64.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "peft/io.h"
+#include "peft/model.h"
+#include "peft/tuner.h"
+#include "test_util.h"
+
+using namespace peft;
+using peft::test::source_path;
+using peft::test::temp_dir;
+
+namespace {
+
+ModelInput fixture_input(const std::string& model) {
+  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
+  ModelInput mi;
+  mi.input_ids = in.at("input_ids").clone();
+  mi.attention_mask = in.at("attention_mask").clone();
+  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
+  if (in.count("labels")) mi.labels = in.at("labels").clone();
+  return mi;
+}
+
+PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
+  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
+  m->eval();
+  return std::make_shared<PeftModel>(m);
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
+  torch::NoGradGuard ng;
+  return pm.forward(in).logits;
+}
+
+void randomize(PeftModel& pm, double scale) {
+  torch::NoGradGuard ng;
+  for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
+}
+
+}  // namespace
+
+struct BottleneckCase {
+  std::string name, model, method;
+  nlohmann::json options;
+  int64_t expected_trainable;
+  std::vector<std::string> targeted;
+};
+
+std::vector<BottleneckCase> bottleneck_cases() {
+  // llama: hidden 64, FFN 128, 2 layers; reduction_factor 16 -> b = 4.
+  // One sequential adapter on a 64-wide output: down 4*64 + 4, up 64*4 + 64 = 580.
+  const int64_t one = 4 * 64 + 4 + 64 * 4 + 64;
+  const std::string L0 = "model.layers.0.", L1 = "model.layers.1.";
+  return {
+      {"houlsby", "llama", "houlsby", nlohmann::json::object(), 4 * one,
+       {L0 + "self_attn.o_proj", L0 + "mlp.down_proj", L1 + "self_attn.o_proj", L1 + "mlp.down_proj"}},
+      {"pfeiffer", "llama", "pfeiffer", nlohmann::json::object(), 2 * one, {L0 + "mlp.down_proj", L1 + "mlp.down_proj"}},
+      {"parallel", "llama", "parallel-adapter", nlohmann::json::object(), 2 * one, {L0 + "mlp", L1 + "mlp"}},
+      {"houlsby_ln", "llama", "houlsby", {{"adapter_layernorm", true}}, 4 * (one + 2 * 64),
+       {L0 + "self_attn.o_proj", L0 + "mlp.down_proj", L1 + "self_attn.o_proj", L1 + "mlp.down_proj"}},
+      {"adapter_drop", "llama", "houlsby", {{"adapter_drop_layers", 1}, {"non_linearity", "gelu"}}, 2 * one,
+       {L1 + "self_attn.o_proj", L1 + "mlp.down_proj"}},
+      {"size8_silu", "llama", "pfeiffer", {{"bottleneck_size", 8}, {"non_linearity", "silu"}},
+       2 * (8 * 64 + 8 + 64 * 8 + 64), {L0 + "mlp.down_proj", L1 + "mlp.down_proj"}},
+      // BERT's FFN output "output.dense" also names attention.output.dense: Pfeiffer keeps only the FFN's.
+      {"bert_pfeiffer", "bert_cls", "pfeiffer", nlohmann::json::object(), 2 * one,
+       {"bert.encoder.layer.0.output.dense", "bert.encoder.layer.1.output.dense"}},
+      {"bert_houlsby", "bert_cls", "houlsby", nlohmann::json::object(), 4 * one,
+       {"bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense",
+        "bert.encoder.layer.1.attention.output.dense", "bert.encoder.layer.1.output.dense"}},
+  };
+}
+
+class Bottleneck : public ::testing::TestWithParam<BottleneckCase> {};
+
+TEST_P(Bottleneck, IdentityAtInitCountAndPlacement) {
+  auto c = GetParam();
+  auto pm = peft_model(c.model);
+  auto in = fixture_input(c.model);
+  auto base = logits_of(*pm, in);
+  pm->add_adapter("default", method_config(c.method, c.options));
+  auto rep = pm->trainable_report();
+  EXPECT_EQ(rep.trainable, c.expected_trainable) << rep.to_string();
+  EXPECT_EQ(rep.by_method["bottleneck"], c.expected_trainable);
+  auto targeted = pm->adapter("default").targeted;
+  std::sort(targeted.begin(), targeted.end());
+  auto want = c.targeted;
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(targeted, want);
+  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base)) << max_diff(logits_of(*pm, in), base);
+  randomize(*pm, 0.2);
+  EXPECT_GT(max_diff(logits_of(*pm, in), base), 1e-4);
+  EXPECT_THROW(pm->merge(), Error);  // non-linear: not mergeable
+  pm->disable_adapters();
+  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
+}
+
+TEST_P(Bottleneck, SaveLoadBitExact) {
+  auto c = GetParam();
+  auto pm = peft_model(c.model);
+  pm->add_adapter("default", method_config(c.method, c.options));
+  randomize(*pm, 0.2);
+  auto in = fixture_input(c.model);
+  auto out = logits_of(*pm, in);
+  auto dir = temp_dir("bottleneck_" + c.name);
+  pm->save_adapter(dir);
+  auto cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "BOTTLENECK");
+  EXPECT_EQ(cfg["peft_cpp_format_version"], 1);
+  EXPECT_TRUE(cfg["target_modules"].is_array());
+  auto saved = load_safetensors(dir + "/adapter_model.safetensors");
+  EXPECT_TRUE(saved.count("base_model.model." + c.targeted[0] + ".adapter_down.weight")) << c.targeted[0];
+  EXPECT_TRUE(saved.count("base_model.model." + c.targeted[0] + ".adapter_up.bias"));
+  auto pm2 = peft_model(c.model);
+  pm2->load_adapter(dir);
+  auto orig = pm->adapter_state_dict("default"), again = pm2->adapter_state_dict("default");
+  ASSERT_EQ(orig.size(), again.size());
+  for (auto& kv : orig) EXPECT_TRUE(torch::equal(kv.second, again.at(kv.first))) << kv.first;
+  EXPECT_TRUE(torch::equal(logits_of(*pm2, in), out));
+}
+
+TEST_P(Bottleneck, GradientsMatchFiniteDifferences) {
+  auto c = GetParam();
+  auto pm = peft_model(c.model, torch::kFloat64);
+  pm->add_adapter("default", method_config(c.method, c.options));
+  pm->to(torch::kFloat64);
+  randomize(*pm, 0.3);
+  auto in = fixture_input(c.model);
+  auto named = pm->named_trainable_parameters();
+  ASSERT_FALSE(named.empty());
+  pm->forward(in).loss.backward();
+  torch::NoGradGuard ng;
+  for (auto& [name, p] : named) {
+    ASSERT_TRUE(p.grad().defined()) << name;
+    auto flat = p.view({-1});
+    auto g = p.grad().view({-1});
+    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
+      const double h = 1e-6, orig = flat[idx].item<double>();
+      flat[idx].fill_(orig + h);
+      double lp = pm->forward(in).loss.item<double>();
+      flat[idx].fill_(orig - h);
+      double lm = pm->forward(in).loss.item<double>();
+      flat[idx].fill_(orig);
+      double fd = (lp - lm) / (2 * h);
+      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.name << " " << name << "[" << idx << "]";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, Bottleneck, ::testing::ValuesIn(bottleneck_cases()),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(BottleneckErrors, ClearMessages) {
+  auto pm = peft_model("bert_cls");
+  try {  // BERT has no single FFN module for a parallel adapter to wrap
+    pm->add_adapter("p", method_config("parallel-adapter"));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'mlp'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(pm->add_adapter("a", method_config("bottleneck", {{"adapter_type", "serial"}})), Error);
+  EXPECT_THROW(pm->add_adapter("b", method_config("bottleneck", {{"non_linearity", "nope"}})), Error);
+  EXPECT_THROW(pm->add_adapter("c", method_config("bottleneck", {{"peft_cpp_format_version", 2}})), Error);
+  EXPECT_THROW(pm->add_adapter("d", method_config("bottleneck", {{"adapter_drop_layers", 2}})), Error);
+  // The parallel adapter scales by `scaling` (He et al.: 4).
+  auto pl = peft_model("llama");
+  pl->add_adapter("x", method_config("parallel-adapter", {{"init_weights", false}}));
+  auto in = fixture_input("llama");
+  auto base = [&] {
+    pl->disable_adapters(true);
+    auto l = logits_of(*pl, in);
+    pl->disable_adapters(false);
+    return l;
+  }();
+  pl->set_scale("x", 0.0);
+  EXPECT_TRUE(torch::equal(logits_of(*pl, in), base));
+}
