@@ -19,7 +19,7 @@
 namespace peft::cli {
 
 struct BenchShape {
-  // ~109M parameters (85M in the blocks, 2 x 24.6M embeddings): Llama architecture, untied head.
+  // ~134M parameters (85M in the blocks, 2 x 24.6M embeddings): Llama architecture, untied head.
   int64_t hidden = 768, layers = 12, heads = 12, intermediate = 2048, vocab = 32000;
   int64_t batch = 4, seq = 128;
   /// A ~0.2M-parameter model and a tiny batch: seconds, for CI.
