@@ -16,8 +16,9 @@ static void usage() {
 int main(int argc, char** argv) {
   // OpenMP reads OMP_WAIT_POLICY when the runtime loads, before main. Spin-waiting threads
   // fight OpenBLAS's for the cores (measured 3x slower training steps), so unless the user
-  // chose a policy, set PASSIVE and re-exec once.
-  if (!std::getenv("OMP_WAIT_POLICY")) {
+  // chose a policy, set PASSIVE and re-exec once. PEFT_NO_REEXEC=1 keeps the OpenMP runtime's
+  // own default (`peft bench --threads-table` measures it).
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("PEFT_NO_REEXEC")) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     execv("/proc/self/exe", argv);  // falls through if /proc is unavailable
   }

@@ -1,0 +1,481 @@
+// `peft bench`: memory and speed of one training step (forward + backward + AdamW step) of a
+// randomly initialised Llama-architecture model (~109M parameters; --small for CI), fully
+// fine-tuned vs each PEFT method, in one run so that ratios share the machine's load.
+//
+//   peft bench                          # methods table: trainable %, peak RSS, tokens/s vs full
+//   peft bench --threads-table          # + LoRA step under OMP_WAIT_POLICY / thread counts
+//   peft bench --compare-python         # + the same step in plain PyTorch (bench/pytorch_lora_step.py)
+//   peft bench --small --out r.json     # tiny model, one repeat: seconds
+//
+// Every measurement runs in a fresh child process (`peft bench --worker METHOD ...`), so peak
+// RSS (VmHWM, reset after the model is built) belongs to one configuration only. Rounds are
+// interleaved (full, lora, dora, ..., full, lora, ...) and ratios are medians of per-round
+// ratios, which cancels most of the drift of a shared machine's load.
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "cli/bench_step.h"
+#include "cli/command.h"
+#include "peft/error.h"
+#include "peft/io.h"
+#include "peft/tuner.h"
+
+namespace fs = std::filesystem;
+
+namespace peft::cli {
+namespace {
+
+const std::vector<std::string> kDefaultMethods = {"full", "lora", "dora", "ia3", "vera", "loha", "lokr", "adalora"};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return q + "'";
+}
+
+std::string fixed(double v, int prec) {
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(prec) << v;
+  return os.str();
+}
+
+std::string read_first_line(const std::string& path) {
+  std::ifstream f(path);
+  std::string line;
+  std::getline(f, line);
+  return line;
+}
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+// ---- worker: one configuration, one process ----------------------------------------------------
+
+BenchShape shape_from_args(const Args& a) {
+  BenchShape s = a.get_bool("small", false) ? BenchShape::small() : BenchShape();
+  s.hidden = a.get_int("hidden", s.hidden);
+  s.layers = a.get_int("layers", s.layers);
+  s.heads = a.get_int("heads", s.heads);
+  s.intermediate = a.get_int("intermediate", s.intermediate);
+  s.vocab = a.get_int("vocab", s.vocab);
+  s.batch = a.get_int("batch", s.batch);
+  s.seq = a.get_int("seq", s.seq);
+  PEFT_CHECK(s.hidden > 0 && s.layers > 0 && s.heads > 0 && s.intermediate > 0 && s.vocab > 0 && s.batch > 0 &&
+                 s.seq > 1,
+             "bench: sizes must be positive (and --seq > 1)");
+  PEFT_CHECK(s.hidden % s.heads == 0 && (s.hidden / s.heads) % 2 == 0,
+             "bench: --hidden must be a multiple of --heads with an even head size");
+  return s;
+}
+
+std::string shape_args(const BenchShape& s) {
+  return " --hidden " + std::to_string(s.hidden) + " --layers " + std::to_string(s.layers) + " --heads " +
+         std::to_string(s.heads) + " --intermediate " + std::to_string(s.intermediate) + " --vocab " +
+         std::to_string(s.vocab) + " --batch " + std::to_string(s.batch) + " --seq " + std::to_string(s.seq);
+}
+
+int run_worker(const Args& a) {
+  const std::string method = a.get("worker");
+  const BenchShape s = shape_from_args(a);
+  const int64_t warmup = a.get_int("warmup", 1), steps = a.get_int("steps", 3);
+  if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads", 1)));
+  Rss start = read_rss();
+  StepBench b(s, method, warmup + steps);
+  Rss before = read_rss();
+  bool reset = reset_peak_rss();
+  Rss base = read_rss();  // after a reset VmHWM == VmRSS; otherwise the construction peak stays
+  std::vector<double> times;
+  double first_loss = 0, last_loss = 0;
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    double loss = b.step();
+    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i == 0) first_loss = loss;
+    last_loss = loss;
+    if (i >= warmup) times.push_back(dt);
+  }
+  Rss after = read_rss();
+  PEFT_CHECK(std::isfinite(last_loss), "bench: the loss of ", method, " is ", last_loss);
+  const double step_s = median(times);
+  nlohmann::json r = {{"method", method},
+                      {"trainable", b.trainable},
+                      {"total", b.total},
+                      {"targeted_modules", b.targeted_modules},
+                      {"adapter_config", b.adapter_config},
+                      {"threads", at::get_num_threads()},
+                      {"rss_start_mib", start.rss_kib / 1024.0},
+                      {"rss_model_mib", before.rss_kib / 1024.0},
+                      {"peak_rss_mib", after.hwm_kib / 1024.0},
+                      {"step_peak_mib", (after.hwm_kib - (reset ? base.rss_kib : before.rss_kib)) / 1024.0},
+                      {"peak_reset", reset},
+                      {"step_s", times},
+                      {"median_step_s", step_s},
+                      {"tokens_per_s", step_s > 0 ? s.tokens_per_step() / step_s : 0.0},
+                      {"first_loss", first_loss},
+                      {"last_loss", last_loss}};
+  std::cout << r.dump() << std::endl;
+  return 0;
+}
+
+// ---- driver ------------------------------------------------------------------------------------
+
+std::string self_exe() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  PEFT_CHECK(!ec, "bench: cannot find the peft binary (/proc/self/exe)");
+  return p.string();
+}
+
+// Runs `cmd` through the shell; returns the last stdout line that parses as a JSON object.
+nlohmann::json run_child(const std::string& cmd, const std::string& what) {
+  FILE* p = popen(cmd.c_str(), "r");
+  PEFT_CHECK(p, "bench: cannot start ", what);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int rc = pclose(p);
+  nlohmann::json last;
+  std::istringstream is(out);
+  std::string line;
+  while (std::getline(is, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    try {
+      last = nlohmann::json::parse(line);
+    } catch (...) {
+    }
+  }
+  PEFT_CHECK(rc == 0 && last.is_object(), "bench: ", what, " failed (exit status ", rc, "): ", cmd, "\n", out);
+  return last;
+}
+
+struct Driver {
+  BenchShape shape;
+  int64_t warmup = 1, steps = 3, repeats = 3;
+  std::string exe;
+  bool quiet = false;
+
+  std::string worker_cmd(const std::string& method, const std::string& env = "", int64_t threads = 0) const {
+    std::string c = env.empty() ? "" : "env " + env + " ";
+    c += quote(exe) + " bench --worker " + quote(method) + shape_args(shape) + " --warmup " + std::to_string(warmup) +
+         " --steps " + std::to_string(steps);
+    if (threads > 0) c += " --threads " + std::to_string(threads);
+    return c;
+  }
+  void progress(const std::string& msg) const {
+    if (!quiet) std::cerr << "bench: " << msg << std::endl;
+  }
+};
+
+// Median over rounds of each per-run metric, and of per-round ratios to `ref`.
+nlohmann::json summarize(const std::vector<std::vector<nlohmann::json>>& rounds, const std::vector<std::string>& keys,
+                         size_t ref) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::vector<double> tps, peak, step_peak, tps_ratio, mem_ratio, model;
+    for (auto& round : rounds) {
+      const auto& r = round[i];
+      const auto& f = round[ref];
+      tps.push_back(r["tokens_per_s"].get<double>());
+      peak.push_back(r["peak_rss_mib"].get<double>());
+      step_peak.push_back(r["step_peak_mib"].get<double>());
+      model.push_back(r["rss_model_mib"].get<double>());
+      tps_ratio.push_back(r["tokens_per_s"].get<double>() / f["tokens_per_s"].get<double>());
+      mem_ratio.push_back(r["peak_rss_mib"].get<double>() / f["peak_rss_mib"].get<double>());
+    }
+    const auto& r0 = rounds[0][i];
+    rows.push_back({{"name", keys[i]},
+                    {"trainable", r0["trainable"]},
+                    {"total", r0["total"]},
+                    {"trainable_percent", 100.0 * r0["trainable"].get<double>() / r0["total"].get<double>()},
+                    {"targeted_modules", r0["targeted_modules"]},
+                    {"threads", r0["threads"]},
+                    {"rss_model_mib", median(model)},
+                    {"peak_rss_mib", median(peak)},
+                    {"step_peak_mib", median(step_peak)},
+                    {"peak_ratio", median(mem_ratio)},
+                    {"tokens_per_s", median(tps)},
+                    {"tokens_per_s_ratio", median(tps_ratio)}});
+  }
+  return rows;
+}
+
+std::string pad(const std::string& s, size_t w, bool right = true) {
+  if (s.size() >= w) return s;
+  return right ? std::string(w - s.size(), ' ') + s : s + std::string(w - s.size(), ' ');
+}
+
+void print_table(std::ostream& os, const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> w(head.size());
+  for (size_t c = 0; c < head.size(); ++c) {
+    w[c] = head[c].size();
+    for (auto& r : rows) w[c] = std::max(w[c], r[c].size());
+  }
+  auto line = [&](const std::vector<std::string>& r) {
+    os << "|";
+    for (size_t c = 0; c < r.size(); ++c) os << " " << pad(r[c], w[c], c > 0) << " |";
+    os << "\n";
+  };
+  line(head);
+  os << "|";
+  for (size_t c = 0; c < head.size(); ++c) os << std::string(w[c] + 1, '-') << (c ? ":" : "-") << "|";
+  os << "\n";
+  for (auto& r : rows) line(r);
+}
+
+nlohmann::json methods_suite(const Driver& d, const std::vector<std::string>& methods, std::ostream& os) {
+  std::vector<std::vector<nlohmann::json>> rounds;
+  for (int64_t r = 0; r < d.repeats; ++r) {
+    std::vector<nlohmann::json> round;
+    for (auto& m : methods) {
+      d.progress("round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + m);
+      round.push_back(run_child(d.worker_cmd(m), "the " + m + " step"));
+    }
+    rounds.push_back(round);
+  }
+  size_t ref = std::find(methods.begin(), methods.end(), "full") - methods.begin();
+  auto rows = summarize(rounds, methods, ref);
+  os << "\n## Methods: one training step (batch " << d.shape.batch << " x seq " << d.shape.seq << ", median of "
+     << d.repeats << " rounds; ratios to full fine-tuning in the same round)\n\n";
+  std::vector<std::vector<std::string>> t;
+  for (auto& r : rows)
+    t.push_back({r["name"].get<std::string>(), std::to_string(r["trainable"].get<int64_t>()),
+                 fixed(r["trainable_percent"].get<double>(), 3), std::to_string(r["targeted_modules"].get<int64_t>()),
+                 fixed(r["peak_rss_mib"].get<double>(), 0), fixed(r["step_peak_mib"].get<double>(), 0),
+                 fixed(r["peak_ratio"].get<double>(), 2), fixed(r["tokens_per_s"].get<double>(), 1),
+                 fixed(r["tokens_per_s_ratio"].get<double>(), 2)});
+  print_table(os, {"method", "trainable", "%", "modules", "peak MiB", "step MiB", "peak/full", "tokens/s", "speed/full"}, t);
+  os << "\npeak MiB: the process's peak RSS (model + step); step MiB: peak growth over the RSS before the first step"
+        " (gradients, optimizer state, activations).\n";
+  return {{"rows", rows}, {"runs", rounds}};
+}
+
+struct ThreadConfig {
+  std::string label, env;
+  int64_t threads;
+};
+
+nlohmann::json threads_suite(const Driver& d, std::ostream& os) {
+  const int64_t n = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  const std::string nt = std::to_string(n) + (n == 1 ? " thread" : " threads");
+  std::vector<ThreadConfig> cfgs = {
+      {"PASSIVE, " + nt, "OMP_WAIT_POLICY=PASSIVE", n},
+      {"unset (libgomp default), " + nt, "-u OMP_WAIT_POLICY PEFT_NO_REEXEC=1", n},
+      {"ACTIVE, " + nt, "OMP_WAIT_POLICY=ACTIVE", n},
+      {"PASSIVE, 1 thread", "OMP_WAIT_POLICY=PASSIVE", 1},
+      {"ACTIVE, 1 thread", "OMP_WAIT_POLICY=ACTIVE", 1},
+      {"PASSIVE, 1 thread, OPENBLAS_NUM_THREADS=1", "OMP_WAIT_POLICY=PASSIVE OPENBLAS_NUM_THREADS=1", 1},
+  };
+  std::vector<std::string> labels;
+  for (auto& c : cfgs) labels.push_back(c.label);
+  std::vector<std::vector<nlohmann::json>> rounds;
+  for (int64_t r = 0; r < d.repeats; ++r) {
+    std::vector<nlohmann::json> round;
+    for (auto& c : cfgs) {
+      d.progress("threads round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + c.label);
+      round.push_back(run_child(d.worker_cmd("lora", c.env, c.threads), "the lora step (" + c.label + ")"));
+    }
+    rounds.push_back(round);
+  }
+  auto rows = summarize(rounds, labels, 0);
+  os << "\n## Threads: the LoRA step under OpenMP wait policies and thread counts (median of " << d.repeats
+     << " rounds; ratio to the first row in the same round)\n\n";
+  std::vector<std::vector<std::string>> t;
+  for (auto& r : rows)
+    t.push_back({r["name"].get<std::string>(), std::to_string(r["threads"].get<int64_t>()),
+                 fixed(r["tokens_per_s"].get<double>(), 1), fixed(r["tokens_per_s_ratio"].get<double>(), 2),
+                 fixed(1000.0 * d.shape.tokens_per_step() / r["tokens_per_s"].get<double>(), 0)});
+  print_table(os, {"configuration", "torch threads", "tokens/s", "speed vs first", "ms/step"}, t);
+  return {{"rows", rows}, {"runs", rounds}};
+}
+
+std::string find_python_script(const Args& a) {
+  if (a.has("python_script")) return a.get("python_script");
+  std::vector<fs::path> cands;
+  if (const char* src = std::getenv("PEFT_SOURCE_DIR")) cands.push_back(fs::path(src) / "bench/pytorch_lora_step.py");
+  fs::path exe_dir = fs::path(self_exe()).parent_path();
+  cands.push_back(exe_dir / "../bench/pytorch_lora_step.py");
+  cands.push_back(exe_dir / "../../bench/pytorch_lora_step.py");
+  cands.push_back("bench/pytorch_lora_step.py");
+  for (auto& c : cands)
+    if (fs::exists(c)) return fs::weakly_canonical(c).string();
+  fail("bench: bench/pytorch_lora_step.py not found; pass --python-script PATH");
+}
+
+nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
+  const std::string py = a.get("python", "/usr/bin/python3");
+  const std::string script = find_python_script(a);
+  {
+    std::string probe = quote(py) + " -c 'import torch, json; print(json.dumps({\"torch\": torch.__version__}))'";
+    FILE* p = popen((probe + " 2>/dev/null").c_str(), "r");
+    std::string out;
+    char buf[256];
+    size_t n;
+    while (p && (n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    int rc = p ? pclose(p) : -1;
+    PEFT_CHECK(rc == 0, "bench --compare-python: ", py,
+               " cannot import torch. Install Debian's PyTorch (apt-get install -y python3-torch) or run "
+               "bench/compare_python.sh, which does.");
+  }
+  std::vector<std::string> labels = {"peft.cpp lora", "pytorch lora", "peft.cpp full", "pytorch full"};
+  std::vector<std::vector<nlohmann::json>> rounds;
+  const int64_t nthreads = at::get_num_threads();
+  for (int64_t r = 0; r < d.repeats; ++r) {
+    std::vector<nlohmann::json> round;
+    for (const char* m : {"lora", "full"}) {
+      d.progress("python round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + m);
+      round.push_back(run_child(d.worker_cmd(m), std::string("the peft.cpp ") + m + " step"));
+      std::string cmd = quote(py) + " " + quote(script) + " --method " + m + shape_args(d.shape) + " --warmup " +
+                        std::to_string(d.warmup) + " --steps " + std::to_string(d.steps) + " --threads " +
+                        std::to_string(nthreads) + " --json";
+      round.push_back(run_child(cmd, std::string("the PyTorch ") + m + " step"));
+    }
+    rounds.push_back(round);
+  }
+  auto rows = summarize(rounds, labels, 0);
+  // peft.cpp / PyTorch, per round, per method.
+  nlohmann::json ratios;
+  for (int k = 0; k < 2; ++k) {
+    std::vector<double> speed, mem;
+    for (auto& round : rounds) {
+      speed.push_back(round[2 * k]["tokens_per_s"].get<double>() / round[2 * k + 1]["tokens_per_s"].get<double>());
+      mem.push_back(round[2 * k]["step_peak_mib"].get<double>() / round[2 * k + 1]["step_peak_mib"].get<double>());
+    }
+    ratios[k == 0 ? "lora" : "full"] = {{"speed_peft_over_pytorch", median(speed)},
+                                        {"step_mem_peft_over_pytorch", median(mem)}};
+  }
+  os << "\n## peft.cpp vs plain PyTorch in Python (" << rounds[0][1].value("torch", std::string("?"))
+     << "), same model and step, " << nthreads << " threads (median of " << d.repeats << " rounds)\n\n";
+  std::vector<std::vector<std::string>> t;
+  for (auto& r : rows)
+    t.push_back({r["name"].get<std::string>(), std::to_string(r["trainable"].get<int64_t>()),
+                 fixed(r["peak_rss_mib"].get<double>(), 0), fixed(r["step_peak_mib"].get<double>(), 0),
+                 fixed(r["tokens_per_s"].get<double>(), 1)});
+  print_table(os, {"implementation", "trainable", "peak MiB", "step MiB", "tokens/s"}, t);
+  os << "\npeft.cpp / PyTorch tokens/s: lora " << fixed(ratios["lora"]["speed_peft_over_pytorch"].get<double>(), 2)
+     << ", full " << fixed(ratios["full"]["speed_peft_over_pytorch"].get<double>(), 2)
+     << "  (step memory: lora " << fixed(ratios["lora"]["step_mem_peft_over_pytorch"].get<double>(), 2) << ", full "
+     << fixed(ratios["full"]["step_mem_peft_over_pytorch"].get<double>(), 2) << ")\n";
+  return {{"rows", rows}, {"ratios", ratios}, {"runs", rounds}, {"python", py}, {"script", script}};
+}
+
+int run_bench(Args& a) {
+  a.reject_unknown({"worker", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
+                    "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
+                    "python_script", "out", "quiet"});
+  if (a.has("worker")) return run_worker(a);
+  const bool small = a.get_bool("small", false);
+  Driver d;
+  d.shape = shape_from_args(a);
+  d.warmup = a.get_int("warmup", 1);
+  d.steps = a.get_int("steps", small ? 2 : 3);
+  d.repeats = a.get_int("repeats", small ? 1 : 3);
+  d.exe = self_exe();
+  d.quiet = a.get_bool("quiet", false);
+  PEFT_CHECK(d.warmup >= 0 && d.steps > 0 && d.repeats > 0, "bench: --steps and --repeats must be > 0");
+
+  std::vector<std::string> suites = split(a.get("suites", "methods"));
+  if (a.get_bool("threads_table", false)) suites.push_back("threads");
+  if (a.get_bool("compare_python", false)) suites.push_back("python");
+  if (std::find(suites.begin(), suites.end(), "all") != suites.end()) suites = {"methods", "threads", "python"};
+  for (auto& s : suites)
+    PEFT_CHECK(s == "methods" || s == "threads" || s == "python", "bench: unknown suite '", s,
+               "' (methods, threads, python, all)");
+  auto has_suite = [&](const char* s) { return std::find(suites.begin(), suites.end(), s) != suites.end(); };
+
+  std::vector<std::string> methods;
+  const auto known = method_names();
+  std::string mlist = a.get("methods", "");
+  if (mlist == "all") {
+    methods = {"full"};
+    for (auto& m : known) methods.push_back(m);
+  } else if (!mlist.empty()) {
+    methods = split(mlist);
+    if (std::find(methods.begin(), methods.end(), "full") == methods.end()) methods.insert(methods.begin(), "full");
+    for (auto& m : methods)
+      PEFT_CHECK(m == "full" || std::find(known.begin(), known.end(), m) != known.end(), "bench: unknown method '", m,
+                 "'");
+  } else {
+    for (auto& m : kDefaultMethods)
+      if (m == "full" || std::find(known.begin(), known.end(), m) != known.end()) methods.push_back(m);
+  }
+
+  const nlohmann::json cfg = d.shape.config();
+  int64_t params = 0;
+  {
+    const int64_t H = d.shape.hidden, I = d.shape.intermediate, V = d.shape.vocab;
+    params = 2 * V * H + d.shape.layers * (4 * H * H + 3 * H * I + 2 * H) + H;
+  }
+  std::ostringstream os;
+  const std::string load_start = read_first_line("/proc/loadavg");
+  os << "# peft bench: Llama architecture, hidden " << d.shape.hidden << ", " << d.shape.layers << " layers, "
+     << d.shape.heads << " heads, intermediate " << d.shape.intermediate << ", vocab " << d.shape.vocab << " ("
+     << fixed(params / 1e6, 1) << "M parameters, random weights), batch " << d.shape.batch << " x seq "
+     << d.shape.seq << "\n";
+  os << "# " << std::thread::hardware_concurrency() << " CPUs (" << cpu_model() << "), torch threads "
+     << at::get_num_threads() << ", OMP_WAIT_POLICY=" << (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "")
+     << ", warmup " << d.warmup << " + " << d.steps << " timed steps per run, loadavg at start: " << load_start << "\n";
+  std::cout << os.str() << std::flush;
+
+  nlohmann::json report = {{"model_config", cfg},
+                           {"parameters", params},
+                           {"batch", d.shape.batch},
+                           {"seq", d.shape.seq},
+                           {"warmup", d.warmup},
+                           {"steps", d.steps},
+                           {"repeats", d.repeats},
+                           {"cpus", std::thread::hardware_concurrency()},
+                           {"cpu_model", cpu_model()},
+                           {"loadavg_start", load_start}};
+  auto emit = [&](const std::function<nlohmann::json(std::ostream&)>& fn, const char* key) {
+    std::ostringstream part;
+    report[key] = fn(part);
+    std::cout << part.str() << std::flush;
+  };
+  if (has_suite("methods")) emit([&](std::ostream& o) { return methods_suite(d, methods, o); }, "methods");
+  if (has_suite("threads")) emit([&](std::ostream& o) { return threads_suite(d, o); }, "threads");
+  if (has_suite("python")) emit([&](std::ostream& o) { return python_suite(d, a, o); }, "python");
+  report["loadavg_end"] = read_first_line("/proc/loadavg");
+  std::cout << "\n# loadavg at end: " << report["loadavg_end"].get<std::string>() << "\n";
+  if (a.has("out")) {
+    write_json(a.get("out"), report);
+    std::cout << "# wrote " << a.get("out") << "\n";
+  }
+  return 0;
+}
+
+PEFT_REGISTER_COMMAND("bench", "training-step memory and speed: full fine-tuning vs PEFT methods", run_bench);
+
+}  // namespace
+}  // namespace peft::cli

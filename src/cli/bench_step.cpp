@@ -1,0 +1,117 @@
+#include "cli/bench_step.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "peft/error.h"
+
+namespace peft::cli {
+
+BenchShape BenchShape::small() {
+  BenchShape s;
+  s.hidden = 64;
+  s.layers = 2;
+  s.heads = 4;
+  s.intermediate = 172;
+  s.vocab = 512;
+  s.batch = 2;
+  s.seq = 32;
+  return s;
+}
+
+nlohmann::json BenchShape::config() const {
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"hidden_size", hidden},
+          {"num_hidden_layers", layers},
+          {"num_attention_heads", heads},
+          {"num_key_value_heads", heads},
+          {"intermediate_size", intermediate},
+          {"vocab_size", vocab},
+          {"max_position_embeddings", std::max<int64_t>(2048, seq)},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000.0},
+          {"hidden_act", "silu"},
+          {"tie_word_embeddings", false}};
+}
+
+nlohmann::json bench_method_config(const std::string& method, int64_t total_steps) {
+  if (method == "full") return nullptr;
+  nlohmann::json base = method_config(method);
+  nlohmann::json over = nlohmann::json::object();
+  const std::string type = base["peft_type"].get<std::string>();
+  if (type == "LORA" || type == "ADALORA") over["r"] = 8;
+  if (type == "ADALORA") {
+    over["init_r"] = 12;
+    over["target_r"] = 8;
+    over["total_step"] = total_steps;
+  }
+  return method_config(method, over);
+}
+
+StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps) {
+  torch::manual_seed(0);
+  model_ = create_model(shape.config());
+  std::vector<std::pair<std::string, torch::Tensor>> named;
+  if (method == "full") {
+    for (auto& p : model_->named_parameters()) {
+      p.value().set_requires_grad(true);
+      named.emplace_back(p.key(), p.value());
+      trainable += p.value().numel();
+    }
+    total = trainable;
+  } else {
+    pm_ = std::make_shared<PeftModel>(model_);
+    adapter_config = bench_method_config(method, total_steps);
+    pm_->add_adapter("default", adapter_config);
+    adapter_config = pm_->adapter("default").config;
+    targeted_modules = static_cast<int64_t>(pm_->adapter("default").targeted.size());
+    named = pm_->named_trainable_parameters();
+    auto r = pm_->trainable_report();
+    trainable = r.trainable;
+    total = r.total;
+    pm_->train();
+  }
+  model_->train();
+  for (auto& [n, p] : named) params_.push_back(p);
+  PEFT_CHECK(!params_.empty(), "bench: method '", method, "' has no trainable parameters on this model");
+  opt_ = std::make_unique<torch::optim::AdamW>(params_, torch::optim::AdamWOptions(1e-4).weight_decay(0.01));
+  in_.input_ids = torch::randint(shape.vocab, {shape.batch, shape.seq}, torch::kLong);
+  in_.labels = in_.input_ids;
+}
+
+double StepBench::step() {
+  ModelOutput out = pm_ ? pm_->forward(in_) : model_->forward(in_);
+  out.loss.backward();
+  if (pm_) pm_->before_step(step_);
+  opt_->step();
+  if (pm_) pm_->after_step(step_);
+  opt_->zero_grad();
+  ++step_;
+  return out.loss.item<double>();
+}
+
+Rss read_rss() {
+  Rss r;
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream is(line);
+    std::string key;
+    int64_t v = 0;
+    is >> key >> v;
+    if (key == "VmRSS:") r.rss_kib = v;
+    if (key == "VmHWM:") r.hwm_kib = v;
+  }
+  return r;
+}
+
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  if (!f) return false;
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+}  // namespace peft::cli

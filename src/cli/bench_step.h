@@ -1,0 +1,65 @@
+// One training step (forward + backward + AdamW step) of a randomly initialised Llama-architecture
+// causal LM, either fully fine-tuned or with one PEFT method: the unit `peft bench` and
+// bench/train_step_bench.cpp measure. No data, no checkpoints, no logging: only the step.
+//
+//   peft::cli::BenchShape s = peft::cli::BenchShape::small();
+//   peft::cli::StepBench b(s, "lora");   // or "full"
+//   b.step();                            // returns the loss
+#pragma once
+#include <torch/torch.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "peft/model.h"
+#include "peft/tuner.h"
+
+namespace peft::cli {
+
+struct BenchShape {
+  // ~134M parameters (85M in the blocks, 2 x 24.6M embeddings): Llama architecture, untied head.
+  int64_t hidden = 768, layers = 12, heads = 12, intermediate = 2048, vocab = 32000;
+  int64_t batch = 4, seq = 128;
+  /// A ~0.2M-parameter model and a tiny batch: seconds, for CI.
+  static BenchShape small();
+  /// config.json of the model (LlamaForCausalLM).
+  nlohmann::json config() const;
+  int64_t tokens_per_step() const { return batch * seq; }
+};
+
+/// The adapter config the benchmark uses for `method` (LoRA family: r 8 on q, v; others: the
+/// method's defaults; AdaLoRA: total_step set). "full" is not a method (returns null).
+nlohmann::json bench_method_config(const std::string& method, int64_t total_steps);
+
+class StepBench {
+ public:
+  /// Builds the model (seeded), the adapter ("full": every parameter trains), the optimizer
+  /// (AdamW, lr 1e-4, weight decay 0.01) and one random batch (labels = input ids).
+  StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps = 1000);
+  /// One optimizer step; returns the loss.
+  double step();
+  int64_t trainable = 0, total = 0;
+  int64_t targeted_modules = 0;  // modules the adapter wraps (0 for full fine-tuning)
+  nlohmann::json adapter_config;  // null for full fine-tuning
+
+ private:
+  ModelPtr model_;
+  PeftModelPtr pm_;
+  std::vector<torch::Tensor> params_;
+  std::unique_ptr<torch::optim::AdamW> opt_;
+  ModelInput in_;
+  int64_t step_ = 0;
+};
+
+/// Current and peak resident set size of this process in KiB (/proc/self/status VmRSS, VmHWM).
+struct Rss {
+  int64_t rss_kib = 0, hwm_kib = 0;
+};
+Rss read_rss();
+/// Resets VmHWM to the current RSS (writes 5 to /proc/self/clear_refs); false where the kernel
+/// refuses.
+bool reset_peak_rss();
+
+}  // namespace peft::cli

@@ -1,0 +1,76 @@
+// `peft bench --small`: the table has full fine-tuning and LoRA rows, and LoRA's trainable count
+// is the closed form r * (in + out) per targeted module (q_proj and v_proj of every layer).
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "cli/bench_step.h"
+#include "peft/io.h"
+#include "test_util.h"
+
+using namespace peft;
+
+namespace {
+// The cells of the table row whose first cell is `name` (empty if none).
+std::vector<std::string> table_row(const std::string& out, const std::string& name) {
+  std::istringstream is(out);
+  std::string line;
+  while (std::getline(is, line)) {
+    if (line.empty() || line[0] != '|') continue;
+    std::vector<std::string> cells;
+    std::stringstream ls(line.substr(1));
+    std::string cell;
+    while (std::getline(ls, cell, '|')) {
+      auto b = cell.find_first_not_of(' '), e = cell.find_last_not_of(' ');
+      cells.push_back(b == std::string::npos ? "" : cell.substr(b, e - b + 1));
+    }
+    if (!cells.empty() && cells[0] == name) return cells;
+  }
+  return {};
+}
+}  // namespace
+
+TEST(BenchCli, SmallTableHasLoraAndFullRows) {
+  std::string dir = test::temp_dir("bench");
+  std::string out;
+  ASSERT_EQ(test::run_cli("bench --small --quiet --methods lora,ia3 --out " + dir + "/r.json", &out), 0) << out;
+  auto full = table_row(out, "full"), lora = table_row(out, "lora");
+  ASSERT_EQ(full.size(), 9u) << out;
+  ASSERT_EQ(lora.size(), 9u) << out;
+  EXPECT_EQ(table_row(out, "ia3").size(), 9u) << out;
+
+  auto r = read_json(dir + "/r.json");
+  const auto& c = r["model_config"];
+  const int64_t H = c["hidden_size"], L = c["num_hidden_layers"], heads = c["num_attention_heads"];
+  const int64_t kv = c["num_key_value_heads"], rank = 8, head_dim = H / heads;
+  // q_proj: H -> heads * head_dim; v_proj: H -> kv * head_dim.
+  const int64_t lora_closed_form = L * (rank * (H + heads * head_dim) + rank * (H + kv * head_dim));
+  EXPECT_EQ(std::stoll(lora[1]), lora_closed_form) << out;
+  EXPECT_EQ(std::stoll(full[1]), r["parameters"].get<int64_t>()) << out;
+  EXPECT_EQ(full[2], "100.000");
+  EXPECT_EQ(full[6], "1.00");  // peak / full
+  EXPECT_EQ(full[8], "1.00");  // speed / full
+
+  nlohmann::json lrow;
+  for (auto& row : r["methods"]["rows"])
+    if (row["name"] == "lora") lrow = row;
+  ASSERT_TRUE(lrow.is_object()) << r.dump();
+  EXPECT_EQ(lrow["trainable"].get<int64_t>(), lora_closed_form);
+  EXPECT_EQ(lrow["targeted_modules"].get<int64_t>(), 2 * L);
+  EXPECT_EQ(lrow["total"].get<int64_t>(), r["parameters"].get<int64_t>() + lora_closed_form);
+  EXPECT_GT(lrow["tokens_per_s"].get<double>(), 0);
+  EXPECT_GT(lrow["peak_rss_mib"].get<double>(), 0);
+}
+
+TEST(BenchCli, StepBenchLoraMatchesClosedForm) {
+  cli::BenchShape s = cli::BenchShape::small();
+  cli::StepBench b(s, "lora", 4);
+  EXPECT_EQ(b.trainable, s.layers * 2 * 8 * (s.hidden + s.hidden));
+  EXPECT_EQ(b.targeted_modules, 2 * s.layers);
+  double l0 = b.step();
+  EXPECT_TRUE(std::isfinite(l0));
+  // Full fine-tuning of the same model trains every parameter.
+  cli::StepBench f(s, "full", 4);
+  EXPECT_EQ(f.trainable, f.total);
+  EXPECT_EQ(f.total + b.trainable, b.total);
+}
