@@ -13,6 +13,8 @@
 #pragma once
 #include <torch/types.h>
 
+#include <functional>
+
 #include "peft/model.h"
 
 namespace peft {
@@ -32,13 +34,20 @@ struct GenerateResult {
                             // beam search: the best hypothesis' length-penalised score
 };
 
+/// The forward pass generation calls: the model's own, or one that wraps it (a PeftModel's, so
+/// that prompt and prefix tuning take part).
+using ForwardFn = std::function<ModelOutput(const ModelInput&)>;
+
 /// Runs the encoder once, then decodes with the KV cache. `attention_mask` may be undefined.
-/// Errors (peft::Error) when the model is not an encoder-decoder or options are invalid.
+/// `forward` defaults to model.forward. Errors (peft::Error) when the model is not an
+/// encoder-decoder or options are invalid.
 GenerateResult generate_seq2seq(PretrainedModel& model, const torch::Tensor& input_ids,
-                                const torch::Tensor& attention_mask, const GenerateOptions& opts = {});
+                                const torch::Tensor& attention_mask, const GenerateOptions& opts = {},
+                                const ForwardFn& forward = {});
 /// Beam search whatever num_beams (>= 1; generate_seq2seq uses it for num_beams > 1). With one
 /// beam it returns greedy's sequences (scores length-penalised).
 GenerateResult beam_search_seq2seq(PretrainedModel& model, const torch::Tensor& input_ids,
-                                   const torch::Tensor& attention_mask, const GenerateOptions& opts);
+                                   const torch::Tensor& attention_mask, const GenerateOptions& opts,
+                                   const ForwardFn& forward = {});
 
 }  // namespace peft

@@ -39,6 +39,16 @@ struct KVCache {
   int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
 };
 
+/// Per-layer key/value prefixes [B, heads, P, head_dim] that attention layers put before their
+/// own keys/values (prefix tuning on encoder-decoders, Li & Liang 2021 sec. 4.2: the encoder,
+/// the decoder and the decoder's cross-attention each get their own). They sit at the P
+/// positions before the sequence and are never stored in a KVCache. Empty vector: no prefix.
+struct AttentionPrefix {
+  std::vector<torch::Tensor> encoder_k, encoder_v;  // encoder self-attention
+  std::vector<torch::Tensor> k, v;                  // decoder self-attention
+  std::vector<torch::Tensor> cross_k, cross_v;      // decoder cross-attention
+};
+
 struct ModelInput {
   torch::Tensor input_ids;       // [B, T] int64; may be undefined when inputs_embeds is given
   torch::Tensor inputs_embeds;   // [B, T, H] (prompt tuning prepends virtual tokens here)
@@ -49,6 +59,7 @@ struct ModelInput {
   torch::Tensor encoder_hidden_states;  // encoder-decoders: reuse an encoder output (generation)
   torch::Tensor labels;          // CausalLM: [B, T] (shifted inside, -100 ignored); SeqCls: [B]
   KVCache* cache = nullptr;      // read and extended in place when non-null
+  std::shared_ptr<const AttentionPrefix> prefix;  // models that take prefixes this way (T5)
   bool output_hidden_states = false;
 };
 

@@ -39,6 +39,7 @@ struct TrainingArguments {
   std::string metric_for_best_model = "eval_loss";
   bool greater_is_better = false;
   int64_t early_stopping_patience = 0;  // evaluations without improvement; 0: off
+  bool eval_on_start = false;  // evaluate (and log, as step 0) before the first step of a fresh run
   bool progress = true;
 
   /// Reads the keys it knows from `j` and removes them; errors name the key and the type.

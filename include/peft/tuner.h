@@ -95,6 +95,15 @@ std::vector<std::string> method_names();
 /// Registers a user-facing method name as a base config (tuner files do this for their presets).
 bool register_method(const std::string& name, nlohmann::json base);
 
+/// What `peft methods` says of a method name: its family in the survey's taxonomy
+/// ("additive", "partial", "reparameterized", "hybrid", "unified") and its paper.
+struct MethodCard {
+  std::string name, family, paper;
+};
+/// Every card (src/tuners/catalog.cpp); nullptr for a name without one.
+std::vector<MethodCard> method_cards();
+const MethodCard* method_card(const std::string& name);
+
 /// Base of every slot wrapper (peft's BaseTunerLayer). Holds the wrapped `base_layer` (a slot,
 /// so wrappers stack) and per-adapter parameters registered under peft's names:
 /// add_param(a, "lora_A.weight", t) registers `lora_A.<a>.weight`; add_param(a, "ia3_l", t)

@@ -129,10 +129,10 @@ int run_eval(Args& a) {
       prompts.push_back(prompt);
       per_row.push_back(r);
     }
-    if (enc_dec) {  // batched, with the adapters (module tuners live inside the base model)
+    if (enc_dec) {  // batched, through the adapters' forward
       std::vector<std::vector<int64_t>> src;
       for (auto& p : prompts) src.push_back(encode_source(*tok, p, max_length));
-      hyps = generate_texts(*lm.model, *tok, src, gopt, a.get_int("batch_size", 8));
+      hyps = generate_texts(*lm.model, *tok, src, gopt, a.get_int("batch_size", 8), lm.forward);
     }
     for (size_t i = 0; i < hyps.size() && (int64_t)i < show; ++i)
       std::cerr << "--- " << rows[i].where() << "\nprompt:    " << prompts[i] << "\noutput:    " << hyps[i]

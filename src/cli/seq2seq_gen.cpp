@@ -19,7 +19,7 @@ std::vector<int64_t> encode_source(const Tokenizer& tok, const std::string& text
 
 std::vector<std::string> generate_texts(PretrainedModel& model, const Tokenizer& tok,
                                         const std::vector<std::vector<int64_t>>& sources, const GenerateOptions& opts,
-                                        int64_t batch_size) {
+                                        int64_t batch_size, const ForwardFn& forward) {
   PEFT_CHECK(model.is_encoder_decoder(), "generation from sources needs an encoder-decoder model (got ",
              model.model_type(), ")");
   PEFT_CHECK(batch_size > 0, "generation batch size must be > 0");
@@ -38,7 +38,7 @@ std::vector<std::string> generate_texts(PretrainedModel& model, const Tokenizer&
       ids[static_cast<int64_t>(i - s)].slice(0, 0, n).copy_(torch::tensor(sources[i], torch::kLong));
       mask[static_cast<int64_t>(i - s)].slice(0, 0, n).fill_(1);
     }
-    auto r = generate_seq2seq(model, ids, mask, opts);
+    auto r = generate_seq2seq(model, ids, mask, opts, forward);
     auto seq = r.sequences.contiguous();
     for (int64_t b = 0; b < B; ++b) {
       std::vector<int64_t> toks;

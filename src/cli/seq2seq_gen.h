@@ -16,8 +16,9 @@ std::vector<int64_t> encode_source(const Tokenizer& tok, const std::string& text
 
 /// Generates for every source (right-padded batches of batch_size) and decodes each output
 /// without specials. The model's own pad/EOS/start ids apply unless `opts` sets them.
+/// `forward`: the adapters' forward (PeftModel), so that input tuners take part.
 std::vector<std::string> generate_texts(PretrainedModel& model, const Tokenizer& tok,
                                         const std::vector<std::vector<int64_t>>& sources, const GenerateOptions& opts,
-                                        int64_t batch_size);
+                                        int64_t batch_size, const ForwardFn& forward = {});
 
 }  // namespace peft::cli

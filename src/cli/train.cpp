@@ -147,7 +147,7 @@ int run_train(Args& a) {
     const Dataset& ev = data.eval;
     const Tokenizer& tk = *tok;
     const int64_t bs = args.per_device_eval_batch_size;
-    trainer.set_eval_hook([&ev, &tk, model, gopt, gen_examples, bs]() {
+    trainer.set_eval_hook([&ev, &tk, model, pm, gopt, gen_examples, bs]() {
       std::vector<std::vector<int64_t>> src;
       std::vector<std::vector<std::string>> refs;
       for (auto& e : ev.examples) {
@@ -155,7 +155,7 @@ int run_train(Args& a) {
         src.push_back(e.input_ids);
         refs.push_back({tk.decode(e.labels, /*skip_special=*/true)});
       }
-      auto hyps = generate_texts(*model, tk, src, gopt, bs);
+      auto hyps = generate_texts(*model, tk, src, gopt, bs, [pm](const ModelInput& in) { return pm->forward(in); });
       return nlohmann::json{{"eval_bleu", corpus_bleu(hyps, refs).score}, {"eval_chrf", corpus_chrf(hyps, refs).score},
                             {"eval_generated", static_cast<int64_t>(hyps.size())}};
     });

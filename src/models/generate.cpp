@@ -68,14 +68,16 @@ namespace {
 // Validated ids and the encoder output, expanded to `rows_per_input` rows per input row.
 struct Seq2SeqRun {
   PretrainedModel& model;
+  ForwardFn fwd;
   int64_t eos, pad, start, B;
   torch::Tensor enc, mask;
   torch::Device dev;
   KVCache cache;
 
   Seq2SeqRun(PretrainedModel& m, const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
-             const GenerateOptions& opts, int64_t rows_per_input)
-      : model(m), dev(input_ids.device()) {
+             const GenerateOptions& opts, int64_t rows_per_input, const ForwardFn& forward)
+      : model(m), fwd(forward), dev(input_ids.device()) {
+    if (!fwd) fwd = [this](const ModelInput& in) { return model.forward(in); };
     PEFT_CHECK(model.is_encoder_decoder(), "generate: ", model.model_type(), " is not an encoder-decoder model");
     PEFT_CHECK(opts.num_beams >= 1, "generate: num_beams must be >= 1, got ", opts.num_beams);
     PEFT_CHECK(opts.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", opts.max_new_tokens);
@@ -90,7 +92,7 @@ struct Seq2SeqRun {
     enc_in.input_ids = input_ids;
     enc_in.attention_mask = attention_mask;
     enc_in.decoder_input_ids = torch::full({B, 1}, start, torch::TensorOptions().dtype(torch::kLong).device(dev));
-    enc = model.forward(enc_in).encoder_last_hidden_state;
+    enc = fwd(enc_in).encoder_last_hidden_state;
     PEFT_CHECK(enc.defined(), "generate: the model returned no encoder_last_hidden_state");
     mask = attention_mask;
     if (rows_per_input > 1) {
@@ -105,17 +107,18 @@ struct Seq2SeqRun {
     mi.attention_mask = mask;
     mi.decoder_input_ids = last.to(dev);
     mi.cache = &cache;
-    auto logits = model.forward(mi).logits;
+    auto logits = fwd(mi).logits;
     return torch::log_softmax(logits.select(1, logits.size(1) - 1).to(torch::kFloat32), -1).cpu();
   }
 };
 }  // namespace
 
 GenerateResult generate_seq2seq(PretrainedModel& model, const torch::Tensor& input_ids,
-                                const torch::Tensor& attention_mask, const GenerateOptions& opts) {
-  if (opts.num_beams > 1) return beam_search_seq2seq(model, input_ids, attention_mask, opts);
+                                const torch::Tensor& attention_mask, const GenerateOptions& opts,
+                                const ForwardFn& forward) {
+  if (opts.num_beams > 1) return beam_search_seq2seq(model, input_ids, attention_mask, opts, forward);
   torch::NoGradGuard ng;
-  Seq2SeqRun run(model, input_ids, attention_mask, opts, 1);
+  Seq2SeqRun run(model, input_ids, attention_mask, opts, 1, forward);
   const int64_t B = run.B, eos = run.eos, pad = run.pad;
   auto seq = torch::full({B, 1}, run.start, torch::kLong);
   auto unfinished = torch::ones({B}, torch::kBool);
@@ -136,9 +139,10 @@ GenerateResult generate_seq2seq(PretrainedModel& model, const torch::Tensor& inp
 }
 
 GenerateResult beam_search_seq2seq(PretrainedModel& model, const torch::Tensor& input_ids,
-                                   const torch::Tensor& attention_mask, const GenerateOptions& opts) {
+                                   const torch::Tensor& attention_mask, const GenerateOptions& opts,
+                                   const ForwardFn& forward) {
   torch::NoGradGuard ng;
-  Seq2SeqRun run(model, input_ids, attention_mask, opts, std::max<int64_t>(opts.num_beams, 1));
+  Seq2SeqRun run(model, input_ids, attention_mask, opts, std::max<int64_t>(opts.num_beams, 1), forward);
   const int64_t B = run.B, nb = opts.num_beams, prompt_len = 1, eos = run.eos, pad = run.pad;
   const double lp = opts.length_penalty;
   KVCache& cache = run.cache;

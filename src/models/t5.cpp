@@ -114,8 +114,10 @@ class T5Attention : public Module {
   // Self-attention: kv = x, caches extended in place. Cross-attention (kv_states defined):
   // keys/values of the encoder output, reused from the caches when they cover it.
   // bias [B or 1, H, Tq, Tk] = position bias + mask.
+  // prefix_k/v [B, H, P, d] (prefix tuning) go before the keys/values and are not cached.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& kv_states, const torch::Tensor& bias,
-                        torch::Tensor* k_cache, torch::Tensor* v_cache) {
+                        torch::Tensor* k_cache, torch::Tensor* v_cache, const torch::Tensor& prefix_k = {},
+                        const torch::Tensor& prefix_v = {}) {
     const int64_t B = x.size(0), T = x.size(1);
     auto qh = split(q->forward(x));
     torch::Tensor kh, vh;
@@ -142,6 +144,10 @@ class T5Attention : public Module {
         *v_cache = vh;
       }
     }
+    if (prefix_k.defined()) {
+      kh = torch::cat({prefix_k.to(kh.scalar_type()), kh}, 2);
+      vh = torch::cat({prefix_v.to(vh.scalar_type()), vh}, 2);
+    }
     auto scores = torch::matmul(qh, kh.transpose(2, 3)) + bias;  // T5 does not scale by 1/sqrt(d)
     auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(scores.scalar_type());
     return o->forward(torch::matmul(probs, vh).transpose(1, 2).reshape({B, T, c.n_heads * c.d_kv}));
@@ -158,8 +164,8 @@ class T5LayerAttention : public Module {
     register_slot("layer_norm", layer_norm, std::make_shared<RMSNorm>(c.d_model, c.eps));
   }
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& kv_states, const torch::Tensor& bias,
-                        torch::Tensor* kc, torch::Tensor* vc) {
-    return x + attn->forward(layer_norm->forward(x), kv_states, bias, kc, vc);
+                        torch::Tensor* kc, torch::Tensor* vc, const torch::Tensor& pk = {}, const torch::Tensor& pv = {}) {
+    return x + attn->forward(layer_norm->forward(x), kv_states, bias, kc, vc, pk, pv);
   }
 };
 
@@ -235,7 +241,7 @@ class T5Stack : public Module {
   // ids or embeds [B, T(, H)]; mask [B, past + T]; decoder: enc [B, S, H], enc_mask [B, S].
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& embeds, const torch::Tensor& mask,
                         const torch::Tensor& enc, const torch::Tensor& enc_mask, KVCache* cache,
-                        std::vector<torch::Tensor>* hs) {
+                        std::vector<torch::Tensor>* hs, const AttentionPrefix* prefix = nullptr) {
     torch::Tensor x = embeds.defined() ? embeds : embed_tokens->forward(ids);
     const int64_t B = x.size(0), T = x.size(1), n = (int64_t)blocks.size();
     auto dev = x.device();
@@ -245,22 +251,35 @@ class T5Stack : public Module {
         if (vec->size() != (size_t)n) vec->resize(n);
     }
     const int64_t past = cache ? cache->length() : 0;
-    auto self_bias = blocks[0]->self_attn->attn->compute_bias(past, T, past + T, dev).to(dt) +
-                     attention_bias(mask, B, T, past + T, /*causal=*/decoder, dt, dev);
+    // Prefix tuning: the P prefix keys sit at positions 0 .. P-1, before the cache and the input.
+    static const std::vector<torch::Tensor> none;
+    const auto& pk = !prefix ? none : decoder ? prefix->k : prefix->encoder_k;
+    const auto& pv = !prefix ? none : decoder ? prefix->v : prefix->encoder_v;
+    const auto& ck = prefix && decoder ? prefix->cross_k : none;
+    const auto& cv = prefix && decoder ? prefix->cross_v : none;
+    for (auto* p : {&pk, &pv, &ck, &cv})
+      PEFT_CHECK(p->empty() || (int64_t)p->size() >= n, "T5: a key/value prefix has ", p->size(), " layers, the stack ", n);
+    const int64_t P = pk.empty() ? 0 : pk[0].size(2), Pc = ck.empty() ? 0 : ck[0].size(2);
+    auto with_ones = [&](const torch::Tensor& m, int64_t p) {
+      return !m.defined() || p == 0 ? m : torch::cat({torch::ones({B, p}, m.options()), m}, 1);
+    };
+    auto self_bias = blocks[0]->self_attn->attn->compute_bias(P + past, T, P + past + T, dev).to(dt) +
+                     attention_bias(with_ones(mask, P), B, T, P + past + T, /*causal=*/decoder, dt, dev);
     torch::Tensor cross_bias;
     if (decoder) {
       PEFT_CHECK(enc.defined(), "T5 decoder: encoder hidden states required");
       PEFT_CHECK(enc.size(0) == B, "T5: encoder batch ", enc.size(0), " != decoder batch ", B);
-      cross_bias = attention_bias(enc_mask, B, T, enc.size(1), /*causal=*/false, dt, dev);
+      cross_bias = attention_bias(with_ones(enc_mask, Pc), B, T, Pc + enc.size(1), /*causal=*/false, dt, dev);
     }
+    auto at = [](const std::vector<torch::Tensor>& v, int64_t i) { return v.empty() ? torch::Tensor() : v[i]; };
     for (int64_t i = 0; i < n; ++i) {
       if (hs) hs->push_back(x);
       auto& b = *blocks[i];
       x = b.self_attn->forward(x, torch::Tensor(), self_bias, cache ? &cache->k[i] : nullptr,
-                               cache ? &cache->v[i] : nullptr);
+                               cache ? &cache->v[i] : nullptr, at(pk, i), at(pv, i));
       if (decoder)
         x = b.cross_attn->forward(x, enc, cross_bias, cache ? &cache->cross_k[i] : nullptr,
-                                  cache ? &cache->cross_v[i] : nullptr);
+                                  cache ? &cache->cross_v[i] : nullptr, at(ck, i), at(cv, i));
       x = b.ff->forward(x);
     }
     x = final_layer_norm->forward(x);
@@ -296,7 +315,7 @@ class T5ForConditionalGeneration : public PretrainedModel {
     if (!enc.defined()) {
       PEFT_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "T5 forward: input_ids or inputs_embeds required");
       enc = encoder->forward(in.input_ids, in.inputs_embeds, in.attention_mask, {}, {}, nullptr,
-                             in.output_hidden_states ? &out.encoder_hidden_states : nullptr);
+                             in.output_hidden_states ? &out.encoder_hidden_states : nullptr, in.prefix.get());
     }
     out.encoder_last_hidden_state = enc;
     torch::Tensor dec_ids = in.decoder_input_ids;
@@ -305,7 +324,7 @@ class T5ForConditionalGeneration : public PretrainedModel {
       dec_ids = shift_right(in.labels);
     }
     auto h = decoder->forward(dec_ids, in.decoder_inputs_embeds, in.decoder_attention_mask, enc, in.attention_mask,
-                              in.cache, in.output_hidden_states ? &out.hidden_states : nullptr);
+                              in.cache, in.output_hidden_states ? &out.hidden_states : nullptr, in.prefix.get());
     if (c.tie) {
       h = h * std::pow(static_cast<double>(c.d_model), -0.5);
       out.logits = torch::matmul(h, shared->weight.t());

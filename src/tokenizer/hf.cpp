@@ -1250,12 +1250,23 @@ json gpt2_files_to_json(const std::string& vocab_json, const std::string& merges
     merges.push_back(l);
   }
   json added = json::array();
-  if (vocab.contains("<|endoftext|>") && vocab["<|endoftext|>"].is_number_integer())
-    added.push_back({{"id", vocab["<|endoftext|>"]}, {"content", "<|endoftext|>"}, {"special", true}});
+  auto add = [&](const char* t, bool lstrip) {
+    if (vocab.contains(t) && vocab[t].is_number_integer())
+      added.push_back({{"id", vocab[t]}, {"content", t}, {"special", true}, {"lstrip", lstrip}});
+  };
+  // RoBERTa's vocab.json has <s> and </s>: transformers' RobertaConverter adds its specials
+  // (<mask> strips the space before it) and the <s> A </s></s> B </s> template.
+  const bool roberta = vocab.contains("<s>") && vocab.contains("</s>") && vocab["<s>"].is_number_integer() &&
+                       vocab["</s>"].is_number_integer();
+  for (const char* t : {"<|endoftext|>", "<s>", "<pad>", "</s>", "<unk>"}) add(t, false);
+  add("<mask>", true);
+  json post = {{"type", "ByteLevel"}};
+  if (roberta)
+    post = {{"type", "RobertaProcessing"}, {"sep", json::array({"</s>", vocab["</s>"]})}, {"cls", json::array({"<s>", vocab["<s>"]})}};
   return {{"added_tokens", added},
           {"normalizer", nullptr},
           {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
-          {"post_processor", {{"type", "ByteLevel"}}},
+          {"post_processor", post},
           {"decoder", {{"type", "ByteLevel"}}},
           {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}}};
 }

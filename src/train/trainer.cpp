@@ -58,6 +58,7 @@ TrainingArguments TrainingArguments::from_json(nlohmann::json& j) {
   take(j, "metric_for_best_model", a.metric_for_best_model);
   take(j, "greater_is_better", a.greater_is_better);
   take(j, "early_stopping_patience", a.early_stopping_patience);
+  take(j, "eval_on_start", a.eval_on_start);
   take(j, "progress", a.progress);
   PEFT_CHECK(a.learning_rate > 0, "training option 'learning_rate' must be > 0");
   PEFT_CHECK(a.per_device_train_batch_size > 0 && a.per_device_eval_batch_size > 0,
@@ -81,7 +82,8 @@ nlohmann::json TrainingArguments::to_json() const {
           {"max_grad_norm", max_grad_norm}, {"seed", seed}, {"eval_steps", eval_steps}, {"save_steps", save_steps},
           {"logging_steps", logging_steps}, {"save_total_limit", save_total_limit},
           {"metric_for_best_model", metric_for_best_model}, {"greater_is_better", greater_is_better},
-          {"early_stopping_patience", early_stopping_patience}, {"progress", progress}};
+          {"early_stopping_patience", early_stopping_patience}, {"eval_on_start", eval_on_start},
+          {"progress", progress}};
 }
 
 std::vector<std::string> TrainingArguments::keys() {
@@ -344,6 +346,11 @@ TrainResult Trainer::train(bool resume) {
     }
   };
 
+  if (args_.eval_on_start && has_eval && step == 0) {  // the starting point of the curve
+    auto ev = evaluate();
+    ev["step"] = 0;
+    log.log(ev);
+  }
   while (step < total_steps_) {
     double step_loss = 0;
     int64_t tokens = 0;

@@ -20,7 +20,14 @@
 // causal-LM labels with -100; position ids are recomputed (real tokens start at P). During
 // generation with a KV cache the virtual tokens/prefix enter only when the cache is empty.
 // Encoder-decoders: prompt tuning / p-tuning prepend to the encoder input (peft keeps
-// num_transformer_submodules = 2 sets of rows; the first P are used); prefix tuning is refused.
+// num_transformer_submodules = 2 sets of rows; the first P are used). Prefix tuning follows the
+// paper (Li & Liang 2021, sec. 4.2: separate prefixes for the encoder, the decoder and the
+// decoder's cross-attention) rather than peft, whose seq2seq prefix reaches only the decoder's
+// self-attention: num_transformer_submodules = 3 sets of P rows, rows [0, P) the decoder's
+// self-attention, [P, 2P) its cross-attention, [2P, 3P) the encoder's self-attention, each
+// [P, num_layers * 2 * token_dim] with num_layers the larger stack. The model receives them as
+// ModelInput::prefix (positions 0 .. P-1, never cached). Python peft refuses such a file
+// (its shape differs), it does not misread it.
 #include <torch/torch.h>
 
 #include "peft/error.h"
@@ -39,6 +46,7 @@ class PromptLearning : public InputAdapter {
     token_dim_ = c["token_dim"].get<int64_t>();
     layers_ = c["num_layers"].get<int64_t>();
     heads_ = c["num_attention_heads"].get<int64_t>();
+    encdec_ = model.is_encoder_decoder();
     const int64_t rows = P_ * subm_;
     const int64_t out_dim = kind == Kind::Prefix ? layers_ * 2 * token_dim_ : token_dim_;
     bool encoder = !loading && ((kind == Kind::PTuning) || (kind == Kind::Prefix && c["prefix_projection"].get<bool>()));
@@ -90,6 +98,13 @@ class PromptLearning : public InputAdapter {
   }
 
   void apply(PretrainedModel& model, ModelInput& in, KVCache& storage) override {
+    if (kind_ == Kind::Prefix && encdec_) return apply_attention_prefix(in);
+    if (encdec_ && in.encoder_hidden_states.defined()) {  // the encoder (virtual tokens included) already ran
+      const auto& m = in.attention_mask;
+      if (m.defined() && m.size(1) + P_ == in.encoder_hidden_states.size(1))
+        in.attention_mask = torch::cat({torch::ones({m.size(0), P_}, m.options()), m}, 1);
+      return;
+    }
     const bool continuing = in.cache && in.cache->length() > 0;  // virtual tokens already cached
     torch::Tensor ref = in.inputs_embeds.defined() ? in.inputs_embeds : in.input_ids;
     PEFT_CHECK(ref.defined(), method(), ": input_ids or inputs_embeds required");
@@ -122,6 +137,28 @@ class PromptLearning : public InputAdapter {
       in.token_type_ids = torch::cat({torch::zeros({B, P_}, in.token_type_ids.options()), in.token_type_ids}, 1);
     if (in.labels.defined() && model.task() == TaskType::CausalLM)
       in.labels = torch::cat({torch::full({B, P_}, -100, in.labels.options()), in.labels}, 1);
+  }
+
+  // Encoder-decoders: every forward gets the three prefixes (they are not cached).
+  void apply_attention_prefix(ModelInput& in) {
+    torch::Tensor ref;
+    for (auto* t : {&in.input_ids, &in.inputs_embeds, &in.encoder_hidden_states, &in.decoder_input_ids, &in.labels})
+      if (!ref.defined() && t->defined()) ref = *t;
+    PEFT_CHECK(ref.defined(), method(), ": the input has no batch (input_ids, encoder_hidden_states or labels)");
+    const int64_t B = ref.size(0), hd = token_dim_ / heads_;
+    // [3P, L*2*token_dim] -> [site, L*2, heads, P, head_dim]; layer l: key = 2l, value = 2l + 1.
+    auto all = prompts().view({3, P_, layers_ * 2, heads_, hd}).permute({0, 2, 3, 1, 4}).to(ref.device());
+    auto pre = std::make_shared<AttentionPrefix>();
+    auto fill = [&](int64_t site, std::vector<torch::Tensor>& k, std::vector<torch::Tensor>& v) {
+      for (int64_t l = 0; l < layers_; ++l) {
+        k.push_back(all[site][2 * l].unsqueeze(0).expand({B, heads_, P_, hd}));
+        v.push_back(all[site][2 * l + 1].unsqueeze(0).expand({B, heads_, P_, hd}));
+      }
+    };
+    fill(0, pre->k, pre->v);
+    fill(1, pre->cross_k, pre->cross_v);
+    fill(2, pre->encoder_k, pre->encoder_v);
+    in.prefix = pre;
   }
 
   TensorMap saved_tensors() const override {
@@ -157,6 +194,7 @@ class PromptLearning : public InputAdapter {
  private:
   Kind kind_;
   int64_t P_, subm_, token_dim_, layers_, heads_;
+  bool encdec_ = false;
   torch::nn::Sequential mlp_{nullptr};
   torch::nn::LSTM lstm_{nullptr};
 };
@@ -222,7 +260,6 @@ class PromptLearningTuner : public Tuner {
     auto& model = *pm.model;
     auto d = model.dims();
     const bool encdec = model.is_encoder_decoder();
-    PEFT_CHECK(!(encdec && kind_ == Kind::Prefix), "PREFIX_TUNING: encoder-decoder models are not supported");
     int64_t heads = d.num_heads, token_dim = d.hidden_size;
     if (kind_ == Kind::Prefix) {  // peft sizes the prefix for the key/value heads (GQA)
       int64_t kv = d.num_kv_heads > 0 ? d.num_kv_heads : d.num_heads;
@@ -234,10 +271,11 @@ class PromptLearningTuner : public Tuner {
       if (c[f].is_null()) c[f] = v;
       PEFT_CHECK(c[f].get<int64_t>() == v, "adapter config: field '", f, "' is ", c[f].dump(), " but the model needs ", v);
     };
-    fill("num_layers", d.num_layers);
+    const bool attention_prefix = encdec && kind_ == Kind::Prefix;  // three prefixes (see the top)
+    fill("num_layers", attention_prefix ? std::max(d.num_layers, d.num_decoder_layers) : d.num_layers);
     fill("token_dim", token_dim);
     fill("num_attention_heads", heads);
-    fill("num_transformer_submodules", encdec ? 2 : 1);
+    fill("num_transformer_submodules", attention_prefix ? 3 : encdec ? 2 : 1);
     if (kind_ != Kind::Prompt && c["encoder_hidden_size"].is_null()) c["encoder_hidden_size"] = token_dim;
     pm.set_input_adapter(name, std::make_shared<PromptLearning>(kind_, c, model, pm.loading()));
   }

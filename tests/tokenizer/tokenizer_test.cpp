@@ -1,6 +1,7 @@
 // Tokenizer tests against independent references:
 //  - gpt2_reference.json: tokenizers.js (@huggingface/tokenizers 0.2.0) on gpt2/tokenizer.json,
 //    bert-base-uncased/tokenizer.json and unigram/tokenizer.json (see fixtures SOURCE.md);
+//  - roberta_reference.json: tokenizers.js on a RoBERTa-layout byte-level BPE tokenizer;
 //  - spm_reference.json: libsentencepiece (C++) on tok512.model, llama2 tokenizer.model and
 //    unigram/spiece.model.
 #include <gtest/gtest.h>
@@ -111,6 +112,64 @@ TEST(TokenizerBert, SentencePairTokenTypes) {
     std::vector<int64_t> types;
     EXPECT_EQ(tok->encode_pair(p.at("a"), p.at("b"), &types), ids_of(p.at("ids"))) << f;
     EXPECT_EQ(types, ids_of(p.at("token_type_ids"))) << f;
+  }
+}
+
+// RoBERTa's byte-level BPE (roberta_reference.json from tokenizers.js, make_roberta_reference.mjs):
+// GPT-2's vocabulary with RoBERTa's specials (<s>=0, <pad>=1, </s>=2, <unk>=3, tokens + 4,
+// <mask> last), loaded from vocab.json + merges.txt and from a tokenizer.json in the layout of
+// transformers' RobertaConverter.
+TEST(TokenizerRoberta, VocabMergesAndTokenizerJsonMatchTokenizersJs) {
+  const json ref = load_json("roberta_reference.json");
+  json vocab = {{"<s>", 0}, {"<pad>", 1}, {"</s>", 2}, {"<unk>", 3}};
+  const json gpt2 = load_json("gpt2/vocab.json");  // named: items() of a temporary would dangle
+  for (auto& [t, id] : gpt2.items())
+    if (t != "<|endoftext|>") vocab[t] = id.get<int64_t>() + 4;
+  const int64_t mask = static_cast<int64_t>(vocab.size());
+  ASSERT_EQ(mask, ref.at("mask_id").get<int64_t>());
+  vocab["<mask>"] = mask;
+  const std::string dir = peft::test::temp_dir("roberta_tok");
+  std::ofstream(dir + "/vocab.json") << vocab.dump();
+  fs::copy_file(fx("gpt2/merges.txt"), dir + "/merges.txt");
+
+  json merges = json::array();
+  {
+    std::ifstream m(fx("gpt2/merges.txt"));
+    std::string l;
+    for (int i = 0; std::getline(m, l); ++i)
+      if (!l.empty() && !(i == 0 && l.rfind("#version", 0) == 0)) merges.push_back(l);
+  }
+  auto sp = [](int64_t id, const char* c, bool lstrip) {
+    return json{{"id", id}, {"content", c}, {"single_word", false}, {"lstrip", lstrip}, {"rstrip", false},
+                {"normalized", false}, {"special", true}};
+  };
+  json tj = {{"added_tokens", {sp(0, "<s>", false), sp(1, "<pad>", false), sp(2, "</s>", false), sp(3, "<unk>", false),
+                               sp(mask, "<mask>", true)}},
+             {"normalizer", nullptr},
+             {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+             {"post_processor", {{"type", "RobertaProcessing"}, {"sep", {"</s>", 2}}, {"cls", {"<s>", 0}},
+                                 {"trim_offsets", true}, {"add_prefix_space", false}}},
+             {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+             {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"vocab", vocab}, {"merges", merges}}}};
+  const std::string tjdir = peft::test::temp_dir("roberta_tokjson");
+  std::ofstream(tjdir + "/tokenizer.json") << tj.dump();
+
+  for (const std::string& d : {dir, tjdir}) {
+    auto tok = peft::load_tokenizer(d);
+    for (const auto& c : ref.at("singles")) {
+      std::string text = c.at("text");
+      EXPECT_EQ(tok->encode(text, false), ids_of(c.at("ids"))) << d << " " << json(text).dump();
+      EXPECT_EQ(tok->encode(text, true), ids_of(c.at("ids_special"))) << d << " " << json(text).dump();
+      EXPECT_EQ(tok->decode(tok->encode(text, true)), text) << d;
+    }
+    for (const auto& p : ref.at("pairs")) {
+      std::vector<int64_t> types;
+      auto ids = tok->encode_pair(p.at("a"), p.at("b"), &types);
+      EXPECT_EQ(ids, ids_of(p.at("ids"))) << d << " " << p.at("a");
+      // RoBERTa has one token type: transformers does not pass token_type_ids to it
+      // (model_input_names), so every type is 0 here where tokenizers.js numbers the segments.
+      EXPECT_EQ(types, std::vector<int64_t>(ids.size(), 0)) << d;
+    }
   }
 }
 

@@ -202,7 +202,6 @@ TEST_P(Method, MergeUnmergeSaveLoad) {
 // Gradients of every trainable tensor agree with central finite differences (float64).
 TEST_P(Method, GradientsMatchFiniteDifferences) {
   auto c = GetParam();
-  if (c.method == "dora") GTEST_SKIP() << "DoRA detaches the weight norm by design (its gradient is not the full derivative)";
   auto m = load_model(source_path(kLlama), LoadOptions{std::nullopt, 0, torch::kFloat64});
   m->eval();
   auto pm = std::make_shared<PeftModel>(m);
@@ -216,8 +215,13 @@ TEST_P(Method, GradientsMatchFiniteDifferences) {
   auto loss = pm->forward(in).loss;
   loss.backward();
   torch::NoGradGuard ng;
+  int checked = 0;
   for (auto& [name, p] : named) {
     ASSERT_TRUE(p.grad().defined()) << name;
+    // DoRA detaches ||W + BA|| by design (Liu et al. 2024, sec. 4.3), so only the magnitude's
+    // gradient is the full derivative; A's and B's are not meant to match finite differences.
+    if (c.method == "dora" && name.find("lora_magnitude_vector") == std::string::npos) continue;
+    ++checked;
     auto flat = p.view({-1});
     auto g = p.grad().view({-1});
     for (int64_t idx : {int64_t(0), flat.numel() / 2, flat.numel() - 1}) {
@@ -231,6 +235,7 @@ TEST_P(Method, GradientsMatchFiniteDifferences) {
       EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.method << " " << name << "[" << idx << "]";
     }
   }
+  EXPECT_GT(checked, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Method, ::testing::ValuesIn(method_cases()),
