@@ -223,6 +223,7 @@ class GPT2LMHeadModel : public PretrainedModel {
     return {{"attn.qkv", "attn.c_attn"}, {"attn.o", "attn.c_proj"},  {"mlp.up", "mlp.c_fc"},
             {"mlp.down", "mlp.c_proj"},  {"mlp", "mlp"},             {"mlp.act", "mlp.act"},
             {"norm.attn", "ln_1"},       {"norm.mlp", "ln_2"},
+            {"block.in", "ln_1"},        {"norm.final", "ln_f"},
             {"head", task_ == TaskType::SeqCls ? "score" : "lm_head"}};
   }
   bool ignorable_key(const std::string& k) const override {
