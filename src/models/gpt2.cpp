@@ -80,7 +80,7 @@ class GPT2Attention : public Module {
     if (c.scale_attn) scores = scores / std::sqrt(static_cast<double>(c.head_dim));
     if (c.scale_by_layer) scores = scores / static_cast<double>(layer_idx + 1);
     scores = scores + bias;
-    auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
+    auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(q.scalar_type());
     auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, c.hidden});
     return c_proj->forward(out);
   }

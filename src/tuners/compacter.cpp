@@ -1,17 +1,19 @@
 // Compacter (Karimi Mahabadi et al. 2021, "Compacter: Efficient Low-Rank Hypercomplex Adapter
-// Layers", sec. 3): a bottleneck adapter h <- h + U f(D h) whose projections are low-rank
-// parameterized hypercomplex multiplication (PHM) layers, eq. 5:
-//   W = Σ_{i=1..n} A_i ⊗ B_i,   B_i = s_i t_i^T   (A_i ∈ R^{n x n}, s_i ∈ R^{k/n x r}, t_i ∈ R^{d/n x r}),
-// with the "slow" rules A_i shared by every adapter layer (shared_phm_rule, sec. 3.2) and the
-// "fast" rank-r factors per layer. Compacter places adapters as Houlsby (after attention and
-// FFN); Compacter++ (sec. 4) after the FFN only (Pfeiffer). Placement, AdapterDrop and the
+// Layers", NeurIPS): a bottleneck adapter h <- h + U f(D h) whose projections are low-rank
+// parameterized hypercomplex multiplication (LPHM) layers: the PHM layer of sec. 2.3,
+// W = Σ_{i=1..n} A_i ⊗ B_i, with the low-rank B_i of sec. 3,
+//   B_i = s_i t_i^T   (A_i ∈ R^{n x n}, s_i ∈ R^{k/n x r}, t_i ∈ R^{d/n x r}; r = 1 in the paper),
+// with the "slow" rules A_i shared by every adapter layer (shared_phm_rule, sec. 3) and the
+// "fast" rank-r factors (W_left = s, W_right = t^T) per layer. Compacter places adapters as
+// Houlsby (after attention and FFN); Compacter++ (sec. 3) after the FFN only (Pfeiffer). Placement, AdapterDrop and the
 // bottleneck size k = hidden / reduction_factor are the bottleneck adapters' (bottleneck.h);
 // n must divide k and the adapted widths.
 //
 // Init: A_i and the factors uniform(±1/sqrt(fan_in)), the up projection's left factors s_i and
-// its bias zero (init_weights), so U = 0 and the model starts as the base. The paper keeps the
-// down and up rules in one set of A_i; we keep one shared set per projection (phm_rule_down,
-// phm_rule_up) as the adapters library does, since the two are used at different widths.
+// its bias zero (init_weights), so U = 0 and the model starts as the base. The down and up
+// projections each have their own shared set of rules (phm_rule_down, phm_rule_up): both are
+// n x n, and separate sets cost 2 n^3 parameters for the whole model while letting the two
+// directions differ.
 //
 // Format (peft_type "COMPACTER", peft_cpp_format_version 1): per wrapped module <m>
 // (K = base_model.model.<m>), P in {compacter_down, compacter_up} of shape [out, in]:
@@ -72,7 +74,7 @@ class CompacterLayer : public TunerLayer {
     add_param(a, p + ".bias", (zero_left ? torch::zeros({out}) : kaiming_uniform({out}, in)).to(dt));
     if (own_rule) add_param(a, p + ".phm_rule", phm_rule_init(n).to(dt));
   }
-  // Eq. 5: W[a*p + b, c*q + e] = Σ_i A[i, a, c] B[i, b, e] with B_i = W_left_i W_right_i, W [out, in].
+  // W = Σ_i A_i ⊗ B_i, elementwise W[a*p + b, c*q + e] = Σ_i A[i, a, c] B[i, b, e] with B_i = W_left_i W_right_i, W [out, in].
   torch::Tensor phm_weight(const std::string& a, const std::string& p, const torch::Tensor& rule) {
     auto B = torch::bmm(param(a, p + ".W_left"), param(a, p + ".W_right"));  // [n, out/n, in/n]
     const int64_t n = rule.size(0);

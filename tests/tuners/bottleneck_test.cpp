@@ -68,17 +68,8 @@ TEST_P(Bottleneck, IdentityAtInitCountAndPlacement) {
   auto rep = pm->trainable_report();
   EXPECT_EQ(rep.trainable, c.expected_trainable) << rep.to_string();
   EXPECT_EQ(rep.by_method["bottleneck"], c.expected_trainable);
-  auto targeted = pm->adapter("default").targeted;
-  std::sort(targeted.begin(), targeted.end());
-  auto want = c.targeted;
-  std::sort(want.begin(), want.end());
-  EXPECT_EQ(targeted, want);
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base)) << max_diff(logits_of(*pm, in), base);
-  randomize(*pm, 0.2);
-  EXPECT_GT(max_diff(logits_of(*pm, in), base), 1e-4);
-  EXPECT_THROW(pm->merge(), Error);  // non-linear: not mergeable
-  pm->disable_adapters();
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
+  peft::test::expect_targeted(*pm, c.targeted);
+  peft::test::expect_identity_at_init(*pm, in, base, /*mergeable=*/false);  // non-linear
 }
 
 TEST_P(Bottleneck, SaveLoadBitExact) {

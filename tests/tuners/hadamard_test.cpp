@@ -40,13 +40,8 @@ TEST_P(Hadamard, IdentityAtInitCountAndPlacement) {
   auto base = logits_of(*pm, in);
   pm->add_adapter("default", method_config("hadamard"));
   EXPECT_EQ(pm->trainable_report().by_method["hadamard"], c.expected_trainable);
-  auto targeted = pm->adapter("default").targeted;
-  EXPECT_EQ(targeted, c.targeted);
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
-  randomize(*pm, 0.3);
-  EXPECT_GT(max_diff(logits_of(*pm, in), base), 1e-4);
-  pm->disable_adapters();
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
+  expect_targeted(*pm, c.targeted);
+  expect_identity_at_init(*pm, in, base, /*mergeable=*/true);
 }
 
 TEST_P(Hadamard, MergeEqualsUnmerged) {

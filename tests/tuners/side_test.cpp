@@ -51,13 +51,8 @@ TEST_P(Lst, IdentityAtInitCountAndPlacement) {
   auto rep = pm->trainable_report();
   EXPECT_EQ(rep.trainable, lst_params(2, 64, c.side_dim)) << rep.to_string();
   EXPECT_EQ(rep.by_method["lst"], rep.trainable);
-  EXPECT_EQ(pm->adapter("default").targeted, c.targeted);
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
-  randomize(*pm, 0.3);
-  EXPECT_GT(max_diff(logits_of(*pm, in), base), 1e-4);
-  EXPECT_THROW(pm->merge(), Error);  // a side network: nothing to fold
-  pm->disable_adapters();
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
+  expect_targeted(*pm, c.targeted);
+  expect_identity_at_init(*pm, in, base, /*mergeable=*/false);  // a side network: nothing to fold
 }
 
 TEST_P(Lst, SaveLoadBitExact) {

@@ -5,8 +5,11 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
+#include "peft/error.h"
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
@@ -43,6 +46,26 @@ inline torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
 inline void randomize(PeftModel& pm, double scale) {
   torch::NoGradGuard ng;
   for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
+}
+
+/// The modules adapter "default" wraps, in any order.
+inline void expect_targeted(const PeftModel& pm, std::vector<std::string> want) {
+  auto got = pm.adapter("default").targeted;
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+/// A freshly added adapter leaves the base logits `base` bit for bit; random adapter weights
+/// change them; a non-mergeable method refuses merge(); disabling gives the base back.
+inline void expect_identity_at_init(PeftModel& pm, const ModelInput& in, const torch::Tensor& base, bool mergeable) {
+  EXPECT_TRUE(torch::equal(logits_of(pm, in), base)) << max_diff(logits_of(pm, in), base);
+  randomize(pm, 0.3);
+  EXPECT_GT(max_diff(logits_of(pm, in), base), 1e-4);
+  if (!mergeable) EXPECT_THROW(pm.merge(), Error);
+  pm.disable_adapters();
+  EXPECT_TRUE(torch::equal(logits_of(pm, in), base));
+  pm.disable_adapters(false);
 }
 
 /// Autograd against central differences (h = 1e-6) at the first and last element of every
