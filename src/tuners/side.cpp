@@ -1,8 +1,8 @@
 // Ladder side-tuning (Sung et al. 2022, "LST: Ladder Side-Tuning for Parameter and Memory
-// Efficient Transfer Learning", sec. 3, fig. 2): a small side network of width d_s = d / r reads
+// Efficient Transfer Learning", sec. 3.2, fig. 3): a small side network of width d_s = d / r reads
 // the frozen backbone's hidden states h_0 .. h_L through down-projections; the backbone runs
 // without any trainable parameter inside it, so autograd keeps none of its activations and no
-// gradient flows through it. With the gated ladder connections of sec. 3.1,
+// gradient flows through it. With the gated ladder connections of sec. 3.2,
 //   s_0 = D_0 h_0,
 //   z_i = μ_i s_{i-1} + (1 - μ_i) D_i h_i,   μ_i = sigmoid(α_i / T)  (α_i = 0 at init, T = 0.1),
 //   s_i = z_i + F_i(LN_i(z_i))               (i = 1 .. L),
