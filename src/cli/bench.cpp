@@ -35,7 +35,8 @@ namespace fs = std::filesystem;
 namespace peft::cli {
 namespace {
 
-const std::vector<std::string> kDefaultMethods = {"full", "lora", "dora", "ia3", "vera", "loha", "lokr", "adalora"};
+// LST (ladder side-tuning) runs no backward through the backbone: its row shows that saving.
+const std::vector<std::string> kDefaultMethods = {"full", "lora", "dora", "ia3", "vera", "loha", "lokr", "adalora", "lst"};
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;

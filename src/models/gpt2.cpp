@@ -80,7 +80,7 @@ class GPT2Attention : public Module {
     if (c.scale_attn) scores = scores / std::sqrt(static_cast<double>(c.head_dim));
     if (c.scale_by_layer) scores = scores / static_cast<double>(layer_idx + 1);
     scores = scores + bias;
-    auto probs = torch::softmax(scores.to(torch::kFloat32), -1).to(q.scalar_type());
+    auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(q.scalar_type());
     auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, c.hidden});
     return c_proj->forward(out);
   }
@@ -223,6 +223,7 @@ class GPT2LMHeadModel : public PretrainedModel {
     return {{"attn.qkv", "attn.c_attn"}, {"attn.o", "attn.c_proj"},  {"mlp.up", "mlp.c_fc"},
             {"mlp.down", "mlp.c_proj"},  {"mlp", "mlp"},             {"mlp.act", "mlp.act"},
             {"norm.attn", "ln_1"},       {"norm.mlp", "ln_2"},
+            {"block.in", "ln_1"},        {"norm.final", "ln_f"},
             {"head", task_ == TaskType::SeqCls ? "score" : "lm_head"}};
   }
   bool ignorable_key(const std::string& k) const override {

@@ -253,6 +253,7 @@ class LlamaForCausalLM : public PretrainedModel {
             {"attn.o", "o_proj"},     {"mlp.gate", "gate_proj"},  {"mlp.up", "up_proj"},
             {"mlp.down", "down_proj"}, {"mlp", "mlp"},            {"mlp.act", "act_fn"},
             {"norm.attn", "input_layernorm"}, {"norm.mlp", "post_attention_layernorm"},
+            {"block.in", "input_layernorm"}, {"norm.final", "norm"},
             {"head", task_ == TaskType::SeqCls ? "score" : "lm_head"}};
   }
   bool ignorable_key(const std::string& k) const override {

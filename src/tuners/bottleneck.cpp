@@ -11,7 +11,11 @@
 // - Optional own LayerNorm on the adapter input (the adapter-transformers "residual adapter"
 //   variant: h + W_up f(W_down LN(h))), configurable bottleneck (hidden_size / reduction_factor
 //   or bottleneck_size), non-linearity, and AdapterDrop (Rücklé et al. 2021, sec. 3: no adapters
-//   in the lowest n layers).
+//   in the lowest n layers, adapter_drop_layers). adapter_drop_prob is the training-time
+//   variant: while training, each adapter is skipped in a forward with probability p, so the
+//   model learns to work without any subset of them (the paper's "robust AdapterDrop" samples
+//   the number of dropped lowest layers per step instead; independent drops also cover the
+//   upper layers); eval and inference always run every adapter.
 // W_up (and its bias) start at zero, so the adapted model equals the base at init; W_down is
 // initialised as nn.Linear (Kaiming-uniform). Non-linear, so not mergeable.
 //
@@ -31,20 +35,10 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/bottleneck.h"
 
 namespace peft {
 namespace {
-
-int64_t layer_input_dim(Layer* l, int64_t hidden) {
-  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->in_features;
-  return hidden;
-}
-int64_t layer_output_dim(Layer* l, int64_t hidden) {
-  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->out_features;
-  return hidden;
-}
 
 class BottleneckLayer : public TunerLayer {
  public:
@@ -53,6 +47,7 @@ class BottleneckLayer : public TunerLayer {
     bool parallel, layernorm;
     double scaling, dropout;
     std::string act;
+    double drop_prob;  // AdapterDrop while training
   };
   std::map<std::string, Opts> opts;
   std::string method() const override { return "bottleneck"; }
@@ -89,7 +84,11 @@ class BottleneckLayer : public TunerLayer {
   torch::Tensor forward(const torch::Tensor& x) override {
     auto h = base_forward(x);
     // Parallel adapters read the slot input; sequential ones the (running) output, in order.
-    for (auto& a : live_adapters()) h = h + adapter(a, opts.at(a).parallel ? x : h);
+    for (auto& a : live_adapters()) {
+      auto& o = opts.at(a);
+      if (o.drop_prob > 0 && is_training() && torch::rand({1}).item<double>() < o.drop_prob) continue;
+      h = h + adapter(a, o.parallel ? x : h);
+    }
     return h;
   }
 };
@@ -99,6 +98,7 @@ class BottleneckTuner : public Tuner {
   std::string peft_type() const override { return "BOTTLENECK"; }
   nlohmann::json defaults() const override {
     return {{"adapter_drop_layers", 0},
+            {"adapter_drop_prob", 0.0},
             {"adapter_layernorm", false},
             {"adapter_type", "houlsby"},
             {"base_model_name_or_path", nullptr},
@@ -119,53 +119,18 @@ class BottleneckTuner : public Tuner {
             {"task_type", nullptr}};
   }
   void validate(const nlohmann::json& c) const override {
-    auto t = c["adapter_type"];
-    PEFT_CHECK(t == "houlsby" || t == "pfeiffer" || t == "parallel",
-               "adapter config: field 'adapter_type' must be houlsby, pfeiffer or parallel, got ", t.dump());
-    PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
-               "adapter config: field 'reduction_factor' must be > 0");
-    PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
-               "adapter config: field 'bottleneck_size' must be a positive integer or null");
-    PEFT_CHECK(c["adapter_drop_layers"].is_number_integer() && c["adapter_drop_layers"].get<int64_t>() >= 0,
-               "adapter config: field 'adapter_drop_layers' must be a non-negative integer");
+    validate_adapter_placement(c);
     PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
                c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
     check_activation(c["non_linearity"].get<std::string>());
+    PEFT_CHECK(c["adapter_drop_prob"].is_number() && c["adapter_drop_prob"].get<double>() >= 0 &&
+                   c["adapter_drop_prob"].get<double>() < 1,
+               "adapter config: field 'adapter_drop_prob' must be in [0, 1), got ", c["adapter_drop_prob"].dump());
     double d = c["dropout"].get<double>();
     PEFT_CHECK(d >= 0 && d < 1, "adapter config: field 'dropout' must be in [0, 1)");
   }
-  // Resolves placements (roles -> module suffixes) and AdapterDrop into the stored config.
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
-    auto& c = pm.mutable_config(name);
-    auto roles = pm.model->roles();
-    auto role = [&](const std::string& r) {
-      PEFT_CHECK(roles.count(r), "BOTTLENECK (", c["adapter_type"].get<std::string>(), "): model type '",
-                 pm.model->model_type(), "' has no '", r, "' module; give target_modules explicitly");
-      return roles[r];
-    };
-    auto ends_with = [](const std::string& s, const std::string& t) {
-      return s == t || (s.size() > t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0 && s[s.size() - t.size() - 1] == '.');
-    };
-    if (c["target_modules"].is_null()) {
-      auto type = c["adapter_type"].get<std::string>();
-      if (type == "parallel") {
-        c["target_modules"] = {role("mlp")};
-      } else {
-        auto down = role("mlp.down");
-        if (type == "houlsby") c["target_modules"] = {role("attn.o"), down};
-        else c["target_modules"] = {down};
-        // A suffix like BERT's "output.dense" also names the attention output: keep it out.
-        if (type == "pfeiffer" && roles.count("attn.o") && ends_with(roles["attn.o"], down) && c["exclude_modules"].is_null())
-          c["exclude_modules"] = {roles["attn.o"]};
-      }
-    }
-    int64_t drop = c["adapter_drop_layers"].get<int64_t>();
-    if (drop > 0 && c["layers_to_transform"].is_null()) {
-      int64_t L = pm.model->dims().num_layers;
-      PEFT_CHECK(drop < L, "adapter config: adapter_drop_layers (", drop, ") leaves no layer of ", L);
-      c["layers_to_transform"] = nlohmann::json::array();
-      for (int64_t i = drop; i < L; ++i) c["layers_to_transform"].push_back(i);
-    }
+    resolve_adapter_placement(pm, name, "BOTTLENECK");
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
@@ -173,10 +138,9 @@ class BottleneckTuner : public Tuner {
     if (!layer) layer = std::make_shared<BottleneckLayer>(cur);
     const int64_t hidden = pm.model->dims().hidden_size;
     BottleneckLayer::Opts o{c["adapter_type"] == "parallel", c["adapter_layernorm"].get<bool>(), c["scaling"].get<double>(),
-                            c["dropout"].get<double>(), c["non_linearity"].get<std::string>()};
-    int64_t b = c["bottleneck_size"].is_null()
-                    ? std::max<int64_t>(1, static_cast<int64_t>(hidden / c["reduction_factor"].get<double>()))
-                    : c["bottleneck_size"].get<int64_t>();
+                            c["dropout"].get<double>(), c["non_linearity"].get<std::string>(),
+                            c["adapter_drop_prob"].get<double>()};
+    int64_t b = adapter_bottleneck_size(c, hidden);
     layer->add(name, layer_input_dim(cur.get(), hidden), layer_output_dim(cur.get(), hidden), b, o, c["init_weights"].get<bool>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
@@ -189,4 +153,66 @@ PEFT_REGISTER_METHOD("pfeiffer", {{"peft_type", "BOTTLENECK"}, {"adapter_type", 
 PEFT_REGISTER_METHOD("parallel-adapter", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "parallel"}, {"scaling", 4.0}});
 
 }  // namespace
+
+int64_t layer_input_dim(Layer* l, int64_t hidden) {
+  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->in_features;
+  return hidden;
+}
+int64_t layer_output_dim(Layer* l, int64_t hidden) {
+  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->out_features;
+  return hidden;
+}
+int64_t adapter_bottleneck_size(const nlohmann::json& c, int64_t hidden) {
+  return c["bottleneck_size"].is_null()
+             ? std::max<int64_t>(1, static_cast<int64_t>(hidden / c["reduction_factor"].get<double>()))
+             : c["bottleneck_size"].get<int64_t>();
+}
+void validate_adapter_placement(const nlohmann::json& c) {
+  auto t = c["adapter_type"];
+  PEFT_CHECK(t == "houlsby" || t == "pfeiffer" || t == "parallel",
+             "adapter config: field 'adapter_type' must be houlsby, pfeiffer or parallel, got ", t.dump());
+  PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
+             "adapter config: field 'reduction_factor' must be > 0");
+  PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
+             "adapter config: field 'bottleneck_size' must be a positive integer or null");
+  PEFT_CHECK(c["adapter_drop_layers"].is_number_integer() && c["adapter_drop_layers"].get<int64_t>() >= 0,
+             "adapter config: field 'adapter_drop_layers' must be a non-negative integer");
+}
+
+// Resolves placements (roles -> module suffixes) and AdapterDrop into the stored config.
+void resolve_adapter_placement(PeftModel& pm, const std::string& name, const std::string& method) {
+  auto& c = pm.mutable_config(name);
+  auto roles = pm.model->roles();
+  auto role = [&](const std::string& r) {
+    PEFT_CHECK(roles.count(r), method, " (", c["adapter_type"].get<std::string>(), "): model type '",
+               pm.model->model_type(), "' has no '", r, "' module; give target_modules explicitly");
+    return roles[r];
+  };
+  auto ends_with = [](const std::string& s, const std::string& t) {
+    return s == t || (s.size() > t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0 && s[s.size() - t.size() - 1] == '.');
+  };
+  if (c["target_modules"].is_null()) {
+    auto type = c["adapter_type"].get<std::string>();
+    if (type == "parallel") {
+      c["target_modules"] = {role("mlp")};
+    } else {
+      auto down = role("mlp.down");
+      if (type == "houlsby") c["target_modules"] = {role("attn.o"), down};
+      else c["target_modules"] = {down};
+      // A suffix like BERT's "output.dense" also names the attention output: keep it out.
+      if (type == "pfeiffer" && roles.count("attn.o") && ends_with(roles["attn.o"], down) && c["exclude_modules"].is_null())
+        c["exclude_modules"] = {roles["attn.o"]};
+    }
+  }
+  int64_t drop = c["adapter_drop_layers"].get<int64_t>();
+  if (drop > 0 && c["layers_to_transform"].is_null()) {
+    int64_t L = pm.model->dims().num_layers;
+    PEFT_CHECK(drop < L, "adapter config: adapter_drop_layers (", drop, ") leaves no layer of ", L);
+    c["layers_to_transform"] = nlohmann::json::array();
+    for (int64_t i = drop; i < L; ++i) c["layers_to_transform"].push_back(i);
+  }
+}
+
 }  // namespace peft

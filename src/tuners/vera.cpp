@@ -10,6 +10,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/shared.h"
 
 namespace peft {
 namespace {
@@ -29,14 +30,7 @@ class VeraShared : public InputAdapter {
   void apply(PretrainedModel&, ModelInput&, KVCache&) override {}
   TensorMap saved_tensors() const override { return {{"base_model.vera_A", A}, {"base_model.vera_B", B}}; }
   void load_saved(const TensorMap& t, const std::string& source) override {
-    torch::NoGradGuard ng;
-    for (auto& kv : saved_tensors()) {
-      auto it = t.find(kv.first);
-      PEFT_CHECK(it != t.end(), source, ": tensor '", kv.first, "' is missing (VeRA saves its projections)");
-      PEFT_CHECK(it->second.sizes() == kv.second.sizes(), source, ": tensor '", kv.first, "' has shape ",
-                 it->second.sizes(), ", expected ", kv.second.sizes());
-      kv.second.copy_(it->second);
-    }
+    load_shared_tensors(saved_tensors(), t, source, "VeRA");
   }
   std::string method() const override { return "vera"; }
   bool changes_input() const override { return false; }

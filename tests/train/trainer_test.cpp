@@ -187,7 +187,9 @@ TEST_P(EveryMethod, Trains) {
   else if (GetParam() == "bitfit") opts = {{"add_missing_biases", true}};  // stories260K has no biases
   else if (GetParam() == "sparse-delta") opts = {{"density", 0.05}};
   else if (GetParam() == "ln-tuning" || GetParam() == "layer-freeze" || GetParam() == "houlsby" ||
-           GetParam() == "pfeiffer" || GetParam() == "parallel-adapter") opts = nlohmann::json::object();
+           GetParam() == "pfeiffer" || GetParam() == "parallel-adapter" || GetParam() == "hadamard" ||
+           GetParam() == "lst") opts = nlohmann::json::object();
+  else if (GetParam().rfind("compacter", 0) == 0) opts = {{"reduction_factor", 8}};  // hidden 64: k = 8
   else if (GetParam() != "ia3") opts = {{"r", 4}};
   auto s = setup(dir, GetParam(), opts);
   auto args = args_for(dir + "/out", 15);
@@ -202,9 +204,11 @@ INSTANTIATE_TEST_SUITE_P(All, EveryMethod,
                          ::testing::Values("lora", "rslora", "dora", "pissa", "olora", "lora-fa", "dylora", "delta-lora",
                                            "vera", "loha", "lokr", "adalora", "ia3", "prompt-tuning", "p-tuning",
                                            "prefix-tuning", "p-tuning-v2", "houlsby", "pfeiffer", "parallel-adapter",
-                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "mam"),
+                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "mam", "compacter",
+                                           "compacter++", "hadamard", "lst"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
+                           std::replace(n.begin(), n.end(), '+', 'p');
                            return n;
                          });

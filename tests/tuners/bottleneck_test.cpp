@@ -8,41 +8,21 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "tuners/tuner_test_util.h"
 
 using namespace peft;
 using peft::test::source_path;
 using peft::test::temp_dir;
 
+using peft::test::fixture_input;
+using peft::test::logits_of;
+using peft::test::max_diff;
+using peft::test::randomize;
+
 namespace {
-
-ModelInput fixture_input(const std::string& model) {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
-
 PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
+  return peft::test::fixture_peft_model(model, dt);
 }
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
-
-void randomize(PeftModel& pm, double scale) {
-  torch::NoGradGuard ng;
-  for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
-}
-
 }  // namespace
 
 struct BottleneckCase {
@@ -88,17 +68,8 @@ TEST_P(Bottleneck, IdentityAtInitCountAndPlacement) {
   auto rep = pm->trainable_report();
   EXPECT_EQ(rep.trainable, c.expected_trainable) << rep.to_string();
   EXPECT_EQ(rep.by_method["bottleneck"], c.expected_trainable);
-  auto targeted = pm->adapter("default").targeted;
-  std::sort(targeted.begin(), targeted.end());
-  auto want = c.targeted;
-  std::sort(want.begin(), want.end());
-  EXPECT_EQ(targeted, want);
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base)) << max_diff(logits_of(*pm, in), base);
-  randomize(*pm, 0.2);
-  EXPECT_GT(max_diff(logits_of(*pm, in), base), 1e-4);
-  EXPECT_THROW(pm->merge(), Error);  // non-linear: not mergeable
-  pm->disable_adapters();
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
+  peft::test::expect_targeted(*pm, c.targeted);
+  peft::test::expect_identity_at_init(*pm, in, base, /*mergeable=*/false);  // non-linear
 }
 
 TEST_P(Bottleneck, SaveLoadBitExact) {
@@ -132,25 +103,7 @@ TEST_P(Bottleneck, GradientsMatchFiniteDifferences) {
   pm->to(torch::kFloat64);
   randomize(*pm, 0.3);
   auto in = fixture_input(c.model);
-  auto named = pm->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  pm->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.name << " " << name << "[" << idx << "]";
-    }
-  }
+  peft::test::expect_gradients_match_finite_differences(*pm, in, c.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Bottleneck, ::testing::ValuesIn(bottleneck_cases()),
@@ -180,4 +133,32 @@ TEST(BottleneckErrors, ClearMessages) {
   }();
   pl->set_scale("x", 0.0);
   EXPECT_TRUE(torch::equal(logits_of(*pl, in), base));
+}
+
+// AdapterDrop at training time: each adapter is skipped with probability p per training
+// forward (so some forwards give the base, some the full adapter output), never in eval.
+TEST(BottleneckAdapterDrop, StochasticWhileTrainingOnly) {
+  auto pm = peft_model("llama");
+  auto in = fixture_input("llama");
+  auto base = logits_of(*pm, in);
+  pm->add_adapter("default", method_config("pfeiffer", {{"adapter_drop_prob", 0.5}}));
+  randomize(*pm, 0.3);
+  pm->eval();
+  auto full = logits_of(*pm, in);
+  ASSERT_GT(max_diff(full, base), 1e-4);
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(torch::equal(logits_of(*pm, in), full));
+  pm->train();
+  torch::manual_seed(1);
+  int n_base = 0, n_full = 0, n_other = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto out = logits_of(*pm, in);
+    if (torch::equal(out, base)) ++n_base;
+    else if (torch::equal(out, full)) ++n_full;
+    else ++n_other;  // one of the two layers' adapters dropped
+  }
+  // Two adapters kept independently with probability 1/2: about 10 / 10 / 20 of 40.
+  EXPECT_GT(n_base, 2);
+  EXPECT_GT(n_full, 2);
+  EXPECT_GT(n_other, 8);
+  EXPECT_THROW(pm->add_adapter("bad", method_config("pfeiffer", {{"adapter_drop_prob", 1.0}})), Error);
 }

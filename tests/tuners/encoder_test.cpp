@@ -15,6 +15,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "tuners/tuner_test_util.h"
 
 using namespace peft;
 using peft::test::source_path;
@@ -317,27 +318,8 @@ TEST_P(T5Tuner, DefaultTargetsIdentityMergeAndGradients) {
   pm->add_adapter("default", method_config(c.method));
   pm->to(torch::kFloat64);
   randomize(*pm, 0.3);
-  auto named = pm->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  pm->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  int checked = 0;
-  for (auto& [name, p] : named) {
-    if (checked++ % 3) continue;  // a third of the tensors keeps the test quick
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.method << " " << name << "[" << idx << "]";
-    }
-  }
+  // A third of the tensors keeps the test quick.
+  peft::test::expect_gradients_match_finite_differences(*pm, in, c.method, /*every=*/3);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, T5Tuner,

@@ -8,6 +8,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "tuners/tuner_test_util.h"
 
 using namespace peft;
 using peft::test::source_path;
@@ -90,22 +91,5 @@ TEST(Mam, GradientsMatchFiniteDifferences) {
     for (auto& t : pm->trainable_parameters()) t.add_(torch::randn_like(t) * 0.3);
   }
   auto in = llama_input();
-  auto named = pm->named_trainable_parameters();
-  pm->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << name << "[" << idx << "]";
-    }
-  }
+  peft::test::expect_gradients_match_finite_differences(*pm, in, "mam");
 }

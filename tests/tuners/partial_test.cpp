@@ -8,6 +8,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "tuners/tuner_test_util.h"
 
 using namespace peft;
 using peft::test::source_path;
@@ -15,28 +16,14 @@ using peft::test::temp_dir;
 
 namespace {
 
-ModelInput fixture_input(const std::string& model) {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
+using peft::test::fixture_input;
+using peft::test::max_diff;
 
 PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
+  return peft::test::fixture_peft_model(model, dt);
 }
 
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
+using peft::test::logits_of;
 
 void perturb(PeftModel& pm, double scale) {
   torch::NoGradGuard ng;
@@ -126,25 +113,7 @@ TEST_P(Partial, GradientsMatchFiniteDifferences) {
   pm->to(torch::kFloat64);
   perturb(*pm, 0.1);
   auto in = fixture_input(c.model);
-  auto named = pm->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  pm->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.name << " " << name << "[" << idx << "]";
-    }
-  }
+  peft::test::expect_gradients_match_finite_differences(*pm, in, c.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Partial, ::testing::ValuesIn(partial_cases()), [](const auto& info) { return info.param.name; });

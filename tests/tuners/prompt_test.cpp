@@ -9,6 +9,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "tuners/tuner_test_util.h"
 
 using namespace peft;
 using peft::test::source_path;
@@ -16,23 +17,12 @@ using peft::test::temp_dir;
 
 namespace {
 
-ModelInput fixture_input(const std::string& model) {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
+using peft::test::fixture_input;
+using peft::test::max_diff;
 
 PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
+  return peft::test::fixture_peft_model(model, dt);
 }
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 std::vector<std::string> json_keys(const nlohmann::json& j) {
   std::vector<std::string> k;
@@ -41,10 +31,7 @@ std::vector<std::string> json_keys(const nlohmann::json& j) {
   return k;
 }
 
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
+using peft::test::logits_of;
 
 }  // namespace
 

@@ -1,0 +1,117 @@
+// Helpers for the per-method property tests (tests/tuners/*_test.cpp): the fixture models and
+// inputs, outputs without autograd, random adapter weights, and the float64 finite-difference
+// check of every trainable tensor's gradient.
+#pragma once
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "peft/error.h"
+#include "peft/io.h"
+#include "peft/model.h"
+#include "peft/tuner.h"
+#include "test_util.h"
+
+namespace peft::test {
+
+/// inputs.safetensors of a fixture model (tests/fixtures/hf/models/<model>).
+inline ModelInput fixture_input(const std::string& model) {
+  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
+  ModelInput mi;
+  mi.input_ids = in.at("input_ids").clone();
+  mi.attention_mask = in.at("attention_mask").clone();
+  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
+  if (in.count("labels")) mi.labels = in.at("labels").clone();
+  return mi;
+}
+
+/// A fixture model in eval mode, wrapped without adapters.
+inline PeftModelPtr fixture_peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
+  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
+  m->eval();
+  return std::make_shared<PeftModel>(m);
+}
+
+inline double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
+inline torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
+  torch::NoGradGuard ng;
+  return pm.forward(in).logits;
+}
+
+/// Every trainable tensor set to N(0, scale^2) (so no adapter is the identity any more).
+inline void randomize(PeftModel& pm, double scale) {
+  torch::NoGradGuard ng;
+  for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
+}
+
+/// The modules adapter "default" wraps, in any order.
+inline void expect_targeted(const PeftModel& pm, std::vector<std::string> want) {
+  auto got = pm.adapter("default").targeted;
+  std::sort(got.begin(), got.end());
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(got, want);
+}
+
+/// A freshly added adapter leaves the base logits `base` bit for bit; random adapter weights
+/// change them; a non-mergeable method refuses merge(); disabling gives the base back.
+inline void expect_identity_at_init(PeftModel& pm, const ModelInput& in, const torch::Tensor& base, bool mergeable) {
+  EXPECT_TRUE(torch::equal(logits_of(pm, in), base)) << max_diff(logits_of(pm, in), base);
+  randomize(pm, 0.3);
+  EXPECT_GT(max_diff(logits_of(pm, in), base), 1e-4);
+  if (!mergeable) EXPECT_THROW(pm.merge(), Error);
+  pm.disable_adapters();
+  EXPECT_TRUE(torch::equal(logits_of(pm, in), base));
+  pm.disable_adapters(false);
+}
+
+/// Autograd against central differences (h = 1e-6) at the first and last element of every
+/// `every`-th trainable tensor (1: all); the model should be float64.
+inline void expect_gradients_match_finite_differences(PeftModel& pm, const ModelInput& in, const std::string& label,
+                                                      int every = 1) {
+  auto named = pm.named_trainable_parameters();
+  ASSERT_FALSE(named.empty());
+  pm.forward(in).loss.backward();
+  torch::NoGradGuard ng;
+  int seen = 0;
+  for (auto& [name, p] : named) {
+    if (seen++ % every) continue;
+    ASSERT_TRUE(p.grad().defined()) << name;
+    auto flat = p.view({-1});
+    auto g = p.grad().view({-1});
+    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
+      const double h = 1e-6, orig = flat[idx].item<double>();
+      flat[idx].fill_(orig + h);
+      double lp = pm.forward(in).loss.item<double>();
+      flat[idx].fill_(orig - h);
+      double lm = pm.forward(in).loss.item<double>();
+      flat[idx].fill_(orig);
+      double fd = (lp - lm) / (2 * h);
+      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << label << " " << name << "[" << idx << "]";
+    }
+  }
+}
+
+/// Saves adapter "default" to a fresh folder, loads it into a fresh fixture model, and expects
+/// identical tensors and outputs. Returns the folder.
+inline std::string expect_save_load_bit_exact(PeftModel& pm, const std::string& model, const ModelInput& in,
+                                              const std::string& tag) {
+  auto out = logits_of(pm, in);
+  auto dir = temp_dir(tag);
+  pm.save_adapter(dir);
+  auto pm2 = fixture_peft_model(model);
+  pm2->load_adapter(dir);
+  auto orig = pm.adapter_state_dict("default"), again = pm2->adapter_state_dict("default");
+  EXPECT_EQ(orig.size(), again.size());
+  for (auto& kv : orig) {
+    EXPECT_TRUE(again.count(kv.first)) << kv.first;
+    if (again.count(kv.first)) EXPECT_TRUE(torch::equal(kv.second, again.at(kv.first))) << kv.first;
+  }
+  EXPECT_TRUE(torch::equal(logits_of(*pm2, in), out));
+  return dir;
+}
+
+}  // namespace peft::test
