@@ -35,6 +35,10 @@ const std::vector<MethodCard>& cards() {
       {"p-tuning", "additive", "Liu et al. 2021, GPT Understands, Too (arXiv:2103.10385)"},
       {"prefix-tuning", "additive", "Li & Liang 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (arXiv:2101.00190)"},
       {"p-tuning-v2", "additive", "Liu et al. 2022, P-Tuning v2: Prompt Tuning Can Be Comparable to Fine-tuning (arXiv:2110.07602)"},
+      {"compacter", "additive", "Karimi Mahabadi et al. 2021, Compacter: Efficient Low-Rank Hypercomplex Adapter Layers (arXiv:2106.04647)"},
+      {"compacter++", "additive", "Karimi Mahabadi et al. 2021, Compacter: Efficient Low-Rank Hypercomplex Adapter Layers (arXiv:2106.04647)"},
+      {"hadamard", "additive", "Chen et al. 2023, Hadamard Adapter: An Extreme Parameter-Efficient Adapter Tuning Method for Pre-trained Language Models (CIKM 2023)"},
+      {"lst", "additive", "Sung et al. 2022, LST: Ladder Side-Tuning for Parameter and Memory Efficient Transfer Learning (arXiv:2206.06522)"},
       // Partial
       {"bitfit", "partial", "Ben Zaken et al. 2022, BitFit: Simple Parameter-efficient Fine-tuning (arXiv:2106.10199)"},
       {"ln-tuning", "partial", "Qi et al. 2022, Parameter-Efficient Tuning on Layer Normalization (arXiv:2211.08682)"},

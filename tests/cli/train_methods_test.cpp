@@ -29,6 +29,7 @@ std::string head_lines(const std::string& from, const std::string& to, int n) {
 std::string options_for(const std::string& m) {
   if (m == "bitfit") return " --add_missing_biases true";  // Llama has no biases
   if (m == "sparse-delta") return " --density 0.05";
+  if (m == "compacter" || m == "compacter++") return " --reduction_factor 4";  // phm_dim 4 must divide 64 / rf
   if (m == "adalora") return " --init_r 4 --target_r 2 --tinit 2 --tfinal 3";
   return "";
 }
