@@ -185,7 +185,11 @@ TEST_P(EveryMethod, Trains) {
   if (GetParam() == "adalora") opts = {{"init_r", 4}, {"target_r", 2}, {"total_step", 15}, {"tinit", 2}, {"tfinal", 3}};
   else if ((GetParam().find("tuning") != std::string::npos && GetParam() != "ln-tuning") || GetParam() == "mam") opts = {{"num_virtual_tokens", 4}};
   else if (GetParam() == "bitfit") opts = {{"add_missing_biases", true}};  // stories260K has no biases
-  else if (GetParam() == "sparse-delta") opts = {{"density", 0.05}};
+  else if (GetParam() == "sparse-delta" || GetParam() == "diff-pruning") opts = {{"density", 0.05}};
+  else if (GetParam() == "fish-mask") opts = {{"density", 0.05}, {"fisher_batches", 2}};
+  else if (GetParam() == "child-tuning-d") opts = {{"reserve_p", 0.05}, {"fisher_batches", 2}};
+  else if (GetParam() == "child-tuning-f") opts = {{"reserve_p", 0.3}};
+  else if (GetParam() == "lt-sft") opts = {{"density", 0.05}, {"phase1_steps", 5}};
   else if (GetParam() == "ln-tuning" || GetParam() == "layer-freeze" || GetParam() == "houlsby" ||
            GetParam() == "pfeiffer" || GetParam() == "parallel-adapter") opts = nlohmann::json::object();
   else if (GetParam() != "ia3") opts = {{"r", 4}};
@@ -202,7 +206,8 @@ INSTANTIATE_TEST_SUITE_P(All, EveryMethod,
                          ::testing::Values("lora", "rslora", "dora", "pissa", "olora", "lora-fa", "dylora", "delta-lora",
                                            "vera", "loha", "lokr", "adalora", "ia3", "prompt-tuning", "p-tuning",
                                            "prefix-tuning", "p-tuning-v2", "houlsby", "pfeiffer", "parallel-adapter",
-                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "mam"),
+                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "fish-mask",
+                                           "child-tuning-d", "child-tuning-f", "diff-pruning", "lt-sft", "mam"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
