@@ -75,7 +75,7 @@ std::vector<PartialCase> partial_cases() {
   const int64_t head = 2 * 64 + 2;
   // k = round(0.01 * numel) per Linear: 41, 20, 20, 41, 82, 82, 82.
   const int64_t sparse = 41 + 20 + 20 + 41 + 82 + 82 + 82;
-  const int64_t weights = 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64);  // per layer 36864
+  const int64_t weights = 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64);  // 2 layers of 36864
   // bert biases per layer: q, k, v, attention.output.dense, intermediate (128), output.dense,
   // two LayerNorms; plus embeddings.LayerNorm and pooler.dense.
   const int64_t bert_bias = 2 * (4 * 64 + 128 + 64 + 2 * 64) + 64 + 64;
@@ -92,10 +92,10 @@ std::vector<PartialCase> partial_cases() {
       // keep round(0.01 * 73728) = 737 and round(0.1 * 73728) = 7373 of them.
       {"fish_mask", "llama", "fish-mask", {{"density", 0.01}, {"fisher_batches", 2}}, 737, true},
       {"child_tuning_d", "llama", "child-tuning-d", {{"reserve_p", 0.1}, {"fisher_batches", 2}}, 7373, true},
-      {"child_tuning_f", "llama", "child-tuning-f", nlohmann::json::object(), 2 * weights, true},
-      {"diff_pruning", "llama", "diff-pruning", {{"density", 0.05}}, 2 * 2 * weights, true},  // w and alpha
+      {"child_tuning_f", "llama", "child-tuning-f", nlohmann::json::object(), weights, true},
+      {"diff_pruning", "llama", "diff-pruning", {{"density", 0.05}}, 2 * weights, true},  // w and alpha
       // No pruning and gates inside (0, 1): the gate parameters get non-zero gradients.
-      {"diff_pruning_open", "llama", "diff-pruning", {{"density", 1.0}, {"alpha_init", 0.5}}, 2 * 2 * weights, true},
+      {"diff_pruning_open", "llama", "diff-pruning", {{"density", 1.0}, {"alpha_init", 0.5}}, 2 * weights, true},
       {"lt_sft", "llama", "lt-sft", {{"density", 0.01}, {"phase1_steps", 1}}, 737, true, true},
   };
 }
@@ -402,7 +402,7 @@ TEST(DiffPruning, PenaltyAndDeterministicGateInClosedForm) {
   const double per_entry = 1 / (1 + std::exp(-(a0 - beta * std::log(-l / r))));
   EXPECT_NEAR(pm->extra_loss().item<double>(), lambda * 73728 * per_entry, 1e-5 * lambda * 73728);
   pm->eval();
-  auto W = pm->model->state_dict().at("model.layers.1.mlp.down_proj.weight").clone();
+  auto W = pm->model->state_dict().at("model.layers.1.mlp.down_proj.base_layer.weight").clone();
   {
     torch::NoGradGuard ng;
     for (auto& kv : deltas(*pm)) kv.second.fill_(2.0);
