@@ -446,3 +446,37 @@ TEST(SparseMethods, ConfigErrorsNameTheField) {
   expect_error_naming("diff-pruning", {{"temperature", 0}}, "temperature");
   expect_error_naming("lt-sft", {{"phase1_steps", 0}}, "phase1_steps");
 }
+
+// A damaged sparse file is refused with the file and tensor named.
+TEST(SparseMethods, DamagedFilesAreRefusedClearly) {
+  auto pm = peft_model("llama");
+  auto in = fixture_input("llama");
+  pm->add_adapter("default", method_config("fish-mask", {{"density", 0.01}, {"fisher_batches", 1}}));
+  pm->calibrate([&] { return pm->forward(in).loss; });
+  auto dir = temp_dir("sparse_damaged");
+  pm->save_adapter(dir);
+  const std::string file = dir + "/adapter_model.safetensors";
+  const std::string key = "base_model.model.model.layers.0.self_attn.q_proj.sparse_";
+  auto good = load_safetensors(file);
+  auto expect_refused = [&](TensorMap t, const std::string& what) {
+    save_safetensors(file, t);
+    auto pm2 = peft_model("llama");
+    try {
+      pm2->load_adapter(dir);
+      FAIL() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  auto missing = good;
+  missing.erase(key + "values");
+  expect_refused(missing, "sparse_values");
+  auto out_of_range = good;
+  out_of_range[key + "indices"] = out_of_range[key + "indices"] + 4096;
+  expect_refused(out_of_range, "out of range");
+  save_safetensors(file, good);
+  auto pm3 = peft_model("llama");
+  pm3->load_adapter(dir);
+  EXPECT_TRUE(torch::equal(logits_of(*pm3, in), logits_of(*pm, in)));
+}
