@@ -78,6 +78,11 @@ class Tuner {
   /// Model-wide work around an optimizer step (AdaLoRA's rank budget): `before` is true while
   /// gradients are still present (after backward, before the step), false after the step.
   virtual void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const {}
+  /// Methods that choose what trains from data (FISH, Child-Tuning_D): calibrate() runs once
+  /// before training (Trainer::train, not on resume: the choice is saved with the adapter), with
+  /// `next_loss` giving the loss of the next calibration batch (graph attached).
+  virtual bool needs_calibration(const nlohmann::json& cfg) const { return false; }
+  virtual void calibrate(PeftModel& pm, const std::string& name, const std::function<torch::Tensor()>& next_loss) const {}
 };
 using TunerPtr = std::shared_ptr<const Tuner>;
 
@@ -129,6 +134,13 @@ class TunerLayer : public Layer {
   virtual std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors(const std::string& adapter) const;
   /// Tensors of `adapter` that train (requires_grad when the adapter is active).
   virtual std::vector<torch::Tensor> trainable_tensors(const std::string& adapter) const;
+  /// Entries of `adapter` that train (requires_grad tensors; sparse methods train a masked
+  /// subset of a dense tensor and count the subset).
+  virtual int64_t trainable_numel(const std::string& adapter) const;
+  /// Layers whose saved form differs from their tensors (a sparse delta kept dense while
+  /// training) take their saved tensors (key suffix -> tensor) here and return true; by default
+  /// the tensors are copied into adapter_tensors() with a shape check.
+  virtual bool load_saved(const std::string& adapter, const TensorMap& saved, const std::string& source) { return false; }
   bool has_adapter(const std::string& a) const { return adapters_.count(a) > 0; }
   std::vector<std::string> adapter_names() const { return std::vector<std::string>(adapters_.begin(), adapters_.end()); }
 
@@ -241,6 +253,10 @@ class PeftModel : public Module {
   torch::Tensor extra_loss();
   void before_step(int64_t step);
   void after_step(int64_t step);
+  /// True when an active adapter chooses its trainable entries from data (Tuner::calibrate).
+  bool needs_calibration() const;
+  /// Runs Tuner::calibrate for those adapters, in eval mode (no dropout), then clears gradients.
+  void calibrate(const std::function<torch::Tensor()>& next_loss);
 
   /// Adapter tensors under the keys peft saves (adapter name stripped).
   TensorMap adapter_state_dict(const std::string& name) const;

@@ -78,6 +78,10 @@ StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t
   opt_ = std::make_unique<torch::optim::AdamW>(params_, torch::optim::AdamWOptions(1e-4).weight_decay(0.01));
   in_.input_ids = torch::randint(shape.vocab, {shape.batch, shape.seq}, torch::kLong);
   in_.labels = in_.input_ids;
+  if (pm_ && pm_->needs_calibration()) {  // FISH / Child-Tuning_D choose their entries from data
+    pm_->calibrate([this] { return pm_->forward(in_).loss; });
+    trainable = pm_->trainable_report().trainable;
+  }
 }
 
 double StepBench::step() {

@@ -103,6 +103,15 @@ double lr_lambda(const std::string& type, int64_t step, int64_t warmup, int64_t 
 
 // ---- evaluation -----------------------------------------------------------------------------
 
+static ModelInput model_input(const Batch& b) {
+  ModelInput in;
+  in.input_ids = b.input_ids;
+  in.attention_mask = b.attention_mask;
+  in.labels = b.labels;
+  if (b.token_type_ids.defined()) in.token_type_ids = b.token_type_ids;
+  return in;
+}
+
 nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput&)>& forward, const Dataset& ds,
                                 int64_t batch_size) {
   torch::NoGradGuard ng;
@@ -111,12 +120,7 @@ nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput
   std::vector<int64_t> pred, gold;
   std::vector<double> xs, ys;
   for (auto& b : sequential_batches(ds, batch_size)) {
-    ModelInput in;
-    in.input_ids = b.input_ids;
-    in.attention_mask = b.attention_mask;
-    in.labels = b.labels;
-    if (b.token_type_ids.defined()) in.token_type_ids = b.token_type_ids;
-    auto out = forward(in);
+    auto out = forward(model_input(b));
     if (ds.is_causal_lm() || ds.kind == DataKind::Seq2Seq) {
       // Token-weighted mean over the whole set (a batch mean weights short batches too much).
       // Causal LM labels are shifted inside the model; seq2seq labels are not (every label
@@ -260,6 +264,12 @@ void Trainer::prune_checkpoints(const std::string& best) {
 TrainResult Trainer::train(bool resume) {
   fs::create_directories(args_.output_dir);
   torch::manual_seed(static_cast<uint64_t>(args_.seed));
+  // Data-driven masks (FISH, Child-Tuning_D) are chosen before the first step from training
+  // batches of their own loader; a resumed run reads the mask from its checkpoint instead.
+  if (!resume && pm_->needs_calibration()) {
+    DataLoader cal(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed) + 1);
+    pm_->calibrate([&] { return pm_->forward(model_input(cal.next_batch())).loss; });
+  }
   pm_->train();
 
   // AdamW with weight decay on matrices only (not on biases, norms or scaling vectors).
@@ -356,12 +366,7 @@ TrainResult Trainer::train(bool resume) {
     int64_t tokens = 0;
     for (int64_t micro = 0; micro < args_.gradient_accumulation_steps; ++micro) {
       Batch b = loader.next_batch();
-      ModelInput in;
-      in.input_ids = b.input_ids;
-      in.attention_mask = b.attention_mask;
-      in.labels = b.labels;
-      if (b.token_type_ids.defined()) in.token_type_ids = b.token_type_ids;
-      auto out = pm_->forward(in);
+      auto out = pm_->forward(model_input(b));
       double lv = out.loss.item<double>();
       if (!std::isfinite(lv)) {
         auto all = list_checkpoints(args_.output_dir);

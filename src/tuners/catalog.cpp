@@ -44,6 +44,11 @@ const std::vector<MethodCard>& cards() {
       {"ln-tuning", "partial", "Qi et al. 2022, Parameter-Efficient Tuning on Layer Normalization (arXiv:2211.08682)"},
       {"layer-freeze", "partial", "Lee et al. 2019, What Would Elsa Do? Freezing Layers During Transformer Fine-Tuning (arXiv:1911.03090)"},
       {"sparse-delta", "partial", "Ansell et al. 2022, Composable Sparse Fine-Tuning for Cross-Lingual Transfer (arXiv:2110.07560)"},
+      {"fish-mask", "partial", "Sung et al. 2021, Training Neural Networks with Fixed Sparse Masks (arXiv:2111.09839)"},
+      {"child-tuning-d", "partial", "Xu et al. 2021, Raise a Child in Large Language Model (arXiv:2109.05687)"},
+      {"child-tuning-f", "partial", "Xu et al. 2021, Raise a Child in Large Language Model (arXiv:2109.05687)"},
+      {"diff-pruning", "partial", "Guo et al. 2021, Parameter-Efficient Transfer Learning with Diff Pruning (arXiv:2012.07463)"},
+      {"lt-sft", "partial", "Ansell et al. 2022, Composable Sparse Fine-Tuning for Cross-Lingual Transfer (arXiv:2110.07560)"},
       // Hybrid
       {"mam", "hybrid", "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv:2110.04366)"},
   };

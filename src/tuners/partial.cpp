@@ -22,7 +22,8 @@
 //   ("magnitude") or uniformly at random from a seed ("random"), and only their deltas train.
 //   Stored sparsely: `sparse_indices` [k] int64 (flat indices into W as [out, in]) and
 //   `sparse_values` [k]; merge: W.flat[idx] += values. peft_type "SPARSE_DELTA" (ours).
-// Our types write adapter_config.json with "peft_cpp_format_version": 1.
+// Our types write adapter_config.json with "peft_cpp_format_version": 1. FISH, Child-Tuning,
+// diff pruning and LT-SFT (sparse deltas chosen by data or training) are in sparse.cpp.
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
@@ -31,14 +32,13 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/partial_common.h"
 
 namespace peft {
 namespace {
 
-Layer* innermost(Layer* l) {
-  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-  return l;
-}
+using namespace partial;
+
 bool is_norm(Layer* l) { return dynamic_cast<RMSNorm*>(l) || dynamic_cast<LayerNorm*>(l); }
 bool is_leaf(Layer* l) { return dynamic_cast<Linear*>(l) || is_norm(l); }
 std::string last_name(const std::string& path) {
@@ -54,26 +54,6 @@ bool is_head(const PretrainedModel& m, const std::string& path) {
   return it != roles.end() && (path == it->second || (path.size() > it->second.size() &&
                                                       path.compare(path.size() - it->second.size(), it->second.size(), it->second) == 0 &&
                                                       path[path.size() - it->second.size() - 1] == '.'));
-}
-torch::ScalarType dtype_of(Layer& l) {
-  for (auto& p : l.parameters()) return p.scalar_type();
-  return torch::kFloat32;
-}
-nlohmann::json common_defaults(const std::string& type) {
-  return {{"base_model_name_or_path", nullptr}, {"exclude_modules", nullptr}, {"inference_mode", false},
-          {"layers_pattern", nullptr},          {"layers_to_transform", nullptr}, {"modules_to_save", nullptr},
-          {"peft_cpp_format_version", 1},       {"peft_type", type},          {"target_modules", nullptr},
-          {"task_type", nullptr}};
-}
-void check_version(const nlohmann::json& c) {
-  PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-             c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-}
-// SEQ_CLS: the head trains too (as peft does for every method).
-void head_to_save(PeftModel& pm, nlohmann::json& c) {
-  auto roles = pm.model->roles();
-  if (c["modules_to_save"].is_null() && pm.model->task() == TaskType::SeqCls && roles.count("head"))
-    c["modules_to_save"] = {roles["head"]};
 }
 
 // ---- BitFit ---------------------------------------------------------------------------------
@@ -241,8 +221,7 @@ class LayerFreezeTuner : public Tuner {
   }
   void validate(const nlohmann::json& c) const override {
     check_version(c);
-    PEFT_CHECK(c["num_trainable_layers"].is_number_integer() && c["num_trainable_layers"].get<int64_t>() > 0,
-               "adapter config: field 'num_trainable_layers' must be a positive integer");
+    check_positive_int(c, "num_trainable_layers");
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto& c = pm.mutable_config(name);
@@ -339,20 +318,12 @@ class SparseDeltaTuner : public Tuner {
   }
   void validate(const nlohmann::json& c) const override {
     check_version(c);
-    PEFT_CHECK(c["density"].is_number() && c["density"].get<double>() > 0 && c["density"].get<double>() <= 1,
-               "adapter config: field 'density' must be in (0, 1]");
+    check_fraction(c, "density");
     PEFT_CHECK(c["selection"] == "magnitude" || c["selection"] == "random",
                "adapter config: field 'selection' must be magnitude or random, got ", c["selection"].dump());
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
-    auto& c = pm.mutable_config(name);
-    head_to_save(pm, c);
-    if (!c["target_modules"].is_null()) return;
-    auto roles = pm.model->roles();
-    nlohmann::json t = nlohmann::json::array();
-    for (auto r : {"attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "mlp.gate", "mlp.up", "mlp.down"})
-      if (roles.count(r)) t.push_back(roles[r]);
-    c["target_modules"] = t;
+    target_projections(pm, pm.mutable_config(name));
   }
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();

@@ -230,9 +230,13 @@ TrainableReport PeftModel::trainable_report() const {
     if (p.requires_grad()) r.trainable += p.numel();
   }
   for (auto& kv : tuner_layers())
-    for (auto& a : active_)
+    for (auto& a : active_) {
+      int64_t dense = 0, counted = kv.second->trainable_numel(a);
       for (auto& t : kv.second->trainable_tensors(a))
-        if (t.requires_grad()) r.by_method[kv.second->method()] += t.numel();
+        if (t.requires_grad()) dense += t.numel();
+      r.by_method[kv.second->method()] += counted;
+      r.trainable -= dense - counted;  // a sparse method trains a subset of its dense tensors
+    }
   for (auto& a : active_) {
     auto& e = adapter(a);
     if (e.input)
@@ -277,6 +281,22 @@ void PeftModel::after_step(int64_t step) {
   for (auto& kv : tuner_layers())
     for (auto& a : active_) kv.second->after_step(a, step);
   for (auto& a : active_) adapter(a).tuner->on_step(*this, a, step, false);
+}
+
+bool PeftModel::needs_calibration() const {
+  for (auto& a : active_)
+    if (adapter(a).tuner->needs_calibration(adapter(a).config)) return true;
+  return false;
+}
+
+void PeftModel::calibrate(const std::function<torch::Tensor()>& next_loss) {
+  bool was_training = is_training();
+  eval();
+  for (auto& a : active_)
+    if (adapter(a).tuner->needs_calibration(adapter(a).config)) adapter(a).tuner->calibrate(*this, a, next_loss);
+  train(was_training);
+  for (auto& p : parameters())
+    if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
 }
 
 void PeftModel::merge() {
@@ -347,13 +367,23 @@ void PeftModel::load_adapter_state_dict(const std::string& name, const TensorMap
   auto& e = adapter(name);
   std::string prefix = e.tuner->targets_modules() ? "base_model.model." : "base_model.";
   TensorMap expected;
+  std::set<std::string> taken;  // keys a layer loaded itself (TunerLayer::load_saved)
+  torch::NoGradGuard ng;
   for (auto& kv : tuner_layers()) {
     if (!kv.second->has_adapter(name)) continue;
+    const std::string p = prefix + kv.first + ".";
+    TensorMap own;
+    for (auto& t : tensors)
+      if (t.first.compare(0, p.size(), p) == 0 && t.first.find('.', p.size()) == std::string::npos)
+        own[t.first.substr(p.size())] = t.second;
+    if (kv.second->load_saved(name, own, source)) {
+      for (auto& t : own) taken.insert(p + t.first);
+      continue;
+    }
     for (auto& t : kv.second->adapter_tensors(name)) expected[prefix + kv.first + "." + t.first] = t.second;
   }
-  torch::NoGradGuard ng;
   for (auto& kv : tensors) {
-    if (e.input && e.input->saved_tensors().count(kv.first)) continue;
+    if (taken.count(kv.first) || (e.input && e.input->saved_tensors().count(kv.first))) continue;
     auto it = expected.find(kv.first);
     PEFT_CHECK(it != expected.end(), source, ": tensor '", kv.first,
                "' has no counterpart in the model with this adapter config (wrong base model or config?)");

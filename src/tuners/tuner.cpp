@@ -244,6 +244,13 @@ std::vector<torch::Tensor> TunerLayer::trainable_tensors(const std::string& adap
   return out;
 }
 
+int64_t TunerLayer::trainable_numel(const std::string& adapter) const {
+  int64_t n = 0;
+  for (auto& t : trainable_tensors(adapter))
+    if (t.requires_grad()) n += t.numel();
+  return n;
+}
+
 std::vector<std::string> TunerLayer::live_adapters() const {
   std::vector<std::string> out;
   if (disabled) return out;

@@ -28,7 +28,10 @@ std::string head_lines(const std::string& from, const std::string& to, int n) {
 // Options a method needs on this model or in 15 steps (everything else: the preset).
 std::string options_for(const std::string& m) {
   if (m == "bitfit") return " --add_missing_biases true";  // Llama has no biases
-  if (m == "sparse-delta") return " --density 0.05";
+  if (m == "sparse-delta" || m == "diff-pruning") return " --density 0.05";
+  if (m == "fish-mask") return " --density 0.05 --fisher_batches 2";
+  if (m == "child-tuning-d") return " --reserve_p 0.05 --fisher_batches 2";
+  if (m == "lt-sft") return " --density 0.05 --phase1_steps 5";
   if (m == "compacter" || m == "compacter++") return " --reduction_factor 4";  // phm_dim 4 must divide 64 / rf
   if (m == "adalora") return " --init_r 4 --target_r 2 --tinit 2 --tfinal 3";
   return "";

@@ -127,6 +127,36 @@ TEST(Trainer, ResumeEqualsUninterruptedRun) {
   for (auto& kv : full) EXPECT_TRUE(torch::equal(kv.second, part.at(kv.first))) << kv.first;
 }
 
+// Sparse methods whose mask is chosen from data (FISH, before step 1) or by training (LT-SFT,
+// after phase 1): the checkpoint carries the mask, so a resumed run equals an uninterrupted one.
+class SparseResume : public ::testing::TestWithParam<std::string> {};
+TEST_P(SparseResume, EqualsUninterruptedRun) {
+  auto dir = temp_dir("trainer_resume_" + GetParam());
+  nlohmann::json opts = GetParam() == "fish-mask" ? nlohmann::json{{"density", 0.05}, {"fisher_batches", 2}}
+                                                   : nlohmann::json{{"density", 0.05}, {"phase1_steps", 3}};
+  auto a = setup(dir, GetParam(), opts);
+  Trainer(a.pm, args_for(dir + "/full", 10), a.data.train, &a.data.eval).train();
+  auto b = setup(dir, GetParam(), opts);
+  auto args = args_for(dir + "/part", 10);
+  args.save_total_limit = 0;
+  Trainer(b.pm, args, b.data.train, &b.data.eval).train();
+  for (const char* f : {"checkpoint-10", "adapter_model.safetensors"}) std::filesystem::remove_all(dir + "/part/" + f);
+  auto c = setup(dir, GetParam(), opts);
+  Trainer(c.pm, args, c.data.train, &c.data.eval).train(/*resume=*/true);
+  auto full = load_safetensors(dir + "/full/adapter_model.safetensors");
+  auto part = load_safetensors(dir + "/part/adapter_model.safetensors");
+  ASSERT_EQ(full.size(), part.size());
+  for (auto& kv : full) {
+    EXPECT_NE(kv.first.find("sparse_"), std::string::npos) << kv.first << ": saved dense";
+    EXPECT_TRUE(torch::equal(kv.second, part.at(kv.first))) << kv.first;
+  }
+}
+INSTANTIATE_TEST_SUITE_P(All, SparseResume, ::testing::Values("fish-mask", "lt-sft"), [](const auto& info) {
+  std::string n = info.param;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+});
+
 // The CLI run killed with SIGKILL mid-way and resumed gives the uninterrupted adapter.
 TEST(Trainer, SigkillThenResumeIsBitExact) {
   auto dir = temp_dir("trainer_kill");
@@ -185,7 +215,11 @@ TEST_P(EveryMethod, Trains) {
   if (GetParam() == "adalora") opts = {{"init_r", 4}, {"target_r", 2}, {"total_step", 15}, {"tinit", 2}, {"tfinal", 3}};
   else if ((GetParam().find("tuning") != std::string::npos && GetParam() != "ln-tuning") || GetParam() == "mam") opts = {{"num_virtual_tokens", 4}};
   else if (GetParam() == "bitfit") opts = {{"add_missing_biases", true}};  // stories260K has no biases
-  else if (GetParam() == "sparse-delta") opts = {{"density", 0.05}};
+  else if (GetParam() == "sparse-delta" || GetParam() == "diff-pruning") opts = {{"density", 0.05}};
+  else if (GetParam() == "fish-mask") opts = {{"density", 0.05}, {"fisher_batches", 2}};
+  else if (GetParam() == "child-tuning-d") opts = {{"reserve_p", 0.05}, {"fisher_batches", 2}};
+  else if (GetParam() == "child-tuning-f") opts = {{"reserve_p", 0.3}};
+  else if (GetParam() == "lt-sft") opts = {{"density", 0.05}, {"phase1_steps", 5}};
   else if (GetParam() == "ln-tuning" || GetParam() == "layer-freeze" || GetParam() == "houlsby" ||
            GetParam() == "pfeiffer" || GetParam() == "parallel-adapter" || GetParam() == "hadamard" ||
            GetParam() == "lst") opts = nlohmann::json::object();
@@ -204,8 +238,9 @@ INSTANTIATE_TEST_SUITE_P(All, EveryMethod,
                          ::testing::Values("lora", "rslora", "dora", "pissa", "olora", "lora-fa", "dylora", "delta-lora",
                                            "vera", "loha", "lokr", "adalora", "ia3", "prompt-tuning", "p-tuning",
                                            "prefix-tuning", "p-tuning-v2", "houlsby", "pfeiffer", "parallel-adapter",
-                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "mam", "compacter",
-                                           "compacter++", "hadamard", "lst"),
+                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "fish-mask",
+                                           "child-tuning-d", "child-tuning-f", "diff-pruning", "lt-sft", "mam",
+                                           "compacter", "compacter++", "hadamard", "lst"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
