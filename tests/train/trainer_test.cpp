@@ -187,7 +187,8 @@ TEST_P(EveryMethod, Trains) {
   else if (GetParam() == "bitfit") opts = {{"add_missing_biases", true}};  // stories260K has no biases
   else if (GetParam() == "sparse-delta") opts = {{"density", 0.05}};
   else if (GetParam() == "ln-tuning" || GetParam() == "layer-freeze" || GetParam() == "houlsby" ||
-           GetParam() == "pfeiffer" || GetParam() == "parallel-adapter") opts = nlohmann::json::object();
+           GetParam() == "pfeiffer" || GetParam() == "parallel-adapter" || GetParam() == "s4" || GetParam() == "unipelt" ||
+           GetParam() == "adamix") opts = nlohmann::json::object();
   else if (GetParam() != "ia3") opts = {{"r", 4}};
   auto s = setup(dir, GetParam(), opts);
   auto args = args_for(dir + "/out", 15);
@@ -202,7 +203,8 @@ INSTANTIATE_TEST_SUITE_P(All, EveryMethod,
                          ::testing::Values("lora", "rslora", "dora", "pissa", "olora", "lora-fa", "dylora", "delta-lora",
                                            "vera", "loha", "lokr", "adalora", "ia3", "prompt-tuning", "p-tuning",
                                            "prefix-tuning", "p-tuning-v2", "houlsby", "pfeiffer", "parallel-adapter",
-                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "mam"),
+                                           "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "mam", "s4", "unipelt",
+                                           "propetl", "adamix"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');

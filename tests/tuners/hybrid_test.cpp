@@ -7,34 +7,14 @@
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
-#include "test_util.h"
+#include "tuner_fixtures.h"
 
 using namespace peft;
-using peft::test::source_path;
-using peft::test::temp_dir;
+using namespace peft::test;
 
 namespace {
-
-ModelInput llama_input() {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/llama/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  mi.labels = in.at("labels").clone();
-  return mi;
-}
-
-PeftModelPtr llama(torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/llama"), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
-
+ModelInput llama_input() { return fixture_input("llama"); }
+PeftModelPtr llama(torch::Dtype dt = torch::kFloat32) { return fixture_peft_model("llama", dt); }
 }  // namespace
 
 TEST(Mam, CountSaveLoadAndDecoding) {
@@ -89,23 +69,5 @@ TEST(Mam, GradientsMatchFiniteDifferences) {
     torch::NoGradGuard ng;
     for (auto& t : pm->trainable_parameters()) t.add_(torch::randn_like(t) * 0.3);
   }
-  auto in = llama_input();
-  auto named = pm->named_trainable_parameters();
-  pm->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << name << "[" << idx << "]";
-    }
-  }
+  expect_gradients_match_fd(*pm, llama_input(), "mam");
 }
