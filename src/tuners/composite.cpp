@@ -31,6 +31,7 @@
 // components.2.prompt_embeddings (a module stacked over another keeps `.base_layer.` in its path).
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "peft/error.h"

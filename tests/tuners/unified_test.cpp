@@ -120,8 +120,8 @@ TEST_P(Unified, InitCountAndMerge) {
     EXPECT_NE(msg.find(c.merge_error), std::string::npos) << msg;
     EXPECT_TRUE(torch::equal(logits_of(*pm, in), out));  // nothing half merged
   }
-  pm->disable_adapters();
-  EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
+  pm->disable_adapters();  // after merge + unmerge the base weights carry float round-off
+  EXPECT_LE(max_diff(logits_of(*pm, in), base), c.merge_error.empty() ? 1e-5 : 0.0) << max_diff(logits_of(*pm, in), base);
 }
 
 TEST_P(Unified, SaveLoadBitExact) {
