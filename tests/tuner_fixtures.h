@@ -45,6 +45,16 @@ inline void randomize(PeftModel& pm, double scale) {
   for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
 }
 
+/// The adapter tensors of `a` and `b` are the same, key for key, bit for bit.
+inline void expect_same_adapter(const PeftModel& a, const PeftModel& b, const std::string& name = "default") {
+  auto sa = a.adapter_state_dict(name), sb = b.adapter_state_dict(name);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (auto& kv : sa) {
+    ASSERT_TRUE(sb.count(kv.first)) << kv.first;
+    EXPECT_TRUE(torch::equal(kv.second, sb.at(kv.first))) << kv.first;
+  }
+}
+
 /// Autograd against central differences (h = 1e-6, float64 model) at the first and last entry
 /// of every trainable tensor whose name `skip` does not reject.
 inline void expect_gradients_match_fd(PeftModel& pm, const ModelInput& in, const std::string& label,

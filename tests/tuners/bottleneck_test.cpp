@@ -7,43 +7,10 @@
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
-#include "test_util.h"
+#include "tuner_fixtures.h"
 
 using namespace peft;
-using peft::test::source_path;
-using peft::test::temp_dir;
-
-namespace {
-
-ModelInput fixture_input(const std::string& model) {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
-
-PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
-
-void randomize(PeftModel& pm, double scale) {
-  torch::NoGradGuard ng;
-  for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
-}
-
-}  // namespace
+using namespace peft::test;
 
 struct BottleneckCase {
   std::string name, model, method;
@@ -81,7 +48,7 @@ class Bottleneck : public ::testing::TestWithParam<BottleneckCase> {};
 
 TEST_P(Bottleneck, IdentityAtInitCountAndPlacement) {
   auto c = GetParam();
-  auto pm = peft_model(c.model);
+  auto pm = fixture_peft_model(c.model);
   auto in = fixture_input(c.model);
   auto base = logits_of(*pm, in);
   pm->add_adapter("default", method_config(c.method, c.options));
@@ -103,7 +70,7 @@ TEST_P(Bottleneck, IdentityAtInitCountAndPlacement) {
 
 TEST_P(Bottleneck, SaveLoadBitExact) {
   auto c = GetParam();
-  auto pm = peft_model(c.model);
+  auto pm = fixture_peft_model(c.model);
   pm->add_adapter("default", method_config(c.method, c.options));
   randomize(*pm, 0.2);
   auto in = fixture_input(c.model);
@@ -117,47 +84,26 @@ TEST_P(Bottleneck, SaveLoadBitExact) {
   auto saved = load_safetensors(dir + "/adapter_model.safetensors");
   EXPECT_TRUE(saved.count("base_model.model." + c.targeted[0] + ".adapter_down.weight")) << c.targeted[0];
   EXPECT_TRUE(saved.count("base_model.model." + c.targeted[0] + ".adapter_up.bias"));
-  auto pm2 = peft_model(c.model);
+  auto pm2 = fixture_peft_model(c.model);
   pm2->load_adapter(dir);
-  auto orig = pm->adapter_state_dict("default"), again = pm2->adapter_state_dict("default");
-  ASSERT_EQ(orig.size(), again.size());
-  for (auto& kv : orig) EXPECT_TRUE(torch::equal(kv.second, again.at(kv.first))) << kv.first;
+  expect_same_adapter(*pm, *pm2);
   EXPECT_TRUE(torch::equal(logits_of(*pm2, in), out));
 }
 
 TEST_P(Bottleneck, GradientsMatchFiniteDifferences) {
   auto c = GetParam();
-  auto pm = peft_model(c.model, torch::kFloat64);
+  auto pm = fixture_peft_model(c.model, torch::kFloat64);
   pm->add_adapter("default", method_config(c.method, c.options));
   pm->to(torch::kFloat64);
   randomize(*pm, 0.3);
-  auto in = fixture_input(c.model);
-  auto named = pm->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  pm->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.name << " " << name << "[" << idx << "]";
-    }
-  }
+  expect_gradients_match_fd(*pm, fixture_input(c.model), c.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Bottleneck, ::testing::ValuesIn(bottleneck_cases()),
                          [](const auto& info) { return info.param.name; });
 
 TEST(BottleneckErrors, ClearMessages) {
-  auto pm = peft_model("bert_cls");
+  auto pm = fixture_peft_model("bert_cls");
   try {  // BERT has no single FFN module for a parallel adapter to wrap
     pm->add_adapter("p", method_config("parallel-adapter"));
     FAIL() << "no error";
@@ -169,7 +115,7 @@ TEST(BottleneckErrors, ClearMessages) {
   EXPECT_THROW(pm->add_adapter("c", method_config("bottleneck", {{"peft_cpp_format_version", 2}})), Error);
   EXPECT_THROW(pm->add_adapter("d", method_config("bottleneck", {{"adapter_drop_layers", 2}})), Error);
   // The parallel adapter scales by `scaling` (He et al.: 4).
-  auto pl = peft_model("llama");
+  auto pl = fixture_peft_model("llama");
   pl->add_adapter("x", method_config("parallel-adapter", {{"init_weights", false}}));
   auto in = fixture_input("llama");
   auto base = [&] {

@@ -41,9 +41,7 @@ TEST(Mam, CountSaveLoadAndDecoding) {
   EXPECT_EQ(read_json(dir + "/adapter_config.json")["peft_type"], "MAM");
   auto pm2 = llama();
   pm2->load_adapter(dir);
-  auto a = pm->adapter_state_dict("default"), b = pm2->adapter_state_dict("default");
-  ASSERT_EQ(a.size(), b.size());
-  for (auto& kv : a) EXPECT_TRUE(torch::equal(kv.second, b.at(kv.first))) << kv.first;
+  expect_same_adapter(*pm, *pm2);
   EXPECT_TRUE(torch::equal(logits_of(*pm2, in), out));
 
   // Decoding through the cache (the prefix enters once) equals the full forward.
