@@ -7,36 +7,12 @@
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
-#include "test_util.h"
+#include "tuner_fixtures.h"
 
 using namespace peft;
-using peft::test::source_path;
-using peft::test::temp_dir;
+using namespace peft::test;
 
 namespace {
-
-ModelInput fixture_input(const std::string& model) {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
-
-PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
 
 void perturb(PeftModel& pm, double scale) {
   torch::NoGradGuard ng;
@@ -79,7 +55,7 @@ class Partial : public ::testing::TestWithParam<PartialCase> {};
 
 TEST_P(Partial, IdentityCountMergeSaveLoad) {
   auto c = GetParam();
-  auto pm = peft_model(c.model);
+  auto pm = fixture_peft_model(c.model);
   auto in = fixture_input(c.model);
   auto base = logits_of(*pm, in);
   auto base_weights = pm->model->state_dict();
@@ -111,7 +87,7 @@ TEST_P(Partial, IdentityCountMergeSaveLoad) {
 
   auto dir = temp_dir("partial_" + c.name);
   pm->save_adapter(dir);
-  auto pm2 = peft_model(c.model);
+  auto pm2 = fixture_peft_model(c.model);
   pm2->load_adapter(dir);
   auto orig = pm->adapter_state_dict("default"), again = pm2->adapter_state_dict("default");
   ASSERT_EQ(orig.size(), again.size());
@@ -121,7 +97,7 @@ TEST_P(Partial, IdentityCountMergeSaveLoad) {
 
 TEST_P(Partial, GradientsMatchFiniteDifferences) {
   auto c = GetParam();
-  auto pm = peft_model(c.model, torch::kFloat64);
+  auto pm = fixture_peft_model(c.model, torch::kFloat64);
   pm->add_adapter("default", method_config(c.method, c.options));
   pm->to(torch::kFloat64);
   perturb(*pm, 0.1);
@@ -150,7 +126,7 @@ TEST_P(Partial, GradientsMatchFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(All, Partial, ::testing::ValuesIn(partial_cases()), [](const auto& info) { return info.param.name; });
 
 TEST(BitFit, BiasFreeModelIsRefusedClearly) {
-  auto pm = peft_model("llama");
+  auto pm = fixture_peft_model("llama");
   try {
     pm->add_adapter("default", method_config("bitfit"));
     FAIL() << "no error";
@@ -160,7 +136,7 @@ TEST(BitFit, BiasFreeModelIsRefusedClearly) {
 }
 
 TEST(LnTuning, PeftKeyNames) {
-  auto pm = peft_model("llama");
+  auto pm = fixture_peft_model("llama");
   pm->add_adapter("default", method_config("ln-tuning"));
   auto sd = pm->adapter_state_dict("default");
   EXPECT_TRUE(sd.count("base_model.model.model.layers.0.input_layernorm.ln_tuning_layers.weight"));
@@ -176,7 +152,7 @@ TEST(LnTuning, PeftKeyNames) {
 }
 
 TEST(SparseDelta, StoredSparselyAtTheLargestWeights) {
-  auto pm = peft_model("llama");
+  auto pm = fixture_peft_model("llama");
   auto W = pm->model->state_dict().at("model.layers.0.self_attn.q_proj.weight").clone();
   pm->add_adapter("default", method_config("sparse-delta", {{"density", 0.05}}));
   auto sd = pm->adapter_state_dict("default");

@@ -8,42 +8,18 @@
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
-#include "test_util.h"
+#include "tuner_fixtures.h"
 
 using namespace peft;
-using peft::test::source_path;
-using peft::test::temp_dir;
+using namespace peft::test;
 
 namespace {
-
-ModelInput fixture_input(const std::string& model) {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/" + model + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
-
-PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/" + model), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 std::vector<std::string> json_keys(const nlohmann::json& j) {
   std::vector<std::string> k;
   for (auto& kv : j.items()) k.push_back(kv.key());
   std::sort(k.begin(), k.end());
   return k;
-}
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
 }
 
 }  // namespace
@@ -58,7 +34,7 @@ TEST_P(PromptFixture, LoadsMatchesAndSavesBack) {
   auto [model, method] = GetParam();
   const std::string dir = source_path("tests/fixtures/peft/adapters/" + model + "/" + method);
   auto ref = load_safetensors(dir + "/reference.safetensors");
-  auto pm = peft_model(model);
+  auto pm = fixture_peft_model(model);
   pm->load_adapter(dir);
   auto in = fixture_input(model);
   torch::NoGradGuard ng;
@@ -124,7 +100,7 @@ class PromptMethod : public ::testing::TestWithParam<PromptCase> {};
 
 TEST_P(PromptMethod, TrainableCountAndSaveLoadBitExact) {
   auto c = GetParam();
-  auto pm = peft_model(c.model);
+  auto pm = fixture_peft_model(c.model);
   pm->add_adapter("default", method_config(c.method, c.options));
   EXPECT_EQ(pm->trainable_report().trainable, c.expected_trainable) << pm->trainable_report().to_string();
   int64_t n = 0;
@@ -141,7 +117,7 @@ TEST_P(PromptMethod, TrainableCountAndSaveLoadBitExact) {
   pm->save_adapter(dir);
   auto saved = load_safetensors(dir + "/adapter_model.safetensors");
   EXPECT_TRUE(saved.count("prompt_embeddings"));
-  auto pm2 = peft_model(c.model);
+  auto pm2 = fixture_peft_model(c.model);
   pm2->load_adapter(dir);
   auto again = pm2->adapter_state_dict("default");
   ASSERT_EQ(saved.size(), again.size());
@@ -157,7 +133,7 @@ TEST_P(PromptMethod, TrainableCountAndSaveLoadBitExact) {
 
 TEST_P(PromptMethod, GradientsMatchFiniteDifferences) {
   auto c = GetParam();
-  auto pm = peft_model(c.model, torch::kFloat64);
+  auto pm = fixture_peft_model(c.model, torch::kFloat64);
   pm->add_adapter("default", method_config(c.method, c.options));
   pm->to(torch::kFloat64);
   auto in = fixture_input(c.model);
@@ -190,7 +166,7 @@ INSTANTIATE_TEST_SUITE_P(All, PromptMethod, ::testing::ValuesIn(prompt_cases()),
 // virtual tokens / prefix enter the cache once, positions continue after them.
 class PromptDecoding : public ::testing::TestWithParam<std::string> {};
 TEST_P(PromptDecoding, IncrementalEqualsFullForward) {
-  auto pm = peft_model("llama");
+  auto pm = fixture_peft_model("llama");
   pm->add_adapter("default", method_config(GetParam(), {{"num_virtual_tokens", 3}}));
   auto ids = torch::tensor({1, 45, 112, 7, 201, 33}, torch::kLong).unsqueeze(0);
   ModelInput full;
@@ -221,7 +197,7 @@ INSTANTIATE_TEST_SUITE_P(All, PromptDecoding, ::testing::Values("prompt-tuning",
                          });
 
 TEST(PromptTuning, TextInitFromTokenIds) {
-  auto pm = peft_model("llama");
+  auto pm = fixture_peft_model("llama");
   pm->add_adapter("default", method_config("prompt-tuning", {{"num_virtual_tokens", 5},
                                                               {"prompt_tuning_init", "TEXT"},
                                                               {"prompt_tuning_init_text", "hello"},
@@ -235,7 +211,7 @@ TEST(PromptTuning, TextInitFromTokenIds) {
   pm->save_adapter(dir);
   EXPECT_FALSE(read_json(dir + "/adapter_config.json").contains("prompt_tuning_init_token_ids"));
   EXPECT_TRUE(read_json(dir + "/peft_cpp_config.json").contains("prompt_tuning_init_token_ids"));
-  auto pm2 = peft_model("llama");
+  auto pm2 = fixture_peft_model("llama");
   EXPECT_THROW(pm2->add_adapter("x", method_config("prompt-tuning", {{"prompt_tuning_init", "TEXT"}})), Error);
   EXPECT_THROW(pm2->add_adapter("y", method_config("prompt-tuning", {{"num_virtual_tokens", 0}})), Error);
 }
@@ -243,7 +219,7 @@ TEST(PromptTuning, TextInitFromTokenIds) {
 TEST(PromptTuning, CausalLabelsArePrefixedWithIgnore) {
   // Virtual positions get label -100: the last virtual token predicts the first real one, and
   // the loss is the plain causal loss over the real tokens.
-  auto pm = peft_model("llama");
+  auto pm = fixture_peft_model("llama");
   pm->add_adapter("default", method_config("prompt-tuning", {{"num_virtual_tokens", 4}}));
   auto in = fixture_input("llama");
   torch::NoGradGuard ng;
