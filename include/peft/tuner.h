@@ -69,6 +69,9 @@ class Tuner {
   /// Input tuners and shared state (VeRA's projections): called once per add_adapter, before inject.
   virtual void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& cfg) const {}
   virtual bool targets_modules() const { return true; }
+  /// Module tuners: wraps the slots the config selects (default: PeftModel::inject_modules with
+  /// this tuner); composites inject component by component.
+  virtual void inject_all(PeftModel& pm, const std::string& name, const nlohmann::json& cfg) const;
   /// Config keys that are ours (training-time switches) and are left out of adapter_config.json
   /// so Python peft loads the file; they go to peft_cpp_config.json next to it.
   virtual std::vector<std::string> extension_keys() const { return {}; }
@@ -143,6 +146,10 @@ class TunerLayer : public Layer {
   virtual bool load_saved(const std::string& adapter, const TensorMap& saved, const std::string& source) { return false; }
   bool has_adapter(const std::string& a) const { return adapters_.count(a) > 0; }
   std::vector<std::string> adapter_names() const { return std::vector<std::string>(adapters_.begin(), adapters_.end()); }
+  /// Key namespace of composites (src/tuners/composite.cpp): set_namespace gives every tensor of
+  /// `adapter` that has none yet the prefix `ns` ("components.1"); saved keys start with it.
+  void set_namespace(const std::string& adapter, const std::string& ns);
+  std::string key_namespace(const std::string& adapter, const std::string& key) const;
 
   /// Adapters that take part in forward (set by PeftModel::set_adapter), with a user scale each.
   std::vector<std::string> active;
@@ -169,6 +176,8 @@ class TunerLayer : public Layer {
   virtual torch::Tensor extra_loss(const std::string& a, int64_t* count) { return {}; }
   /// Called after each optimizer step with the global step (Delta-LoRA, AdaLoRA budget).
   virtual void after_step(const std::string& a, int64_t step) {}
+  /// Called after load_adapter_state_dict filled adapter `a` (consistency checks; `source` for errors).
+  virtual void after_load(const std::string& a, const std::string& source) {}
   /// Called before the optimizer step, while gradients are present (AdaLoRA importance).
   virtual void before_step(const std::string& a, int64_t step) {}
   /// Method name for the trainable-parameter report.
@@ -181,6 +190,7 @@ class TunerLayer : public Layer {
   struct Entry {
     torch::Tensor tensor;
     bool trainable;
+    std::string ns;  // key namespace ("" outside composites)
   };
   std::map<std::pair<std::string, std::string>, Entry> params_;
   std::map<std::string, std::shared_ptr<torch::nn::Module>> containers_;
@@ -197,6 +207,8 @@ class InputAdapter : public torch::nn::Module {
   virtual std::string method() const = 0;
   /// False for holders of shared tensors that leave the input alone (VeRA's projections).
   virtual bool changes_input() const { return true; }
+  /// Prefix of the saved keys inside a composite ("components.2"), empty otherwise.
+  std::string key_namespace;
 };
 
 /// Counts like peft's print_trainable_parameters, plus a per-method breakdown.
@@ -273,6 +285,14 @@ class PeftModel : public Module {
   bool loading() const { return loading_; }
   /// Input tuners and shared tensors register here (add_global).
   void set_input_adapter(const std::string& name, std::shared_ptr<InputAdapter> ia);
+  /// The slots `tuner` with config `cfg` selects (peft's targeting rules; wrappers' internals and
+  /// modules_to_save copies skipped), in named_modules() order.
+  std::vector<SlotRef> select_slots(const Tuner& tuner, const nlohmann::json& cfg) const;
+  /// Wraps `slots` (default: select_slots) with `tuner` for adapter `name` and records them as
+  /// targeted; errors listing some module names when nothing matched.
+  void inject_modules(const std::string& name, const Tuner& tuner, const nlohmann::json& cfg);
+  void inject_modules(const std::string& name, const Tuner& tuner, const nlohmann::json& cfg,
+                      const std::vector<SlotRef>& slots);
 
  private:
   bool loading_ = false;
@@ -288,6 +308,11 @@ using PeftModelPtr = std::shared_ptr<PeftModel>;
 /// Reads and completes an adapter_config.json: defaults for missing fields, a warning on stderr
 /// for unknown ones (newer peft versions), errors naming the file and field.
 nlohmann::json read_adapter_config(const std::string& dir);
+
+/// S4 layer groups (Chen et al. 2023, "Parameter-Efficient Fine-Tuning Design Spaces", sec. 4):
+/// layers 0..num_layers-1 split into 4 consecutive groups with sizes in proportion spindle
+/// 1:2:2:1, uniform, increasing 1:2:3:4 or decreasing 4:3:2:1 (rounded; empty when too few layers).
+std::vector<std::vector<int64_t>> s4_layer_groups(int64_t num_layers, const std::string& grouping);
 
 /// Closed-form helpers used by several tuners (and tests).
 /// Kaiming-uniform with a = sqrt(5) as nn.Linear/peft initialise: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).

@@ -16,6 +16,8 @@
 //   model learns to work without any subset of them (the paper's "robust AdapterDrop" samples
 //   the number of dropped lowest layers per step instead; independent drops also cover the
 //   upper layers); eval and inference always run every adapter.
+// - Gated adapter (adapter_gate; UniPELT, Mao et al. 2022, sec. 3.2): h + G_A · adapter(h) with
+//   the per-token gate G_A = sigmoid(W_g h + b_g) read from the adapter's input.
 // W_up (and its bias) start at zero, so the adapted model equals the base at init; W_down is
 // initialised as nn.Linear (Kaiming-uniform). Non-linear, so not mergeable.
 //
@@ -31,6 +33,7 @@
 //   K.adapter_down.weight [b, d]    K.adapter_down.bias [b]
 //   K.adapter_up.weight   [out, b]  K.adapter_up.bias   [out]
 //   K.adapter_ln.weight / K.adapter_ln.bias [d] (adapter_layernorm only)
+//   K.adapter_gate.weight [1, d] / K.adapter_gate.bias [1] (adapter_gate only)
 #include <torch/torch.h>
 
 #include "peft/error.h"
@@ -44,7 +47,7 @@ class BottleneckLayer : public TunerLayer {
  public:
   using TunerLayer::TunerLayer;
   struct Opts {
-    bool parallel, layernorm;
+    bool parallel, layernorm, gate;
     double scaling, dropout;
     std::string act;
     double drop_prob;  // AdapterDrop while training
@@ -65,6 +68,10 @@ class BottleneckLayer : public TunerLayer {
     auto up_w = init_weights ? torch::zeros({out, b}) : kaiming_uniform({out, b}, b);
     add_param(a, "adapter_up.weight", up_w.to(dt));
     add_param(a, "adapter_up.bias", torch::zeros({out}, dt));
+    if (o.gate) {
+      add_param(a, "adapter_gate.weight", kaiming_uniform({1, din}, din).to(dt));
+      add_param(a, "adapter_gate.bias", kaiming_uniform({1}, din).to(dt));
+    }
     if (o.layernorm) {
       add_param(a, "adapter_ln.weight", torch::ones({din}, dt));
       add_param(a, "adapter_ln.bias", torch::zeros({din}, dt));
@@ -79,6 +86,7 @@ class BottleneckLayer : public TunerLayer {
     z = torch::nn::functional::linear(z, param(a, "adapter_down.weight"), param(a, "adapter_down.bias"));
     z = activation(o.act, z);
     z = torch::nn::functional::linear(z, param(a, "adapter_up.weight"), param(a, "adapter_up.bias"));
+    if (o.gate) z = z * torch::sigmoid(torch::nn::functional::linear(x, param(a, "adapter_gate.weight"), param(a, "adapter_gate.bias")));
     return z * (o.scaling * scale_of(a));
   }
   torch::Tensor forward(const torch::Tensor& x) override {
@@ -99,6 +107,7 @@ class BottleneckTuner : public Tuner {
   nlohmann::json defaults() const override {
     return {{"adapter_drop_layers", 0},
             {"adapter_drop_prob", 0.0},
+            {"adapter_gate", false},
             {"adapter_layernorm", false},
             {"adapter_type", "houlsby"},
             {"base_model_name_or_path", nullptr},
@@ -122,6 +131,7 @@ class BottleneckTuner : public Tuner {
     validate_adapter_placement(c);
     PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
                c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
+    PEFT_CHECK(c["adapter_gate"].is_boolean(), "adapter config: field 'adapter_gate' must be true/false, got ", c["adapter_gate"].dump());
     check_activation(c["non_linearity"].get<std::string>());
     PEFT_CHECK(c["adapter_drop_prob"].is_number() && c["adapter_drop_prob"].get<double>() >= 0 &&
                    c["adapter_drop_prob"].get<double>() < 1,
@@ -137,8 +147,8 @@ class BottleneckTuner : public Tuner {
     auto layer = std::dynamic_pointer_cast<BottleneckLayer>(cur);
     if (!layer) layer = std::make_shared<BottleneckLayer>(cur);
     const int64_t hidden = pm.model->dims().hidden_size;
-    BottleneckLayer::Opts o{c["adapter_type"] == "parallel", c["adapter_layernorm"].get<bool>(), c["scaling"].get<double>(),
-                            c["dropout"].get<double>(), c["non_linearity"].get<std::string>(),
+    BottleneckLayer::Opts o{c["adapter_type"] == "parallel", c["adapter_layernorm"].get<bool>(), c["adapter_gate"].get<bool>(),
+                            c["scaling"].get<double>(), c["dropout"].get<double>(), c["non_linearity"].get<std::string>(),
                             c["adapter_drop_prob"].get<double>()};
     int64_t b = adapter_bottleneck_size(c, hidden);
     layer->add(name, layer_input_dim(cur.get(), hidden), layer_output_dim(cur.get(), hidden), b, o, c["init_weights"].get<bool>());

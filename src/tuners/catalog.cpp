@@ -51,6 +51,12 @@ const std::vector<MethodCard>& cards() {
       {"lt-sft", "partial", "Ansell et al. 2022, Composable Sparse Fine-Tuning for Cross-Lingual Transfer (arXiv:2110.07560)"},
       // Hybrid
       {"mam", "hybrid", "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv:2110.04366)"},
+      {"s4", "hybrid", "Chen et al. 2023, Parameter-Efficient Fine-Tuning Design Spaces (arXiv:2301.01821)"},
+      {"unipelt", "hybrid", "Mao et al. 2022, UniPELT: A Unified Framework for Parameter-Efficient Language Model Tuning (arXiv:2110.07577)"},
+      // Unified
+      {"composite", "unified", "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv:2110.04366)"},
+      {"propetl", "unified", "Zeng et al. 2023, One Network, Many Masks: Towards More Parameter-Efficient Transfer Learning (arXiv:2305.17682)"},
+      {"adamix", "unified", "Wang et al. 2022, AdaMix: Mixture-of-Adaptations for Parameter-efficient Model Tuning (arXiv:2205.12410)"},
   };
   return c;
 }

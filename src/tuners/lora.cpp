@@ -11,6 +11,8 @@
 // DyLoRA (Valipour et al. 2023): each training forward uses the first b ~ U{1..r} ranks with
 //   s = α / b (nested-dropout style), so every prefix rank works at inference.
 // Delta-LoRA (Zi et al. 2023, eq. 8): after each step W += λ (B_{t+1} A_{t+1} − B_t A_t).
+// Gated LoRA (lora_gate; UniPELT, Mao et al. 2022, sec. 3.2): h = W0 x + G_L · s B A x with the
+//   per-token gate G_L = sigmoid(W_g x + b_g), W_g [1, in] (nn.Linear init); not mergeable.
 //
 // Inits that change the base (PiSSA, OLoRA) and Delta-LoRA are saved as the plain rank-2r LoRA
 // that gives the same weights on the unmodified base: W0 + s [B, c B0] [A; A0].
@@ -28,7 +30,7 @@ namespace {
 struct LoraOptions {
   int64_t r = 8;
   double alpha = 8, scaling = 1, dropout = 0;
-  bool dora = false, fa = false, dylora = false, rslora = false;
+  bool dora = false, fa = false, dylora = false, rslora = false, gate = false;
   double delta_lambda = 0;
   int64_t delta_start = 0;
   std::string init = "default";  // default | gaussian | pissa | olora | false(B and A random: test use)
@@ -82,6 +84,10 @@ class LoraLinear : public TunerLayer {
     }
     add_param(a, "lora_A.weight", A.to(dt), !o.fa);
     add_param(a, "lora_B.weight", B.to(dt));
+    if (o.gate) {
+      add_param(a, "lora_gate.weight", kaiming_uniform({1, in}, in).to(dt));
+      add_param(a, "lora_gate.bias", kaiming_uniform({1}, in).to(dt));
+    }
     if (o.dora) add_param(a, "lora_magnitude_vector", row_norm(W.to(torch::kFloat32) + o.scaling * B.matmul(A)).to(dt));
     if (o.delta_lambda > 0) {  // Delta-LoRA: track B_K A_K, the product at the first base update
       res_A[a] = param(a, "lora_A.weight").clone();
@@ -114,6 +120,7 @@ class LoraLinear : public TunerLayer {
       s *= scale_of(a);
       auto xd = o.dropout > 0 ? torch::dropout(x, o.dropout, is_training()) : x;
       auto lora = torch::nn::functional::linear(torch::nn::functional::linear(xd, A), B) * s;
+      if (o.gate) lora = lora * torch::sigmoid(torch::nn::functional::linear(x, param(a, "lora_gate.weight"), param(a, "lora_gate.bias")));
       if (o.dora) {
         auto W = base_linear().weight_out_in();
         auto norm = row_norm(W + s * B.matmul(A)).detach();
@@ -127,7 +134,11 @@ class LoraLinear : public TunerLayer {
     return y;
   }
 
-  bool can_merge() const override { return true; }
+  bool can_merge() const override {
+    for (auto& kv : opt)
+      if (kv.second.gate) return false;  // the gate depends on the input
+    return true;
+  }
   void merge(const std::string& a) override {
     torch::NoGradGuard ng;
     auto W = base_linear().weight_out_in();
@@ -208,7 +219,7 @@ class LoraTuner : public Tuner {
             {"target_modules", nullptr}, {"task_type", nullptr}, {"use_dora", false}, {"use_rslora", false}};
   }
   std::vector<std::string> extension_keys() const override {
-    return {"exclude_modules", "lora_fa", "dylora", "delta_lora_lambda", "delta_lora_start", "peft_cpp_residual"};
+    return {"exclude_modules", "lora_fa", "dylora", "delta_lora_lambda", "delta_lora_start", "peft_cpp_residual", "lora_gate"};
   }
   std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
   void validate(const nlohmann::json& c) const override {
@@ -225,6 +236,7 @@ class LoraTuner : public Tuner {
     PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");
     PEFT_CHECK(c["loftq_config"].is_null() || c["loftq_config"].empty(), "adapter config: field 'loftq_config' is not supported");
     PEFT_CHECK(!(c.value("use_dora", false) && c.value("dylora", false)), "adapter config: DoRA and DyLoRA cannot be combined");
+    PEFT_CHECK(!(c.value("use_dora", false) && c.value("lora_gate", false)), "adapter config: DoRA and lora_gate cannot be combined");
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
@@ -239,6 +251,7 @@ class LoraTuner : public Tuner {
     o.dora = c["use_dora"].get<bool>();
     o.fa = c.value("lora_fa", false);
     o.dylora = c.value("dylora", false);
+    o.gate = c.value("lora_gate", false);
     o.delta_lambda = c.value("delta_lora_lambda", 0.0);
     o.delta_start = c.value("delta_lora_start", 0);
     auto& init = c["init_lora_weights"];

@@ -101,26 +101,8 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   order_.push_back(name);
   try {
     tuner->add_global(*this, name, full);
-    if (tuner->targets_modules()) {
-      // The stored config: add_global may have resolved targeting fields (bottleneck placements).
-      const nlohmann::json resolved = adapters_[name].config;
-      auto sel = TargetSelector::from_config(resolved, *model, tuner->default_roles());
-      for (auto& ref : find_slots(*model)) {
-        if (internal_path(ref.path)) continue;
-        auto mod = ref.get();
-        if (!sel.matches(ref.path, mod.get())) continue;
-        tuner->inject(*this, ref, name, resolved);
-        adapters_[name].targeted.push_back(ref.path);
-      }
-      if (adapters_[name].targeted.empty()) {
-        std::string some;
-        int n = 0;
-        for (auto& ref : find_slots(*model))
-          if (!internal_path(ref.path) && n++ < 12) some += " " + ref.path;
-        fail("adapter '", name, "': target_modules ", sel.target_modules.dump(),
-             " matched no module of the model (some module names:", some, ")");
-      }
-    }
+    // The stored config: add_global may have resolved targeting fields (bottleneck placements).
+    if (tuner->targets_modules()) tuner->inject_all(*this, name, nlohmann::json(adapters_[name].config));
     // modules_to_save: trainable copies (peft adds the classification head itself for SEQ_CLS).
     // From the stored config (add_global may have set it).
     auto mts = adapters_[name].config.value("modules_to_save", nlohmann::json());
@@ -156,6 +138,35 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   if (active_.empty()) active_ = {name};
   set_adapter(active_);
   train(is_training());  // new wrapper modules take the model's mode (eval: no dropout)
+}
+
+std::vector<SlotRef> PeftModel::select_slots(const Tuner& tuner, const nlohmann::json& cfg) const {
+  auto sel = TargetSelector::from_config(cfg, *model, tuner.default_roles());
+  std::vector<SlotRef> out;
+  for (auto& ref : find_slots(*model))
+    if (!internal_path(ref.path) && sel.matches(ref.path, ref.get().get())) out.push_back(ref);
+  return out;
+}
+
+void PeftModel::inject_modules(const std::string& name, const Tuner& tuner, const nlohmann::json& cfg) {
+  inject_modules(name, tuner, cfg, select_slots(tuner, cfg));
+}
+
+void PeftModel::inject_modules(const std::string& name, const Tuner& tuner, const nlohmann::json& cfg,
+                               const std::vector<SlotRef>& slots) {
+  if (slots.empty()) {
+    std::string some;
+    int n = 0;
+    for (auto& ref : find_slots(*model))
+      if (!internal_path(ref.path) && n++ < 12) some += " " + ref.path;
+    auto sel = TargetSelector::from_config(cfg, *model, tuner.default_roles());
+    fail("adapter '", name, "': target_modules ", sel.target_modules.dump(),
+         " matched no module of the model (some module names:", some, ")");
+  }
+  for (auto& ref : slots) {
+    tuner.inject(*this, ref, name, cfg);
+    adapters_.at(name).targeted.push_back(ref.path);
+  }
 }
 
 const AdapterEntry& PeftModel::adapter(const std::string& name) const {
@@ -299,16 +310,33 @@ void PeftModel::calibrate(const std::function<torch::Tensor()>& next_loss) {
     if (p.grad().defined()) p.mutable_grad() = torch::Tensor();
 }
 
+namespace {
+/// " (components.1)" for a tensor holder inside a composite, "" otherwise.
+std::string ns_note(const std::string& ns) { return ns.empty() ? "" : " (" + ns + ")"; }
+std::string layer_ns(const TunerLayer& t, const std::string& a) {
+  for (auto& kv : t.adapter_tensors(a)) {
+    auto ns = t.key_namespace(a, kv.first);
+    if (!ns.empty()) return ns;
+  }
+  return "";
+}
+}  // namespace
+
 void PeftModel::merge() {
   for (auto& a : active_) {
     auto& e = adapter(a);
-    PEFT_CHECK(!e.input || !e.input->changes_input(), e.tuner->peft_type(), " adapter '", a, "' changes the model input and cannot be merged");
+    PEFT_CHECK(!e.input || !e.input->changes_input(), e.tuner->peft_type(), " adapter '", a, "'",
+               ns_note(e.input ? e.input->key_namespace : ""), " changes the model input and cannot be merged");
   }
+  // Checked for every layer first, so a refusal leaves nothing half merged.
+  for (auto& kv : tuner_layers())
+    for (auto& a : active_)
+      PEFT_CHECK(!kv.second->has_adapter(a) || kv.second->can_merge(), kv.second->method(), " adapter '", a, "'",
+                 ns_note(layer_ns(*kv.second, a)), " at ", kv.first, " cannot be merged");
   for (auto& kv : tuner_layers())
     for (auto& a : active_) {
       auto* t = kv.second;
       if (!t->has_adapter(a) || t->merged.count(a)) continue;
-      PEFT_CHECK(t->can_merge(), t->method(), " adapter '", a, "' at ", kv.first, " cannot be merged");
       t->merge(a);
       t->merged.insert(a);
     }
@@ -349,29 +377,41 @@ ModelPtr PeftModel::merge_and_unload() {
 
 // ---- peft's file format -----------------------------------------------------------------------
 
+namespace {
+/// Saved key of a layer tensor: peft's `base_model.model.<path>.<key>` (prompt-learning models
+/// wrap the base directly: no ".model"), behind the composite component's namespace if any.
+std::string layer_key(const AdapterEntry& e, const TunerLayer& t, const std::string& path, const std::string& key) {
+  auto ns = t.key_namespace(e.name, key);
+  if (!ns.empty()) return ns + ".base_model.model." + path + "." + key;
+  return (e.tuner->targets_modules() ? "base_model.model." : "base_model.") + path + "." + key;
+}
+std::string input_ns(const AdapterEntry& e) {
+  return e.input && !e.input->key_namespace.empty() ? e.input->key_namespace + "." : "";
+}
+}  // namespace
+
 TensorMap PeftModel::adapter_state_dict(const std::string& name) const {
   auto& e = adapter(name);
-  // Prompt-learning models wrap the base directly (no LoraModel level): keys lack ".model".
-  std::string prefix = e.tuner->targets_modules() ? "base_model.model." : "base_model.";
   TensorMap out;
   for (auto& kv : tuner_layers()) {
     if (!kv.second->has_adapter(name)) continue;
-    for (auto& t : kv.second->adapter_tensors(name)) out[prefix + kv.first + "." + t.first] = t.second.detach();
+    for (auto& t : kv.second->adapter_tensors(name)) out[layer_key(e, *kv.second, kv.first, t.first)] = t.second.detach();
   }
   if (e.input)
-    for (auto& kv : e.input->saved_tensors()) out[kv.first] = kv.second.detach();
+    for (auto& kv : e.input->saved_tensors()) out[input_ns(e) + kv.first] = kv.second.detach();
   return out;
 }
 
 void PeftModel::load_adapter_state_dict(const std::string& name, const TensorMap& tensors, const std::string& source) {
   auto& e = adapter(name);
-  std::string prefix = e.tuner->targets_modules() ? "base_model.model." : "base_model.";
-  TensorMap expected;
-  std::set<std::string> taken;  // keys a layer loaded itself (TunerLayer::load_saved)
+  TensorMap expected, input;
+  std::set<std::string> taken;  // keys a layer loaded itself (TunerLayer::load_saved: sparse files)
   torch::NoGradGuard ng;
   for (auto& kv : tuner_layers()) {
     if (!kv.second->has_adapter(name)) continue;
-    const std::string p = prefix + kv.first + ".";
+    const std::string ns = layer_ns(*kv.second, name);
+    const std::string p = (ns.empty() ? (e.tuner->targets_modules() ? "base_model.model." : "base_model.")
+                                      : ns + ".base_model.model.") + kv.first + ".";
     TensorMap own;
     for (auto& t : tensors)
       if (t.first.compare(0, p.size(), p) == 0 && t.first.find('.', p.size()) == std::string::npos)
@@ -380,10 +420,16 @@ void PeftModel::load_adapter_state_dict(const std::string& name, const TensorMap
       for (auto& t : own) taken.insert(p + t.first);
       continue;
     }
-    for (auto& t : kv.second->adapter_tensors(name)) expected[prefix + kv.first + "." + t.first] = t.second;
+    for (auto& t : kv.second->adapter_tensors(name)) expected[layer_key(e, *kv.second, kv.first, t.first)] = t.second;
   }
+  const std::string ins = input_ns(e);
+  const TensorMap input_keys = e.input ? e.input->saved_tensors() : TensorMap();
   for (auto& kv : tensors) {
-    if (taken.count(kv.first) || (e.input && e.input->saved_tensors().count(kv.first))) continue;
+    if (taken.count(kv.first)) continue;
+    if (kv.first.compare(0, ins.size(), ins) == 0 && input_keys.count(kv.first.substr(ins.size()))) {
+      input[kv.first.substr(ins.size())] = kv.second;
+      continue;
+    }
     auto it = expected.find(kv.first);
     PEFT_CHECK(it != expected.end(), source, ": tensor '", kv.first,
                "' has no counterpart in the model with this adapter config (wrong base model or config?)");
@@ -393,7 +439,9 @@ void PeftModel::load_adapter_state_dict(const std::string& name, const TensorMap
   }
   for (auto& kv : expected)
     PEFT_CHECK(tensors.count(kv.first), source, ": tensor '", kv.first, "' is missing");
-  if (e.input) e.input->load_saved(tensors, source);
+  if (e.input) e.input->load_saved(input, source);
+  for (auto& kv : tuner_layers())
+    if (kv.second->has_adapter(name)) kv.second->after_load(name, source);
 }
 
 nlohmann::json read_adapter_config(const std::string& dir) {

@@ -215,7 +215,7 @@ torch::Tensor TunerLayer::add_param(const std::string& adapter, const std::strin
     if (!sub) sub = cont->register_module(adapter, std::make_shared<torch::nn::Module>());
     t = sub->register_parameter(key.substr(dot + 1), value, trainable);
   }
-  params_[{adapter, key}] = {t, trainable};
+  params_[{adapter, key}] = {t, trainable, ""};
   adapters_.insert(adapter);
   return t;
 }
@@ -224,6 +224,20 @@ torch::Tensor& TunerLayer::param(const std::string& adapter, const std::string& 
   auto it = params_.find({adapter, key});
   TORCH_INTERNAL_ASSERT(it != params_.end(), "no parameter ", key, " for adapter ", adapter);
   return it->second.tensor;
+}
+
+void TunerLayer::set_namespace(const std::string& adapter, const std::string& ns) {
+  for (auto& kv : params_)
+    if (kv.first.first == adapter && kv.second.ns.empty()) kv.second.ns = ns;
+}
+
+std::string TunerLayer::key_namespace(const std::string& adapter, const std::string& key) const {
+  auto it = params_.find({adapter, key});
+  return it == params_.end() ? std::string() : it->second.ns;
+}
+
+void Tuner::inject_all(PeftModel& pm, const std::string& name, const nlohmann::json& cfg) const {
+  pm.inject_modules(name, *this, cfg);
 }
 
 bool TunerLayer::has_param(const std::string& adapter, const std::string& key) const {

@@ -33,6 +33,7 @@ std::string options_for(const std::string& m) {
   if (m == "child-tuning-d") return " --reserve_p 0.05 --fisher_batches 2";
   if (m == "lt-sft") return " --density 0.05 --phase1_steps 5";
   if (m == "compacter" || m == "compacter++") return " --reduction_factor 4";  // phm_dim 4 must divide 64 / rf
+  if (m == "composite") return " --components '[{\"peft_type\": \"LORA\", \"r\": 4}, {\"peft_type\": \"IA3\"}]'";
   if (m == "adalora") return " --init_r 4 --target_r 2 --tinit 2 --tfinal 3";
   return "";
 }

@@ -213,7 +213,8 @@ TEST_P(EveryMethod, Trains) {
   auto dir = temp_dir("trainer_" + GetParam());
   nlohmann::json opts = nlohmann::json::object();
   if (GetParam() == "adalora") opts = {{"init_r", 4}, {"target_r", 2}, {"total_step", 15}, {"tinit", 2}, {"tfinal", 3}};
-  else if ((GetParam().find("tuning") != std::string::npos && GetParam() != "ln-tuning") || GetParam() == "mam") opts = {{"num_virtual_tokens", 4}};
+  else if ((GetParam().find("tuning") != std::string::npos && GetParam() != "ln-tuning" && GetParam().rfind("child", 0) != 0) ||
+           GetParam() == "mam") opts = {{"num_virtual_tokens", 4}};
   else if (GetParam() == "bitfit") opts = {{"add_missing_biases", true}};  // stories260K has no biases
   else if (GetParam() == "sparse-delta" || GetParam() == "diff-pruning") opts = {{"density", 0.05}};
   else if (GetParam() == "fish-mask") opts = {{"density", 0.05}, {"fisher_batches", 2}};
@@ -222,7 +223,8 @@ TEST_P(EveryMethod, Trains) {
   else if (GetParam() == "lt-sft") opts = {{"density", 0.05}, {"phase1_steps", 5}};
   else if (GetParam() == "ln-tuning" || GetParam() == "layer-freeze" || GetParam() == "houlsby" ||
            GetParam() == "pfeiffer" || GetParam() == "parallel-adapter" || GetParam() == "hadamard" ||
-           GetParam() == "lst") opts = nlohmann::json::object();
+           GetParam() == "lst" || GetParam() == "s4" || GetParam() == "unipelt" || GetParam() == "adamix")
+    opts = nlohmann::json::object();
   else if (GetParam().rfind("compacter", 0) == 0) opts = {{"reduction_factor", 8}};  // hidden 64: k = 8
   else if (GetParam() != "ia3") opts = {{"r", 4}};
   auto s = setup(dir, GetParam(), opts);
@@ -240,7 +242,8 @@ INSTANTIATE_TEST_SUITE_P(All, EveryMethod,
                                            "prefix-tuning", "p-tuning-v2", "houlsby", "pfeiffer", "parallel-adapter",
                                            "bitfit", "ln-tuning", "layer-freeze", "sparse-delta", "fish-mask",
                                            "child-tuning-d", "child-tuning-f", "diff-pruning", "lt-sft", "mam",
-                                           "compacter", "compacter++", "hadamard", "lst"),
+                                           "compacter", "compacter++", "hadamard", "lst", "s4", "unipelt", "propetl",
+                                           "adamix"),
                          [](const auto& info) {
                            std::string n = info.param;
                            std::replace(n.begin(), n.end(), '-', '_');

@@ -1,0 +1,104 @@
+// AdaMix (Wang et al. 2022, "AdaMix: Mixture-of-Adaptations for Parameter-efficient Model
+// Tuning", sec. 3): M copies of a sequential bottleneck adapter per location, with the down and
+// up projections routed independently:
+//   training (sec. 3.2, stochastic routing): h + W_up^(j) f(W_down^(i) h), i, j ~ U{1..M} drawn
+//     afresh at every forward and every location;
+//   inference (sec. 3.4, adaptation merging): the copies' weights are averaged, one adapter
+//     h + mean_j W_up^(j) f(mean_i W_down^(i) h).
+// Deviation: the consistency regulariser of sec. 3.3 (a symmetric KL between two stochastic
+// forwards) is not implemented. Placed after the FFN output (role "mlp.down") unless
+// target_modules says otherwise; W_up starts at zero, so the model starts as the base.
+//
+// Format (ours, peft_type "ADAMIX", peft_cpp_format_version 1): per wrapped module <m>
+// (K = base_model.model.<m>, d = the module's output width, b the bottleneck):
+//   K.adamix_down.weight [M, b, d]  K.adamix_down.bias [M, b]
+//   K.adamix_up.weight   [M, d, b]  K.adamix_up.bias   [M, d]
+#include <torch/torch.h>
+
+#include "peft/error.h"
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+class AdaMixLayer : public TunerLayer {
+ public:
+  using TunerLayer::TunerLayer;
+  std::map<std::string, std::string> act;
+  std::string method() const override { return "adamix"; }
+
+  void add(const std::string& a, int64_t M, int64_t b, bool init_weights, const std::string& activation_name) {
+    act[a] = activation_name;
+    auto& lin = base_linear();
+    const int64_t d = lin.out_features;
+    auto dt = lin.weight.scalar_type();
+    std::vector<torch::Tensor> dw, db, uw;
+    for (int64_t m = 0; m < M; ++m) {  // each copy initialised as its own nn.Linear
+      dw.push_back(kaiming_uniform({b, d}, d));
+      db.push_back(kaiming_uniform({b}, d));
+      uw.push_back(init_weights ? torch::zeros({d, b}) : kaiming_uniform({d, b}, b));
+    }
+    add_param(a, "adamix_down.weight", torch::stack(dw).to(dt));
+    add_param(a, "adamix_down.bias", torch::stack(db).to(dt));
+    add_param(a, "adamix_up.weight", torch::stack(uw).to(dt));
+    add_param(a, "adamix_up.bias", torch::zeros({M, d}, dt));
+  }
+  /// One projection's weight and bias: a random copy while training, the mean at inference.
+  std::pair<torch::Tensor, torch::Tensor> route(const std::string& a, const std::string& proj) {
+    auto W = param(a, proj + ".weight"), bias = param(a, proj + ".bias");
+    if (!is_training()) return {W.mean(0), bias.mean(0)};
+    int64_t i = torch::randint(W.size(0), {1}).item<int64_t>();
+    return {W[i], bias[i]};
+  }
+  torch::Tensor forward(const torch::Tensor& x) override {
+    auto h = base_forward(x);
+    for (auto& a : live_adapters()) {
+      auto down = route(a, "adamix_down"), up = route(a, "adamix_up");
+      auto z = activation(act.at(a), torch::nn::functional::linear(h, down.first, down.second));
+      h = h + torch::nn::functional::linear(z, up.first, up.second) * scale_of(a);
+    }
+    return h;
+  }
+};
+
+class AdaMixTuner : public Tuner {
+ public:
+  std::string peft_type() const override { return "ADAMIX"; }
+  nlohmann::json defaults() const override {
+    return {{"base_model_name_or_path", nullptr}, {"bottleneck_size", nullptr}, {"exclude_modules", nullptr},
+            {"inference_mode", false},            {"init_weights", true},       {"layers_pattern", nullptr},
+            {"layers_to_transform", nullptr},     {"modules_to_save", nullptr}, {"non_linearity", "relu"},
+            {"num_experts", 4},                   {"peft_cpp_format_version", 1}, {"peft_type", "ADAMIX"},
+            {"reduction_factor", 16},             {"target_modules", nullptr},  {"task_type", nullptr}};
+  }
+  std::vector<std::string> default_roles() const override { return {"mlp.down"}; }
+  void validate(const nlohmann::json& c) const override {
+    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
+               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
+    PEFT_CHECK(c["num_experts"].is_number_integer() && c["num_experts"].get<int64_t>() > 0,
+               "adapter config: field 'num_experts' must be a positive integer, got ", c["num_experts"].dump());
+    PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
+               "adapter config: field 'reduction_factor' must be > 0");
+    PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
+               "adapter config: field 'bottleneck_size' must be a positive integer or null");
+    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true/false");
+    check_activation(c["non_linearity"].get<std::string>());
+  }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    auto cur = slot.get();
+    auto layer = std::dynamic_pointer_cast<AdaMixLayer>(cur);
+    if (!layer) layer = std::make_shared<AdaMixLayer>(cur);
+    const int64_t hidden = pm.model->dims().hidden_size;
+    int64_t b = c["bottleneck_size"].is_null()
+                    ? std::max<int64_t>(1, static_cast<int64_t>(hidden / c["reduction_factor"].get<double>()))
+                    : c["bottleneck_size"].get<int64_t>();
+    layer->add(name, c["num_experts"].get<int64_t>(), b, c["init_weights"].get<bool>(), c["non_linearity"].get<std::string>());
+    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+};
+
+PEFT_REGISTER_TUNER(AdaMixTuner);
+PEFT_REGISTER_METHOD("adamix", {{"peft_type", "ADAMIX"}});
+
+}  // namespace
+}  // namespace peft

@@ -1,0 +1,24 @@
+// UniPELT (Mao et al. 2022, "UniPELT: A Unified Framework for Parameter-Efficient Language Model
+// Tuning", sec. 3.2, fig. 1): a bottleneck adapter, prefix tuning and LoRA in every layer, each
+// submodule behind a learned gate that can turn it up or down per token:
+//   LoRA    h = W0 x + G_L · s B A x,           G_L = sigmoid(W_GL x + b)   (q_proj, v_proj; r = 8)
+//   adapter h = h_F + G_A · W_up f(W_down h_F),  G_A = sigmoid(W_GA h_F + b) (after the FFN, Pfeiffer)
+//   prefix  P_k, P_v scaled by G_P = sigmoid(W_GP x + b)                     (l = 10 virtual tokens)
+// A COMPOSITE preset (src/tuners/composite.cpp) of gated LoRA (lora_gate), a gated sequential
+// adapter (adapter_gate) and prefix tuning. Deviation: the prefix gate G_P is skipped (the
+// prefix enters ungated): our prefix is a pre-filled KV cache computed before the base forward,
+// where no layer input exists to gate it with. Not an identity at init: the prefix is random
+// (as in the paper); the LoRA (B = 0) and adapter (W_up = 0) parts start at zero.
+#include "peft/tuner.h"
+
+namespace peft {
+namespace {
+
+PEFT_REGISTER_METHOD("unipelt", {{"peft_type", "COMPOSITE"},
+                                 {"components",
+                                  {{{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"lora_gate", true}},
+                                   {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}, {"adapter_gate", true}},
+                                   {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}}}}});
+
+}  // namespace
+}  // namespace peft
