@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -70,8 +71,10 @@ inline void expect_identity_at_init(PeftModel& pm, const ModelInput& in, const t
 
 /// Autograd against central differences (h = 1e-6) at the first and last element of every
 /// `every`-th trainable tensor (1: all); the model should be float64.
+/// `skip` rejects tensors by name (their gradient is still required to exist).
 inline void expect_gradients_match_finite_differences(PeftModel& pm, const ModelInput& in, const std::string& label,
-                                                      int every = 1) {
+                                                      int every = 1,
+                                                      const std::function<bool(const std::string&)>& skip = nullptr) {
   auto named = pm.named_trainable_parameters();
   ASSERT_FALSE(named.empty());
   pm.forward(in).loss.backward();
@@ -80,6 +83,7 @@ inline void expect_gradients_match_finite_differences(PeftModel& pm, const Model
   for (auto& [name, p] : named) {
     if (seen++ % every) continue;
     ASSERT_TRUE(p.grad().defined()) << name;
+    if (skip && skip(name)) continue;
     auto flat = p.view({-1});
     auto g = p.grad().view({-1});
     // The ends, and the entry with the largest gradient (inside a sparse method's mask).
@@ -93,6 +97,16 @@ inline void expect_gradients_match_finite_differences(PeftModel& pm, const Model
       double fd = (lp - lm) / (2 * h);
       EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << label << " " << name << "[" << idx << "]";
     }
+  }
+}
+
+/// The adapter tensors of `a` and `b` are the same, key for key, bit for bit.
+inline void expect_same_adapter(const PeftModel& a, const PeftModel& b, const std::string& name = "default") {
+  auto sa = a.adapter_state_dict(name), sb = b.adapter_state_dict(name);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (auto& kv : sa) {
+    ASSERT_TRUE(sb.count(kv.first)) << kv.first;
+    EXPECT_TRUE(torch::equal(kv.second, sb.at(kv.first))) << kv.first;
   }
 }
 

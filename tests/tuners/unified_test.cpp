@@ -9,7 +9,7 @@
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
-#include "tuner_fixtures.h"
+#include "tuner_test_util.h"
 
 using namespace peft;
 using namespace peft::test;
@@ -150,7 +150,7 @@ TEST_P(Unified, GradientsMatchFiniteDifferences) {
   randomize(*pm, 0.3);
   // ProPETL's scores: the loss is piecewise constant in them, autograd gives the straight-through
   // estimate instead (checked in ProPetl.MasksSharedPrototypeAndStraightThroughScores).
-  expect_gradients_match_fd(*pm, llama_input(), c.name,
+  expect_gradients_match_finite_differences(*pm, llama_input(), c.name, 1,
                             [](const std::string& n) { return n.find("propetl_scores") != std::string::npos; });
 }
 
