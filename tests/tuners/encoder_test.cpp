@@ -23,32 +23,17 @@ using peft::test::temp_dir;
 
 namespace {
 
-const std::string kBert = "tests/fixtures/hf/models/bert_cls";
-const std::string kRoberta = "tests/fixtures/hf/models/roberta_cls";
+// Fixture model names (tests/fixtures/hf/models/<name>).
+const std::string kBert = "bert_cls";
+const std::string kRoberta = "roberta_cls";
 
-ModelInput fixture_input(const std::string& model_dir, bool labels = true) {
-  auto in = load_safetensors(source_path(model_dir + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
-  if (in.count("decoder_input_ids")) mi.decoder_input_ids = in.at("decoder_input_ids").clone();
-  if (labels && in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
+using peft::test::fixture_input;
+using peft::test::logits_of;
+using peft::test::max_diff;
+
+PeftModelPtr peft_on(const std::string& model, torch::Dtype dtype = torch::kFloat32) {
+  return peft::test::fixture_peft_model(model, dtype);
 }
-
-PeftModelPtr peft_on(const std::string& dir, torch::Dtype dtype = torch::kFloat32) {
-  auto m = load_model(source_path(dir), LoadOptions{std::nullopt, 0, dtype});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
 
 std::vector<std::string> json_keys(const nlohmann::json& j) {
   std::vector<std::string> k;
@@ -245,7 +230,7 @@ TEST(RobertaModulesToSave, CompositeHeadIsCopiedTrainedSavedAndMerged) {
 TEST(RobertaModulesToSave, CloneLayerCopiesEveryComposite) {
   // Every slot that is a Layer of the RoBERTa classifier (head, FFN intermediate, activations)
   // can be copied: same output, independent parameters.
-  auto m = load_model(source_path(kRoberta));
+  auto m = load_model(source_path("tests/fixtures/hf/models/" + kRoberta));
   m->eval();
   torch::NoGradGuard ng;
   for (auto& ref : find_slots(*m)) {
@@ -273,7 +258,7 @@ class T5Tuner : public ::testing::TestWithParam<T5Case> {};
 
 TEST_P(T5Tuner, DefaultTargetsIdentityMergeAndGradients) {
   auto c = GetParam();
-  const std::string dir = "tests/fixtures/hf/models/" + c.model;
+  const std::string dir = c.model;
   auto in = fixture_input(dir);
   {
     auto pm = peft_on(dir);
@@ -338,7 +323,7 @@ class T5PromptLearning : public ::testing::TestWithParam<T5Case> {};
 
 TEST_P(T5PromptLearning, CountsRoundTripDecodingAndGradients) {
   auto c = GetParam();
-  const std::string dir = "tests/fixtures/hf/models/" + c.model;
+  const std::string dir = c.model;
   const bool prefix = c.method.find("prefix") != std::string::npos || c.method == "p-tuning-v2";
   const int64_t P = 3;
   auto in = fixture_input(dir);
@@ -412,25 +397,7 @@ TEST_P(T5PromptLearning, CountsRoundTripDecodingAndGradients) {
   auto pf = peft_on(dir, torch::kFloat64);
   pf->add_adapter("default", method_config(c.method, {{"num_virtual_tokens", P}}));
   pf->to(torch::kFloat64);
-  auto named = pf->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  pf->forward(in).loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() / 2, flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pf->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pf->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.method << " " << name << "[" << idx << "]";
-    }
-  }
+  peft::test::expect_gradients_match_finite_differences(*pf, in, c.method);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, T5PromptLearning,

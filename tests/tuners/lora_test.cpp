@@ -11,6 +11,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "tuners/tuner_test_util.h"
 
 using namespace peft;
 using peft::test::source_path;
@@ -18,29 +19,13 @@ using peft::test::temp_dir;
 
 namespace {
 
-const std::string kLlama = "tests/fixtures/hf/models/llama";
+const std::string kLlama = "llama";  // tests/fixtures/hf/models/llama
 
-ModelInput fixture_input(const std::string& model_dir, bool labels = true) {
-  auto in = load_safetensors(source_path(model_dir + "/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  if (labels && in.count("labels")) mi.labels = in.at("labels").clone();
-  return mi;
-}
+using peft::test::fixture_input;
+using peft::test::logits_of;
+using peft::test::max_diff;
 
-PeftModelPtr peft_llama() {
-  auto m = load_model(source_path(kLlama));
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) { return (a - b).abs().max().item<double>(); }
+PeftModelPtr peft_llama() { return peft::test::fixture_peft_model(kLlama); }
 
 std::vector<std::string> json_keys(const nlohmann::json& j) {
   std::vector<std::string> k;
@@ -202,7 +187,7 @@ TEST_P(Method, MergeUnmergeSaveLoad) {
 // Gradients of every trainable tensor agree with central finite differences (float64).
 TEST_P(Method, GradientsMatchFiniteDifferences) {
   auto c = GetParam();
-  auto m = load_model(source_path(kLlama), LoadOptions{std::nullopt, 0, torch::kFloat64});
+  auto m = load_model(source_path("tests/fixtures/hf/models/" + kLlama), LoadOptions{std::nullopt, 0, torch::kFloat64});
   m->eval();
   auto pm = std::make_shared<PeftModel>(m);
   auto opts = c.options;
@@ -210,32 +195,11 @@ TEST_P(Method, GradientsMatchFiniteDifferences) {
   pm->to(torch::kFloat64);
   randomize(*pm, 0.3);
   auto in = fixture_input(kLlama);
-  auto named = pm->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  auto loss = pm->forward(in).loss;
-  loss.backward();
-  torch::NoGradGuard ng;
-  int checked = 0;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    // DoRA detaches ||W + BA|| by design (Liu et al. 2024, sec. 4.3), so only the magnitude's
-    // gradient is the full derivative; A's and B's are not meant to match finite differences.
-    if (c.method == "dora" && name.find("lora_magnitude_vector") == std::string::npos) continue;
-    ++checked;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() / 2, flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.method << " " << name << "[" << idx << "]";
-    }
-  }
-  EXPECT_GT(checked, 0);
+  // DoRA detaches ||W + BA|| by design (Liu et al. 2024, sec. 4.3), so only the magnitude's
+  // gradient is the full derivative; A's and B's are not meant to match finite differences.
+  peft::test::expect_gradients_match_finite_differences(*pm, in, c.method, 1, [&](const std::string& name) {
+    return c.method == "dora" && name.find("lora_magnitude_vector") == std::string::npos;
+  });
 }
 
 INSTANTIATE_TEST_SUITE_P(All, Method, ::testing::ValuesIn(method_cases()),
@@ -249,7 +213,8 @@ INSTANTIATE_TEST_SUITE_P(All, Method, ::testing::ValuesIn(method_cases()),
 
 TEST(PeftModelLifecycle, SeveralAdaptersScalesAndDisable) {
   auto pm = peft_llama();
-  auto in = fixture_input(kLlama, false);
+  auto in = fixture_input(kLlama);
+  in.labels = torch::Tensor();
   auto base = logits_of(*pm, in);
   pm->add_adapter("a", method_config("lora", {{"r", 4}, {"init_lora_weights", false}}));
   pm->add_adapter("b", method_config("ia3", {{"init_ia3_weights", false}}));

@@ -148,26 +148,7 @@ TEST_P(PromptMethod, GradientsMatchFiniteDifferences) {
   pm->add_adapter("default", method_config(c.method, c.options));
   pm->to(torch::kFloat64);
   auto in = fixture_input(c.model);
-  auto named = pm->named_trainable_parameters();
-  ASSERT_FALSE(named.empty());
-  auto loss = pm->forward(in).loss;
-  loss.backward();
-  torch::NoGradGuard ng;
-  for (auto& [name, p] : named) {
-    ASSERT_TRUE(p.grad().defined()) << name;
-    auto flat = p.view({-1});
-    auto g = p.grad().view({-1});
-    for (int64_t idx : {int64_t(0), flat.numel() / 2, flat.numel() - 1}) {
-      const double h = 1e-6, orig = flat[idx].item<double>();
-      flat[idx].fill_(orig + h);
-      double lp = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig - h);
-      double lm = pm->forward(in).loss.item<double>();
-      flat[idx].fill_(orig);
-      double fd = (lp - lm) / (2 * h);
-      EXPECT_NEAR(g[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << c.name << " " << name << "[" << idx << "]";
-    }
-  }
+  peft::test::expect_gradients_match_finite_differences(*pm, in, c.name);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, PromptMethod, ::testing::ValuesIn(prompt_cases()),
