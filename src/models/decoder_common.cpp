@@ -30,4 +30,15 @@ torch::Tensor seq_cls_loss(const torch::Tensor& logits, const torch::Tensor& lab
   return F::cross_entropy(logits.to(compute_dtype(logits.scalar_type())), labels.to(torch::kLong));
 }
 
+void decoder_head_output(ModelOutput& out, const torch::Tensor& h, const ModelInput& in, TaskType task,
+                         const LayerPtr& score, const LayerPtr& lm_head, const torch::Tensor& tied_embedding) {
+  if (task == TaskType::SeqCls) {
+    out.logits = score->forward(last_token_pool(h, in.attention_mask));
+    if (in.labels.defined()) out.loss = seq_cls_loss(out.logits, in.labels);
+    return;
+  }
+  out.logits = lm_head ? lm_head->forward(h) : torch::matmul(h, tied_embedding.t());
+  if (in.labels.defined()) out.loss = causal_lm_loss(out.logits, in.labels);
+}
+
 }  // namespace peft

@@ -225,13 +225,7 @@ class LlamaForCausalLM : public PretrainedModel {
   ModelOutput forward(const ModelInput& in) override {
     ModelOutput out;
     auto h = model->forward(in, in.output_hidden_states ? &out.hidden_states : nullptr);
-    if (task_ == TaskType::SeqCls) {
-      out.logits = score->forward(last_token_pool(h, in.attention_mask));
-      if (in.labels.defined()) out.loss = seq_cls_loss(out.logits, in.labels);
-      return out;
-    }
-    out.logits = lm_head ? lm_head->forward(h) : torch::matmul(h, model->embed_tokens->weight.t());
-    if (in.labels.defined()) out.loss = causal_lm_loss(out.logits, in.labels);
+    decoder_head_output(out, h, in, task_, score, lm_head, model->embed_tokens->weight);
     return out;
   }
   torch::Tensor embed_tokens(const torch::Tensor& ids) override { return model->embed_tokens->forward(ids); }
