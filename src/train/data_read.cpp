@@ -4,6 +4,7 @@
 #include "peft/data.h"
 #include "peft/error.h"
 #include "peft/io.h"
+#include "io/lines.h"
 #include "tokenizer/unicode.h"
 #include "train/data_internal.h"
 
@@ -49,35 +50,26 @@ std::string file_type_of(const std::string& path, const DataFormat& fmt) {
 
 void read_jsonl(const std::string& path, const std::string& bytes, BadRows& bad, std::vector<DataRecord>& out,
                 DataStats& st) {
-  size_t pos = 0;
-  int64_t line = 0;
-  while (pos < bytes.size()) {
-    size_t nl = bytes.find('\n', pos);
-    if (nl == std::string::npos) nl = bytes.size();
-    std::string s = bytes.substr(pos, nl - pos);
-    pos = nl + 1;
-    ++line;
-    if (!s.empty() && s.back() == '\r') s.pop_back();
-    if (s.find_first_not_of(" \t") == std::string::npos) continue;
+  for_each_nonblank_line(bytes, [&](int64_t line, const std::string& s) {
     ++st.rows;
     std::string where = str_cat(path, ":", line);
     if (tok::utf8_invalid_at(s) != std::string::npos) {
       bad.add(where, "invalid UTF-8");
-      continue;
+      return;
     }
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(s);
     } catch (const std::exception& e) {
       bad.add(where, str_cat("invalid JSON: ", e.what()));
-      continue;
+      return;
     }
     if (!j.is_object()) {
       bad.add(where, "expected a JSON object");
-      continue;
+      return;
     }
     out.push_back({std::move(j), path, line});
-  }
+  });
 }
 
 void read_json_array(const std::string& path, const std::string& bytes, BadRows& bad,
@@ -216,25 +208,16 @@ void read_txt(const std::string& path, const std::string& bytes, const DataForma
     out.push_back({std::move(obj), path, 1});
     return;
   }
-  size_t pos = 0;
-  int64_t line = 0;
-  while (pos < bytes.size()) {
-    size_t nl = bytes.find('\n', pos);
-    if (nl == std::string::npos) nl = bytes.size();
-    std::string s = bytes.substr(pos, nl - pos);
-    pos = nl + 1;
-    ++line;
-    if (!s.empty() && s.back() == '\r') s.pop_back();
-    if (s.find_first_not_of(" \t") == std::string::npos) continue;
+  for_each_nonblank_line(bytes, [&](int64_t line, const std::string& s) {
     ++st.rows;
     if (tok::utf8_invalid_at(s) != std::string::npos) {
       bad.add(str_cat(path, ":", line), "invalid UTF-8");
-      continue;
+      return;
     }
     nlohmann::json obj;
     obj[fmt.text_column] = s;
     out.push_back({std::move(obj), path, line});
-  }
+  });
 }
 
 }  // namespace

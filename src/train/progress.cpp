@@ -8,6 +8,7 @@
 
 #include "peft/error.h"
 #include "peft/io.h"
+#include "io/lines.h"
 #include "peft/report.h"
 
 namespace peft {
@@ -88,21 +89,13 @@ void JsonlLogger::log(const nlohmann::json& record) {
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   std::string bytes = read_file(path);
   std::vector<nlohmann::json> out;
-  size_t pos = 0;
-  int64_t line = 0;
-  while (pos < bytes.size()) {
-    size_t nl = bytes.find('\n', pos);
-    if (nl == std::string::npos) nl = bytes.size();
-    std::string s = bytes.substr(pos, nl - pos);
-    pos = nl + 1;
-    ++line;
-    if (s.find_first_not_of(" \t\r") == std::string::npos) continue;
+  for_each_nonblank_line(bytes, [&](int64_t line, const std::string& s) {
     try {
       out.push_back(nlohmann::json::parse(s));
     } catch (const std::exception& e) {
       fail(path, ":", line, ": invalid JSON: ", e.what());
     }
-  }
+  });
   return out;
 }
 
