@@ -7,7 +7,10 @@
 // A COMPOSITE preset (src/tuners/composite.cpp) of gated LoRA (lora_gate), a gated sequential
 // adapter (adapter_gate) and prefix tuning. Deviation: the prefix gate G_P is skipped (the
 // prefix enters ungated): our prefix is a pre-filled KV cache computed before the base forward,
-// where no layer input exists to gate it with. Not an identity at init: the prefix is random
+// where no layer input exists to gate it with. A per-example gate computed there from the whole
+// input would let every position of a causal LM see later tokens through the gate; a per-query
+// gate needs the attention's internals, which a model-agnostic tuner does not reach (the paper's
+// code patches BERT's self-attention). Not an identity at init: the prefix is random
 // (as in the paper); the LoRA (B = 0) and adapter (W_up = 0) parts start at zero.
 #include "peft/tuner.h"
 
