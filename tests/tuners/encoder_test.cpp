@@ -35,19 +35,6 @@ PeftModelPtr peft_on(const std::string& model, torch::Dtype dtype = torch::kFloa
   return peft::test::fixture_peft_model(model, dtype);
 }
 
-std::vector<std::string> json_keys(const nlohmann::json& j) {
-  std::vector<std::string> k;
-  for (auto& kv : j.items()) k.push_back(kv.key());
-  std::sort(k.begin(), k.end());
-  return k;
-}
-
-std::vector<std::string> map_keys(const TensorMap& m) {
-  std::vector<std::string> k;
-  for (auto& kv : m) k.push_back(kv.first);
-  return k;
-}
-
 void randomize(PeftModel& pm, double scale) {
   torch::NoGradGuard ng;
   for (auto& t : pm.trainable_parameters()) {
@@ -65,17 +52,10 @@ class BertPeftFixture : public ::testing::TestWithParam<std::string> {};
 TEST_P(BertPeftFixture, LoadsAdapterAndMatchesPeft) {
   const std::string method = GetParam();
   const std::string dir = source_path("tests/fixtures/peft/adapters/bert_cls/" + method);
-  auto ref = load_safetensors(dir + "/reference.safetensors");
   auto pm = peft_on(kBert);
   auto base_weights = pm->model->state_dict();
   for (auto& kv : base_weights) kv.second = kv.second.clone();
   pm->load_adapter(dir);
-  auto in = fixture_input(kBert);
-  torch::NoGradGuard ng;
-  auto out = pm->forward(in);
-  EXPECT_TRUE(torch::allclose(out.logits, ref.at("logits"), 1e-4, 1e-5)) << max_diff(out.logits, ref.at("logits"));
-  auto ref_loss = ref.count("task_loss") ? ref.at("task_loss") : ref.at("loss");
-  EXPECT_NEAR(out.loss.item<double>(), ref_loss.item<double>(), 1e-5);
 
   // The adapter's own classifier copy is used (modules_to_save), not the base classifier.
   bool has_classifier = false;
@@ -83,30 +63,8 @@ TEST_P(BertPeftFixture, LoadsAdapterAndMatchesPeft) {
     if (path == "classifier") has_classifier = layer->method() == "modules_to_save";
   EXPECT_TRUE(has_classifier);
 
-  pm->merge();
-  auto merged = pm->forward(in);
-  EXPECT_TRUE(torch::allclose(merged.logits, ref.at("merged_logits"), 1e-4, 1e-5))
-      << max_diff(merged.logits, ref.at("merged_logits"));
-  EXPECT_NEAR(merged.loss.item<double>(), ref.at("merged_loss").item<double>(), 1e-5);
-  pm->unmerge();
-  for (auto& kv : pm->model->state_dict()) {
-    std::string k = kv.first;
-    auto pos = k.find(".base_layer");
-    if (pos != std::string::npos) k.erase(pos, 11);
-    if (!base_weights.count(k)) continue;
-    EXPECT_LT(max_diff(kv.second, base_weights.at(k)), 1e-6) << k;
-  }
-  EXPECT_LT(max_diff(pm->forward(in).logits, out.logits), 1e-5);
-
-  // Saved by us: exactly peft's key names (classifier copy included) and config fields.
-  auto tmp = temp_dir("bert_fixture_save");
-  pm->save_adapter(tmp);
-  auto theirs = load_safetensors(dir + "/adapter_model.safetensors");
-  auto ours = load_safetensors(tmp + "/adapter_model.safetensors");
-  EXPECT_EQ(map_keys(theirs), map_keys(ours));
-  for (auto& kv : theirs)
-    if (ours.count(kv.first)) EXPECT_TRUE(torch::equal(kv.second, ours.at(kv.first))) << kv.first;
-  EXPECT_EQ(json_keys(read_json(dir + "/adapter_config.json")), json_keys(read_json(tmp + "/adapter_config.json")));
+  // Logits, loss, merge and the saved file (classifier copy included) against peft's.
+  auto tmp = peft::test::expect_matches_peft_fixture(*pm, base_weights, dir, fixture_input(kBert), "bert_fixture_save");
   auto cfg = read_json(tmp + "/adapter_config.json");
   EXPECT_EQ(cfg["task_type"], "SEQ_CLS");
   EXPECT_EQ(cfg["modules_to_save"], read_json(dir + "/adapter_config.json")["modules_to_save"]);

@@ -27,13 +27,6 @@ using peft::test::max_diff;
 
 PeftModelPtr peft_llama() { return peft::test::fixture_peft_model(kLlama); }
 
-std::vector<std::string> json_keys(const nlohmann::json& j) {
-  std::vector<std::string> k;
-  for (auto& kv : j.items()) k.push_back(kv.key());
-  std::sort(k.begin(), k.end());
-  return k;
-}
-
 /// Gives every trainable tensor random values so adapters change the output (peft's fixtures do
 /// the same) and gradients reach every parameter.
 void randomize(PeftModel& pm, double scale = 0.1) {
@@ -49,43 +42,11 @@ class PeftFixture : public ::testing::TestWithParam<std::string> {};
 TEST_P(PeftFixture, LoadsAdapterAndMatchesLogits) {
   const std::string method = GetParam();
   const std::string dir = source_path("tests/fixtures/peft/adapters/llama/" + method);
-  auto ref = load_safetensors(dir + "/reference.safetensors");
   auto pm = peft_llama();
   auto base_weights = pm->model->state_dict();
   for (auto& kv : base_weights) kv.second = kv.second.clone();
   pm->load_adapter(dir);
-  auto in = fixture_input(kLlama);
-  torch::NoGradGuard ng;
-  auto out = pm->forward(in);
-  EXPECT_TRUE(torch::allclose(out.logits, ref.at("logits"), 1e-4, 1e-5)) << max_diff(out.logits, ref.at("logits"));
-  auto ref_loss = ref.count("task_loss") ? ref.at("task_loss") : ref.at("loss");
-  EXPECT_NEAR(out.loss.item<double>(), ref_loss.item<double>(), 1e-5);
-
-  pm->merge();
-  auto merged = pm->forward(in);
-  EXPECT_TRUE(torch::allclose(merged.logits, ref.at("merged_logits"), 1e-4, 1e-5))
-      << max_diff(merged.logits, ref.at("merged_logits"));
-  pm->unmerge();
-  for (auto& kv : pm->model->state_dict()) {
-    std::string k = kv.first;
-    auto pos = k.find(".base_layer");
-    if (pos != std::string::npos) k.erase(pos, 11);
-    if (!base_weights.count(k)) continue;
-    EXPECT_LT(max_diff(kv.second, base_weights.at(k)), 1e-6) << k;
-  }
-  EXPECT_LT(max_diff(pm->forward(in).logits, out.logits), 1e-5);
-
-  // Saved by us: exactly peft's key names and config fields.
-  auto tmp = temp_dir("fixture_save");
-  pm->save_adapter(tmp);
-  auto theirs = load_safetensors(dir + "/adapter_model.safetensors");
-  auto ours = load_safetensors(tmp + "/adapter_model.safetensors");
-  std::vector<std::string> k1, k2;
-  for (auto& kv : theirs) k1.push_back(kv.first);
-  for (auto& kv : ours) k2.push_back(kv.first);
-  EXPECT_EQ(k1, k2);
-  for (auto& kv : theirs) EXPECT_TRUE(torch::equal(kv.second, ours.at(kv.first))) << kv.first;
-  EXPECT_EQ(json_keys(read_json(dir + "/adapter_config.json")), json_keys(read_json(tmp + "/adapter_config.json")));
+  peft::test::expect_matches_peft_fixture(*pm, base_weights, dir, fixture_input(kLlama), "fixture_save");
 }
 
 INSTANTIATE_TEST_SUITE_P(Llama, PeftFixture,

@@ -130,4 +130,52 @@ inline std::string expect_save_load_bit_exact(PeftModel& pm, const std::string& 
   return dir;
 }
 
+/// A Python-peft adapter folder `dir` (with peft's reference.safetensors) loaded into `pm`, whose
+/// base weights were `base` before loading: our logits and loss match peft's, the merged logits
+/// and loss too, unmerge() restores every base weight and the logits, and saving the adapter
+/// again writes peft's keys, tensors and config fields. Returns the folder we saved to.
+inline std::string expect_matches_peft_fixture(PeftModel& pm, const TensorMap& base, const std::string& dir,
+                                               const ModelInput& in, const std::string& tag) {
+  auto ref = load_safetensors(dir + "/reference.safetensors");
+  torch::NoGradGuard ng;
+  auto out = pm.forward(in);
+  EXPECT_TRUE(torch::allclose(out.logits, ref.at("logits"), 1e-4, 1e-5)) << max_diff(out.logits, ref.at("logits"));
+  auto ref_loss = ref.count("task_loss") ? ref.at("task_loss") : ref.at("loss");
+  EXPECT_NEAR(out.loss.item<double>(), ref_loss.item<double>(), 1e-5);
+
+  pm.merge();
+  auto merged = pm.forward(in);
+  EXPECT_TRUE(torch::allclose(merged.logits, ref.at("merged_logits"), 1e-4, 1e-5))
+      << max_diff(merged.logits, ref.at("merged_logits"));
+  EXPECT_NEAR(merged.loss.item<double>(), ref.at("merged_loss").item<double>(), 1e-5);
+  pm.unmerge();
+  for (auto& kv : pm.model->state_dict()) {
+    std::string k = kv.first;
+    auto pos = k.find(".base_layer");
+    if (pos != std::string::npos) k.erase(pos, 11);
+    if (!base.count(k)) continue;
+    EXPECT_LT(max_diff(kv.second, base.at(k)), 1e-6) << k;
+  }
+  EXPECT_LT(max_diff(pm.forward(in).logits, out.logits), 1e-5);
+
+  auto tmp = temp_dir(tag);
+  pm.save_adapter(tmp);
+  auto theirs = load_safetensors(dir + "/adapter_model.safetensors");
+  auto ours = load_safetensors(tmp + "/adapter_model.safetensors");
+  std::vector<std::string> k1, k2;
+  for (auto& kv : theirs) k1.push_back(kv.first);
+  for (auto& kv : ours) k2.push_back(kv.first);
+  EXPECT_EQ(k1, k2);
+  for (auto& kv : theirs)
+    if (ours.count(kv.first)) EXPECT_TRUE(torch::equal(kv.second, ours.at(kv.first))) << kv.first;
+  auto keys = [](const nlohmann::json& j) {
+    std::vector<std::string> k;
+    for (auto& kv : j.items()) k.push_back(kv.key());
+    std::sort(k.begin(), k.end());
+    return k;
+  };
+  EXPECT_EQ(keys(read_json(dir + "/adapter_config.json")), keys(read_json(tmp + "/adapter_config.json")));
+  return tmp;
+}
+
 }  // namespace peft::test
