@@ -130,6 +130,18 @@ inline std::string expect_save_load_bit_exact(PeftModel& pm, const std::string& 
   return dir;
 }
 
+/// Every base weight of pm's model (state-dict keys without the wrappers' ".base_layer") is
+/// within 1e-6 of `base`, e.g. after merge() + unmerge().
+inline void expect_base_weights_restored(const PeftModel& pm, const TensorMap& base) {
+  for (auto& kv : pm.model->state_dict()) {
+    std::string k = kv.first;
+    auto pos = k.find(".base_layer");
+    if (pos != std::string::npos) k.erase(pos, 11);
+    if (!base.count(k)) continue;
+    EXPECT_LT(max_diff(kv.second, base.at(k)), 1e-6) << k;
+  }
+}
+
 /// A Python-peft adapter folder `dir` (with peft's reference.safetensors) loaded into `pm`, whose
 /// base weights were `base` before loading: our logits and loss match peft's, the merged logits
 /// and loss too, unmerge() restores every base weight and the logits, and saving the adapter
@@ -149,13 +161,7 @@ inline std::string expect_matches_peft_fixture(PeftModel& pm, const TensorMap& b
       << max_diff(merged.logits, ref.at("merged_logits"));
   EXPECT_NEAR(merged.loss.item<double>(), ref.at("merged_loss").item<double>(), 1e-5);
   pm.unmerge();
-  for (auto& kv : pm.model->state_dict()) {
-    std::string k = kv.first;
-    auto pos = k.find(".base_layer");
-    if (pos != std::string::npos) k.erase(pos, 11);
-    if (!base.count(k)) continue;
-    EXPECT_LT(max_diff(kv.second, base.at(k)), 1e-6) << k;
-  }
+  expect_base_weights_restored(pm, base);
   EXPECT_LT(max_diff(pm.forward(in).logits, out.logits), 1e-5);
 
   auto tmp = temp_dir(tag);
