@@ -346,6 +346,10 @@ class BertPretrained : public PretrainedModel {
         {"mlp.act", "intermediate_act_fn"},
         {"norm.attn", "attention.output.LayerNorm"},
         {"norm.mlp", "output.LayerNorm"},
+        // Post-norm: the modules whose outputs are the embeddings' and each block's hidden state
+        // (h_0 .. h_L; the last is the encoder's last hidden state). A regex ('^'): a suffix
+        // "output.LayerNorm" would also take attention.output.LayerNorm.
+        {"block.out", "^(.*\\.)?(embeddings\\.LayerNorm|encoder\\.layer\\.\\d+\\.output\\.LayerNorm)"},
     };
     if (task_ == TaskType::SeqCls) r["head"] = "classifier";
     return r;

@@ -360,6 +360,11 @@ class T5ForConditionalGeneration : public PretrainedModel {
         {"attn.q", "q"},          {"attn.k", "k"},          {"attn.v", "v"},
         {"attn.o", "o"},          {"mlp", "DenseReluDense"}, {"mlp.down", "wo"},
         {"mlp.act", "act"},       {"norm.attn", "layer.0.layer_norm"},
+        // The decoder's stack (the one the head reads): each block's input enters its first
+        // layer_norm (pre-norm); the final norm's input is the last block's output. A regex ('^')
+        // so that the encoder's blocks are left out.
+        {"block.in", "^decoder\\.block\\.\\d+\\.layer\\.0\\.layer_norm"},
+        {"norm.final", "decoder.final_layer_norm"},
     };
     if (c.gated) {
       r["mlp.gate"] = "wi_0";

@@ -7,8 +7,8 @@
 //   z_i = μ_i s_{i-1} + (1 - μ_i) D_i h_i,   μ_i = sigmoid(α_i / T)  (α_i = 0 at init, T = 0.1),
 //   s_i = z_i + F_i(LN_i(z_i))               (i = 1 .. L),
 // and the side output is up-projected and added to the backbone's final (normed) hidden state
-// before the head: y = Norm(h_L) + U LN(s_L). U and its bias start at zero, so the adapted model
-// equals the base at init.
+// before the head: y = Norm(h_L) + U LN(s_L) (post-norm stacks, whose h_L is normed already:
+// y = h_L + U LN(s_L)). U and its bias start at zero, so the adapted model equals the base at init.
 //
 // Differences from the paper, and why:
 // - The paper feeds U s_L to the head alone (the side network replaces the backbone's output);
@@ -17,14 +17,32 @@
 //   self-attention: the h_i already mix tokens, and a side attention would need the family's
 //   mask and position scheme, which a model-agnostic tuner does not know.
 // - Side weights start random (Kaiming-uniform), not from the pruned backbone.
+// - On T5 only the decoder is laddered (below).
 //
-// Placement through roles: "block.in" (a slot that reads each block's input, e.g. the
-// pre-attention norm of a pre-norm block) gives h_0 .. h_{L-1}; "norm.final" (the norm before the
-// head) gives h_L as its input and is where the side output is added. Families without these roles
-// (post-norm BERT, encoder-decoders) are refused with the role's name.
+// Placement through roles (the tuner never names a family); a role's value is a module-name
+// suffix or, when it starts with '^', a full-match regex over the module path:
+// - pre-norm stacks (Llama, GPT-2, T5's decoder): "block.in" names the modules whose INPUT is
+//   each block's input (the pre-attention norm), giving h_0 .. h_{L-1} in forward order;
+//   "norm.final" (the norm before the head) gives h_L as its input, and the side output is
+//   added to its output;
+// - post-norm stacks (BERT, RoBERTa), used when "block.in" / "norm.final" are absent:
+//   "block.out" names the modules whose OUTPUT is h_0 .. h_L (the embeddings' LayerNorm and each
+//   block's last LayerNorm); the side output is added to the output of the last of them (in
+//   module order), the encoder's last hidden state, before the pooler / classification head.
+// L is the number of blocks the roles select (for T5, whose roles select the decoder only: the
+// decoder's layer count), not ModelDims.num_layers.
 //
-// Format (peft_type "LST", peft_cpp_format_version 1): the side network is saved under the final
-// norm's path K = base_model.model.<norm.final>, with stacked per-layer tensors:
+// Encoder-decoders (T5): only the decoder is laddered (Sung et al.'s T5 side network also has an
+// encoder half reading the backbone encoder). The frozen encoder reaches the side network
+// through the frozen decoder's cross-attention, which every h_i of the decoder already contains.
+// This keeps the tuner to one stack of one sequence length, and keeps cached generation exact:
+// the encoder runs once, the decoder one token at a time, and a per-token side network over
+// [B, 1, d] states gives what it gives over the whole sequence.
+//
+// Format (peft_type "LST", peft_cpp_format_version 1): the side network is saved under the path
+// of the module it adds to, K = base_model.model.<that module> (Llama: model.norm; GPT-2:
+// transformer.ln_f; T5: decoder.final_layer_norm; BERT: bert.encoder.layer.<L-1>.output.LayerNorm),
+// with stacked per-layer tensors:
 //   K.lst_down.weight [L+1, d_s, d]  K.lst_down.bias [L+1, d_s]  K.lst_gate [L]
 //   K.lst_ln.weight / K.lst_ln.bias [L, d_s]
 //   K.lst_fc1.weight [L, 4 d_s, d_s]  K.lst_fc1.bias [L, 4 d_s]  K.lst_fc2.weight [L, d_s, 4 d_s]  K.lst_fc2.bias [L, d_s]
@@ -37,10 +55,14 @@
 namespace peft {
 namespace {
 
-/// The detached backbone states of the current forward, shared by the taps and the side head.
+/// Where one adapter's side network reads and writes, resolved from the roles in add_global,
+/// and the detached backbone states of the current forward, shared by the taps and the head.
 class LstState : public InputAdapter {
  public:
   std::vector<torch::Tensor> taps;
+  int64_t num_layers = 0;      // L
+  bool post_norm = false;      // taps read outputs ("block.out"), not inputs ("block.in")
+  std::string head_path;       // the module whose output gets the side output (and gives h_L)
   void apply(PretrainedModel&, ModelInput&, KVCache&) override { taps.clear(); }
   TensorMap saved_tensors() const override { return {}; }
   void load_saved(const TensorMap&, const std::string&) override {}
@@ -49,7 +71,8 @@ class LstState : public InputAdapter {
 };
 using LstStatePtr = std::shared_ptr<LstState>;
 
-/// Records the (detached) input of a block and passes it on unchanged.
+/// Records the (detached) input, or output in a post-norm stack, of a block's module and passes
+/// the output on unchanged.
 class LstTap : public TunerLayer {
  public:
   using TunerLayer::TunerLayer;
@@ -60,12 +83,17 @@ class LstTap : public TunerLayer {
     adapters_.insert(a);
   }
   torch::Tensor forward(const torch::Tensor& x) override {
-    for (auto& a : live_adapters()) state.at(a)->taps.push_back(x.detach());
-    return base_forward(x);
+    auto y = base_forward(x);
+    for (auto& a : live_adapters()) {
+      auto& st = *state.at(a);
+      st.taps.push_back((st.post_norm ? y : x).detach());
+    }
+    return y;
   }
 };
 
-/// The final norm plus the side network, whose output it adds.
+/// The module before the head (final norm, or a post-norm stack's last LayerNorm) plus the side
+/// network, whose output it adds.
 class LstHead : public TunerLayer {
  public:
   using TunerLayer::TunerLayer;
@@ -114,16 +142,17 @@ class LstHead : public TunerLayer {
   }
 
   torch::Tensor forward(const torch::Tensor& x) override {
-    auto y = base_forward(x);
+    const auto base = base_forward(x);
+    auto y = base;
     for (auto& a : live_adapters()) {
       auto& st = *state.at(a);
       std::vector<torch::Tensor> h = std::move(st.taps);
       st.taps.clear();
-      h.push_back(x.detach());
+      h.push_back((st.post_norm ? base : x).detach());  // h_L
       const int64_t want = param(a, "lst_down.weight").size(0);
       PEFT_CHECK(static_cast<int64_t>(h.size()) == want, "LST adapter '", a, "': the forward passed ", h.size() - 1,
-                 " block inputs before the final norm, expected ", want - 1,
-                 " (was the model called in pieces, or does a block skip its 'block.in' module?)");
+                 " block states before ", st.head_path, ", expected ", want - 1,
+                 " (was the model called in pieces, or does a block skip its tapped module?)");
       y = y + side(a, h).to(y.scalar_type());
     }
     return y;
@@ -149,18 +178,46 @@ class LstTuner : public Tuner {
     PEFT_CHECK(c["gate_temperature"].is_number() && c["gate_temperature"].get<double>() > 0,
                "adapter config: field 'gate_temperature' must be > 0, got ", c["gate_temperature"].dump());
     PEFT_CHECK(c["target_modules"].is_null(), "adapter config: field 'target_modules' must be null for LST "
-               "(the side network reads the model's 'block.in' and 'norm.final' roles)");
+               "(the side network reads the model's 'block.in' and 'norm.final', or 'block.out', roles)");
     PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto roles = pm.model->roles();
-    for (const char* r : {"block.in", "norm.final"})
-      PEFT_CHECK(roles.count(r), "LST: model type '", pm.model->model_type(), "' has no '", r,
-                 "' role (LST needs a pre-norm decoder: the input of each block and the final norm)");
-    pm.set_input_adapter(name, std::make_shared<LstState>());
-    // Kept in the stored config as resolved names; validate() wants null from users, so the saved
-    // file drops it again (saved_config).
-    pm.mutable_config(name)["target_modules"] = {roles["block.in"], roles["norm.final"]};
+    auto st = std::make_shared<LstState>();
+    // The slots a role selects (targeting resolves the role's suffix or regex), in module order,
+    // which is forward order.
+    auto paths_of = [&](const std::string& role) {
+      std::vector<std::string> out;
+      for (auto& ref : pm.select_slots(*this, {{"target_modules", nlohmann::json::array({role})}})) out.push_back(ref.path);
+      return out;
+    };
+    std::vector<std::string> taps;
+    if (roles.count("block.in") && roles.count("norm.final")) {
+      taps = paths_of("block.in");
+      auto fin = paths_of("norm.final");
+      PEFT_CHECK(fin.size() == 1, "LST: role 'norm.final' (", roles["norm.final"], ") of model type '",
+                 pm.model->model_type(), "' selects ", fin.size(), " modules, expected one");
+      st->head_path = fin[0];
+    } else if (roles.count("block.out")) {
+      st->post_norm = true;
+      taps = paths_of("block.out");
+      PEFT_CHECK(taps.size() >= 2, "LST: role 'block.out' (", roles["block.out"], ") of model type '",
+                 pm.model->model_type(), "' selects ", taps.size(), " modules, expected the embeddings' and each block's");
+      st->head_path = taps.back();
+      taps.pop_back();
+    } else {
+      fail("LST: model type '", pm.model->model_type(), "' has neither the 'block.in' and 'norm.final' roles (a "
+           "pre-norm stack: each block's input and the final norm) nor the 'block.out' role (a post-norm stack: "
+           "the embeddings' and each block's output)");
+    }
+    st->num_layers = static_cast<int64_t>(taps.size());  // post-norm: h_L comes from the head
+    PEFT_CHECK(st->num_layers >= 1, "LST: model type '", pm.model->model_type(), "': the '",
+               st->post_norm ? "block.out" : "block.in", "' role selects no block");
+    pm.set_input_adapter(name, st);
+    // Kept in the stored config as resolved full paths (a suffix equal to the whole path);
+    // validate() wants null from users, so the saved file drops it again (saved_config).
+    taps.push_back(st->head_path);
+    pm.mutable_config(name)["target_modules"] = taps;
   }
   nlohmann::json saved_config(const nlohmann::json& cfg) const override {
     auto c = cfg;
@@ -170,18 +227,16 @@ class LstTuner : public Tuner {
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto st = std::dynamic_pointer_cast<LstState>(pm.adapter(name).input);
     auto cur = slot.get();
-    const auto final_norm = pm.model->roles()["norm.final"];
-    if (module_name_matches(nlohmann::json::array({final_norm}), slot.path)) {
+    if (slot.path == st->head_path) {
       auto head = std::dynamic_pointer_cast<LstHead>(cur);
       if (!head) head = std::make_shared<LstHead>(cur);
-      const auto dims = pm.model->dims();
-      const int64_t d = dims.hidden_size;
+      const int64_t d = pm.model->dims().hidden_size;
       const int64_t ds = c["side_dim"].is_null()
                              ? std::max<int64_t>(1, static_cast<int64_t>(d / c["reduction_factor"].get<double>()))
                              : c["side_dim"].get<int64_t>();
       auto dt = torch::kFloat32;
       for (auto& p : cur->parameters()) dt = p.scalar_type();
-      head->add(name, st, dims.num_layers, d, ds, c["gate_temperature"].get<double>(), c["init_weights"].get<bool>(), dt);
+      head->add(name, st, st->num_layers, d, ds, c["gate_temperature"].get<double>(), c["init_weights"].get<bool>(), dt);
       if (head != cur) slot.parent->replace_slot(slot.name, head);
     } else {
       auto tap = std::dynamic_pointer_cast<LstTap>(cur);

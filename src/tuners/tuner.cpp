@@ -103,6 +103,30 @@ static std::vector<std::string> string_list(const nlohmann::json& j, const char*
   return out;
 }
 
+// Role values are module-name suffixes or, starting with '^', full-match regexes (roles that
+// must tell same-named modules apart, e.g. T5's decoder blocks from its encoder's). A list of
+// names with no regex stays a suffix list; otherwise it becomes one alternation regex, each
+// suffix s as "(.*\.)?s".
+static nlohmann::json suffixes_or_regex(const std::vector<std::string>& names) {
+  if (std::none_of(names.begin(), names.end(), [](const std::string& n) { return !n.empty() && n[0] == '^'; }))
+    return names;
+  std::string re;
+  for (auto& n : names) {
+    if (!re.empty()) re += "|";
+    if (!n.empty() && n[0] == '^') {
+      re += "(?:" + n + ")";
+      continue;
+    }
+    re += "(?:(?:.*\\.)?";
+    for (char ch : n) {
+      if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '_') re += '\\';
+      re += ch;
+    }
+    re += ")";
+  }
+  return re;
+}
+
 TargetSelector TargetSelector::from_config(const nlohmann::json& cfg, const PretrainedModel& model,
                                            const std::vector<std::string>& default_roles) {
   TargetSelector s;
@@ -115,26 +139,27 @@ TargetSelector TargetSelector::from_config(const nlohmann::json& cfg, const Pret
   if (tm.is_null()) {
     PEFT_CHECK(!default_roles.empty(), "adapter config: field 'target_modules' is required for peft_type ",
                cfg.value("peft_type", std::string("?")));
-    tm = nlohmann::json::array();
-    for (auto& r : default_roles) {
-      auto it = roles.find(r);
+    std::vector<std::string> r;
+    for (auto& name : default_roles) {
+      auto it = roles.find(name);
       PEFT_CHECK(it != roles.end(), "adapter config: target_modules not given and model type '", model.model_type(),
-                 "' has no module for the default role '", r, "'");
-      tm.push_back(it->second);
+                 "' has no module for the default role '", name, "'");
+      r.push_back(it->second);
     }
+    tm = suffixes_or_regex(r);
   } else if (tm.is_array()) {
-    nlohmann::json r = nlohmann::json::array();
+    std::vector<std::string> r;
     for (auto& n : string_list(tm, "target_modules")) r.push_back(resolve(n));
-    tm = r;
+    tm = suffixes_or_regex(r);
   } else {
     PEFT_CHECK(tm.is_string(), "adapter config: field 'target_modules' must be a list or a string");
   }
   s.target_modules = tm;
   auto ex = cfg.value("exclude_modules", nlohmann::json());
   if (ex.is_array()) {
-    nlohmann::json r = nlohmann::json::array();
+    std::vector<std::string> r;
     for (auto& n : string_list(ex, "exclude_modules")) r.push_back(resolve(n));
-    ex = r;
+    ex = suffixes_or_regex(r);
   }
   s.exclude_modules = ex;
   auto lt = cfg.value("layers_to_transform", nlohmann::json());

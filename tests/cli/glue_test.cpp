@@ -127,6 +127,42 @@ TEST(GlueCli, BertSst2TrainsWithLoraAndLogsClassificationMetrics) {
   EXPECT_TRUE(torch::equal(re->state_dict().at("classifier.weight"), w.at("base_model.model.classifier.weight")));
 }
 
+// Ladder side-tuning on a post-norm encoder: the side network (saved under the last block's
+// output LayerNorm, which it adds to) and the new head train; `peft eval` reproduces the final
+// evaluation from the saved adapter.
+TEST(GlueCli, BertSst2TrainsWithLst) {
+  auto model = tiny_encoder("bert", "glue_bert_lst");
+  auto out = temp_dir("glue_sst2_lst") + "/run";
+  std::string log;
+  int rc = run_cli("train --model " + model + " --train " + source_path("assets/glue/SST-2/train.tsv") + " --eval " +
+                       source_path("assets/glue/SST-2/dev.tsv") +
+                       " --csv_quoting false --text_column sentence --method lst --reduction_factor 4 --max_length 48"
+                       " --max_steps 40 --per_device_train_batch_size 16 --learning_rate 1e-2 --warmup_steps 0"
+                       " --eval_steps 40 --logging_steps 10 --progress false --output-dir " + out,
+                   &log);
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_NE(log.find("lst: "), std::string::npos) << log;
+  auto l = read_log(out);
+  ASSERT_EQ(l.losses.size(), 4u) << log;
+  EXPECT_LT(mean(l.losses, 2, 4), mean(l.losses, 0, 2)) << log;
+  ASSERT_FALSE(l.evals.empty());
+  auto cfg = read_json(out + "/adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "LST");
+  EXPECT_EQ(cfg["modules_to_save"], nlohmann::json({"classifier"}));
+  auto w = load_safetensors(out + "/adapter_model.safetensors");
+  EXPECT_TRUE(w.count("base_model.model.classifier.weight"));
+  EXPECT_EQ(w.at("base_model.model.bert.encoder.layer.1.output.LayerNorm.lst_down.weight").sizes(),
+            torch::IntArrayRef({3, 32 / 4, 32}));
+  std::string eo;
+  rc = run_cli("eval --model " + model + " --adapter " + out + " --data " + source_path("assets/glue/SST-2/dev.tsv") +
+                   " --csv_quoting false --text_column sentence --max_length 48 --metrics loss,accuracy",
+               &eo);
+  ASSERT_EQ(rc, 0) << eo;
+  auto j = nlohmann::json::parse(eo.substr(eo.rfind("\n{") + 1));
+  EXPECT_NEAR(j["accuracy"].get<double>(), l.evals.back()["eval_accuracy"].get<double>(), 1e-9) << eo;
+  EXPECT_NEAR(j["loss"].get<double>(), l.evals.back()["eval_loss"].get<double>(), 1e-4) << eo;
+}
+
 TEST(GlueCli, RobertaStsbRegressionLogsPearsonSpearman) {
   auto model = tiny_encoder("roberta", "glue_roberta");
   auto out = temp_dir("glue_stsb") + "/run";

@@ -101,6 +101,43 @@ TEST_P(MtCli, TrainLogsBleuChrfAndEvalTranslates) {
 INSTANTIATE_TEST_SUITE_P(T5, MtCli, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? std::string("v1_1") : std::string("original"); });
 
+// Ladder side-tuning on T5 (the decoder laddered): trains, generates during evaluation (cached
+// decoding through the side network) and translates with `peft eval` from the saved adapter.
+TEST(MtCli, T5TrainsWithLst) {
+  auto model = tiny_t5(true);
+  auto out = temp_dir("mt_lst") + "/run";
+  const std::string test_file = source_path("assets/mt/newstest2016-en-ro/test.jsonl");
+  std::string log;
+  int rc = run_cli("train --model " + model + " --train " + source_path("assets/mt/tatoeba-en-ro/train.jsonl") +
+                       " --eval " + test_file +
+                       " --method lst --reduction_factor 2 --max_length 48 --max_target_length 48"
+                       " --max_steps 40 --per_device_train_batch_size 16 --learning_rate 1e-2"
+                       " --eval_steps 40 --logging_steps 10 --generation_max_length 8 --generation_max_examples 8"
+                       " --progress false --output-dir " + out,
+                   &log);
+  ASSERT_EQ(rc, 0) << log;
+  std::vector<double> losses;
+  nlohmann::json last_eval;
+  for (auto& r : read_jsonl(out + "/metrics.jsonl")) {
+    if (r.contains("loss")) losses.push_back(r["loss"].get<double>());
+    if (r.contains("eval_loss")) last_eval = r;
+  }
+  ASSERT_EQ(losses.size(), 4u) << log;
+  EXPECT_LT(losses.back(), losses.front() - 0.1) << log;
+  ASSERT_TRUE(last_eval.contains("eval_bleu")) << log;
+  EXPECT_EQ(last_eval["eval_generated"], 8);
+  EXPECT_EQ(read_json(out + "/adapter_config.json")["peft_type"], "LST");
+  auto w = load_safetensors(out + "/adapter_model.safetensors");
+  EXPECT_EQ(w.at("base_model.model.decoder.final_layer_norm.lst_down.weight").sizes(), torch::IntArrayRef({3, 16, 32}));
+  std::string eo;
+  rc = run_cli("eval --model " + model + " --adapter " + out + " --data " + test_file +
+                   " --metrics bleu,loss --max_examples 4 --max_new_tokens 8",
+               &eo);
+  ASSERT_EQ(rc, 0) << eo;
+  auto j = nlohmann::json::parse(eo.substr(eo.rfind("\n{") + 1));
+  EXPECT_EQ(j["generated"], 4);
+}
+
 TEST(MtCli, BeamSearchOnDecoderOnlyIsAClearError) {
   std::string out;
   int rc = run_cli("eval --model " + source_path("assets/stories260K") + " --data " +
