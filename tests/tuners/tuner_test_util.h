@@ -25,6 +25,7 @@ inline ModelInput fixture_input(const std::string& model) {
   mi.input_ids = in.at("input_ids").clone();
   mi.attention_mask = in.at("attention_mask").clone();
   if (in.count("token_type_ids")) mi.token_type_ids = in.at("token_type_ids").clone();
+  if (in.count("decoder_input_ids")) mi.decoder_input_ids = in.at("decoder_input_ids").clone();
   if (in.count("labels")) mi.labels = in.at("labels").clone();
   return mi;
 }
