@@ -167,19 +167,37 @@ class BertIntermediate : public Layer {
   LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<BertIntermediate>(c)); }
 };
 
+// The whole FFN before its residual add, output.dense(intermediate(x)), as one slot `mlp`: the
+// model's "mlp" role, where a parallel adapter reads the FFN input and adds to its output (He et
+// al. 2022, eq. 8). transformers has no such module; this one is a view with no parameters of
+// its own (it calls its block's `intermediate` and `output.dense` slots, wrapped or not), so the
+// checkpoint's names are unchanged. Its copy (clone_layer) is the same view: it has nothing to
+// copy, and modules_to_save refuses modules without parameters.
+class BertFeedForward : public Layer {
+ public:
+  BertFeedForward(LayerPtr* intermediate, BertOutput* output) : intermediate_(intermediate), output_(output) {}
+  torch::Tensor forward(const torch::Tensor& x) override { return output_->dense->forward((*intermediate_)->forward(x)); }
+  LayerPtr clone_layer() const override { return std::make_shared<BertFeedForward>(intermediate_, output_); }
+
+ private:
+  LayerPtr* intermediate_;  // the owning BertLayer's members (it owns this view too)
+  BertOutput* output_;
+};
+
 class BertLayer : public Module {
  public:
   std::shared_ptr<BertAttention> attention;
-  LayerPtr intermediate;
+  LayerPtr intermediate, mlp;
   std::shared_ptr<BertOutput> output;
   explicit BertLayer(const BertConfig& c) {
     attention = register_module("attention", std::make_shared<BertAttention>(c));
     register_slot("intermediate", intermediate, std::make_shared<BertIntermediate>(c));
     output = register_module("output", std::make_shared<BertOutput>(c, c.intermediate));
+    register_slot("mlp", mlp, std::make_shared<BertFeedForward>(&intermediate, output.get()));
   }
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc) {
     auto a = attention->output->forward(attention->self_->forward(x, bias, kc, vc), x);
-    return output->forward(intermediate->forward(a), a);
+    return output->LayerNorm_->forward(mlp->forward(a) + a);  // = output->forward(intermediate(a), a)
   }
 };
 
@@ -343,6 +361,7 @@ class BertPretrained : public PretrainedModel {
         {"attn.o", "attention.output.dense"},
         {"mlp.up", "intermediate.dense"},
         {"mlp.down", "output.dense"},
+        {"mlp", "mlp"},  // BertFeedForward: a parameter-free view of the FFN
         {"mlp.act", "intermediate_act_fn"},
         {"norm.attn", "attention.output.LayerNorm"},
         {"norm.mlp", "output.LayerNorm"},

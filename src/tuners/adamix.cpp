@@ -17,6 +17,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/bottleneck.h"
 
 namespace peft {
 namespace {
@@ -83,6 +84,10 @@ class AdaMixTuner : public Tuner {
                "adapter config: field 'bottleneck_size' must be a positive integer or null");
     PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true/false");
     check_activation(c["non_linearity"].get<std::string>());
+  }
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    // After the FFN only, also where the FFN's output suffix names the attention output (BERT).
+    exclude_shadowed_attention_output(pm, pm.mutable_config(name));
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();

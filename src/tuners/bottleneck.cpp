@@ -191,6 +191,16 @@ void validate_adapter_placement(const nlohmann::json& c) {
              "adapter config: field 'adapter_drop_layers' must be a non-negative integer");
 }
 
+void exclude_shadowed_attention_output(PeftModel& pm, nlohmann::json& c) {
+  if (!c["target_modules"].is_null() || !c["exclude_modules"].is_null()) return;
+  auto roles = pm.model->roles();
+  if (!roles.count("attn.o") || !roles.count("mlp.down")) return;
+  const auto &o = roles["attn.o"], &down = roles["mlp.down"];
+  if (o != down && o.size() > down.size() && o.compare(o.size() - down.size(), down.size(), down) == 0 &&
+      o[o.size() - down.size() - 1] == '.')
+    c["exclude_modules"] = {o};
+}
+
 // Resolves placements (roles -> module suffixes) and AdapterDrop into the stored config.
 void resolve_adapter_placement(PeftModel& pm, const std::string& name, const std::string& method) {
   auto& c = pm.mutable_config(name);
@@ -200,20 +210,18 @@ void resolve_adapter_placement(PeftModel& pm, const std::string& name, const std
                pm.model->model_type(), "' has no '", r, "' module; give target_modules explicitly");
     return roles[r];
   };
-  auto ends_with = [](const std::string& s, const std::string& t) {
-    return s == t || (s.size() > t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0 && s[s.size() - t.size() - 1] == '.');
-  };
   if (c["target_modules"].is_null()) {
     auto type = c["adapter_type"].get<std::string>();
     if (type == "parallel") {
       c["target_modules"] = {role("mlp")};
     } else {
       auto down = role("mlp.down");
-      if (type == "houlsby") c["target_modules"] = {role("attn.o"), down};
-      else c["target_modules"] = {down};
-      // A suffix like BERT's "output.dense" also names the attention output: keep it out.
-      if (type == "pfeiffer" && roles.count("attn.o") && ends_with(roles["attn.o"], down) && c["exclude_modules"].is_null())
-        c["exclude_modules"] = {roles["attn.o"]};
+      if (type == "houlsby") {
+        c["target_modules"] = {role("attn.o"), down};
+      } else {
+        exclude_shadowed_attention_output(pm, c);  // before target_modules is set
+        c["target_modules"] = {down};
+      }
     }
   }
   int64_t drop = c["adapter_drop_layers"].get<int64_t>();

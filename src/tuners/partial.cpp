@@ -48,12 +48,15 @@ std::string last_name(const std::string& path) {
 bool internal_path(const std::string& p) {
   return p.find("base_layer") != std::string::npos || p.find("modules_to_save") != std::string::npos;
 }
+/// The task head (role "head") or a module inside it (RoBERTa's classifier.dense / out_proj):
+/// the head trains whole through modules_to_save, which copies it unwrapped.
 bool is_head(const PretrainedModel& m, const std::string& path) {
   auto roles = m.roles();
   auto it = roles.find("head");
-  return it != roles.end() && (path == it->second || (path.size() > it->second.size() &&
-                                                      path.compare(path.size() - it->second.size(), it->second.size(), it->second) == 0 &&
-                                                      path[path.size() - it->second.size() - 1] == '.'));
+  if (it == roles.end()) return false;
+  const std::string& h = it->second;
+  const std::string dotted = "." + path + ".";
+  return dotted.find("." + h + ".") != std::string::npos;
 }
 
 // ---- BitFit ---------------------------------------------------------------------------------

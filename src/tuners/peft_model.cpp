@@ -119,6 +119,8 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
         for (auto& t : mts) {
           if (!module_name_matches(nlohmann::json::array({t}), ref.path)) continue;
           auto cur = ref.get();
+          PEFT_CHECK(!cur->parameters().empty(), "adapter '", name, "': modules_to_save names ", ref.path,
+                     ", which has no parameters of its own to train (a view or an activation); name its layers instead");
           auto w = std::dynamic_pointer_cast<ModulesToSave>(cur);
           if (!w) {
             w = std::make_shared<ModulesToSave>(cur);
