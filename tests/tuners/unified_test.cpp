@@ -10,6 +10,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "tuner_test_util.h"
+#include "tuners/export.h"
 
 using namespace peft;
 using namespace peft::test;
@@ -280,4 +281,37 @@ TEST(AdaMix, StochasticInTrainingAveragedAtInference) {
   }
   ref->load_adapter_state_dict("default", mean, "averaged");
   EXPECT_LT(max_diff(logits_of(*ref, in), eval1), 1e-5);
+}
+
+// `peft export`: the AdaMix adapter written as the BOTTLENECK adapter holding the experts' mean
+// weights (sec. 3.4) loads with the bottleneck tuner and gives the eval-mode logits bit for bit.
+TEST(AdaMix, ExportsTheAveragedAdapterAsBottleneck) {
+  auto pm = llama();
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 3}, {"bottleneck_size", 5}, {"non_linearity", "gelu"}}));
+  randomize(*pm, 0.3);
+  auto in = llama_input();
+  auto eval = logits_of(*pm, in);
+  auto dir = temp_dir("adamix_export");
+  pm->save_adapter(dir + "/adamix");
+  std::string out;
+  ASSERT_EQ(run_cli("export --adapter " + dir + "/adamix --out " + dir + "/bottleneck", &out), 0) << out;
+  auto cfg = read_json(dir + "/bottleneck/adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "BOTTLENECK");
+  EXPECT_EQ(cfg["bottleneck_size"], 5);
+  EXPECT_EQ(cfg["non_linearity"], "gelu");
+  EXPECT_EQ(cfg["target_modules"], nlohmann::json::array({L0 + "mlp.down_proj", L1 + "mlp.down_proj"}));
+  auto saved = load_safetensors(dir + "/bottleneck/adapter_model.safetensors");
+  auto experts = pm->adapter_state_dict("default");
+  const std::string k = "base_model.model." + L0 + "mlp.down_proj.";
+  EXPECT_TRUE(torch::equal(saved.at(k + "adapter_up.weight"), experts.at(k + "adamix_up.weight").mean(0)));
+  EXPECT_EQ(saved.size(), experts.size());
+  auto ref = llama();
+  ref->load_adapter(dir + "/bottleneck");
+  EXPECT_TRUE(torch::equal(logits_of(*ref, in), eval)) << max_diff(logits_of(*ref, in), eval);
+  // Methods without a separate inference form are refused by name.
+  auto lora = llama();
+  lora->add_adapter("default", method_config("lora", {{"r", 2}}));
+  lora->save_adapter(dir + "/lora");
+  auto msg = error_of([&] { export_adapter_dir(dir + "/lora", dir + "/lora_out"); });
+  EXPECT_NE(msg.find("peft_type 'LORA' has no separate inference form"), std::string::npos) << msg;
 }
