@@ -91,6 +91,10 @@ std::vector<UnifiedCase> unified_cases() {
        2 * (lora_qv(8) + 2 * 65) + 2 * (kAdapter + 65), true, "lora adapter 'default' (components.0)"},
       // ProPETL r 8: one prototype per module name + one score per prototype entry per layer.
       {"propetl", method_spec("propetl"), 3 * lora_qv(8), true, ""},
+      // ProPETL, adapter prototype (b = 64 / 16 = 4) after each FFN output: one shared adapter
+      // (down_proj in both layers) + one score per prototype weight entry per layer (2 x 512).
+      {"propetl_adapter", method_spec("propetl", {{"prototype", "adapter"}}), kAdapter + 2 * (4 * 64 + 64 * 4), true,
+       "propetl adapter 'default' at"},
       // AdaMix: 4 copies of the b = 4 adapter at each FFN output.
       {"adamix", method_spec("adamix"), 2 * 4 * kAdapter, true, "adamix adapter 'default' at"},
   };
@@ -253,6 +257,43 @@ TEST(ProPetl, MasksSharedPrototypeAndStraightThroughScores) {
   pm->forward(in).loss.backward();
   for (auto& [name, p] : pm->named_trainable_parameters())
     if (name.find("propetl_scores") != std::string::npos) EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << name;
+}
+
+// The adapter prototype: layer l runs the shared adapter with masked weights, shared biases
+// (checked against a plain BOTTLENECK adapter holding W_p ⊙ m_l per layer); masks are saved
+// per layer and each keeps 1 - mask_sparsity of its entries.
+TEST(ProPetl, AdapterPrototypeIsAMaskedSharedBottleneck) {
+  auto pm = llama();
+  pm->add_adapter("default", method_config("propetl", {{"prototype", "adapter"}, {"mask_sparsity", 0.25}, {"bottleneck_size", 6}}));
+  randomize(*pm, 0.3);
+  auto sd = pm->adapter_state_dict("default");
+  const std::string P = "base_model.propetl_prototype.down_proj.";
+  ASSERT_TRUE(sd.count(P + "adapter_down.weight"));
+  EXPECT_EQ(sd.at(P + "adapter_down.weight").sizes(), (std::vector<int64_t>{6, 64}));
+  TensorMap plain;
+  for (auto& Lp : {L0, L1}) {
+    const std::string K = "base_model.model." + Lp + "mlp.down_proj.";
+    auto md = sd.at(K + "propetl_mask_down"), mu = sd.at(K + "propetl_mask_up");
+    EXPECT_EQ(md.scalar_type(), torch::kUInt8);
+    EXPECT_EQ(md.sum().item<int64_t>(), 6 * 64 * 3 / 4);
+    plain[K + "adapter_down.weight"] = sd.at(P + "adapter_down.weight") * md;
+    plain[K + "adapter_down.bias"] = sd.at(P + "adapter_down.bias");
+    plain[K + "adapter_up.weight"] = sd.at(P + "adapter_up.weight") * mu;
+    plain[K + "adapter_up.bias"] = sd.at(P + "adapter_up.bias");
+  }
+  EXPECT_FALSE(torch::equal(sd.at("base_model.model." + L0 + "mlp.down_proj.propetl_mask_up"),
+                            sd.at("base_model.model." + L1 + "mlp.down_proj.propetl_mask_up")));
+  auto ref = llama();
+  ref->add_adapter("default", method_config("pfeiffer", {{"bottleneck_size", 6}}));
+  ref->load_adapter_state_dict("default", plain, "masked prototype");
+  auto in = llama_input();
+  EXPECT_LT(max_diff(logits_of(*ref, in), logits_of(*pm, in)), 1e-5);
+  // Straight-through: every score tensor gets a gradient.
+  pm->forward(in).loss.backward();
+  for (auto& [name, p] : pm->named_trainable_parameters())
+    if (name.find("propetl_scores") != std::string::npos) EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << name;
+  auto msg = error_of([&] { llama()->add_adapter("x", method_config("propetl", {{"prototype", "prefix"}})); });
+  EXPECT_NE(msg.find("'prototype'"), std::string::npos) << msg;
 }
 
 TEST(AdaMix, StochasticInTrainingAveragedAtInference) {
