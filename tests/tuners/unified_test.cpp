@@ -77,9 +77,12 @@ std::vector<UnifiedCase> unified_cases() {
          {{{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"down_proj"}}},
           {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}}}}},
        2 * (4 * 128 + 64 * 4) + 2 * kAdapter, true, "bottleneck adapter 'default' (components.1)"},
-      // uniform groups of 2 layers: G1 = [0] (houlsby + lora), G2 = [], G3 = [1] (houlsby), G4 = [].
-      {"s4_uniform", method_spec("s4", {{"s4_grouping", "uniform"}}), 2 * kAdapter + lora_qv(8) + 2 * kAdapter, true,
-       "components.0"},
+      // S4, uniform groups of 2 layers: G1 = [0] (houlsby + lora), G2 = [], G3 = [1] (houlsby +
+      // prefix + bitfit), G4 = []: houlsby (2 per layer) on both layers, LoRA r 8 on layer 0, a
+      // prefix of 10 (2 layers x k, v x 32), and BitFit's zero biases on layer 1's Linears
+      // (q 64 + k 32 + v 32 + o 64 + gate 128 + up 128 + down 64).
+      {"s4_uniform", method_spec("s4", {{"s4_grouping", "uniform"}}), 4 * kAdapter + lora_qv(8) + 10 * 2 * 2 * 32 + 512, false,
+       "changes the model input"},
       // UniPELT: gated LoRA r 8 (gate 64 + 1 per module), gated adapter (64 + 1), prefix of 10.
       {"unipelt", method_spec("unipelt"), 2 * (lora_qv(8) + 2 * 65) + 2 * (kAdapter + 65) + 10 * 2 * 2 * 32, false,
        "changes the model input"},
@@ -193,14 +196,47 @@ TEST(Composite, S4ExpandsIntoExplicitComponents) {
   EXPECT_EQ(sizes(s4_layer_groups(10, "decreasing")), (std::vector<size_t>{4, 3, 2, 1}));
   EXPECT_EQ(sizes(s4_layer_groups(8, "uniform")), (std::vector<size_t>{2, 2, 2, 2}));
   EXPECT_THROW(s4_layer_groups(8, "diamond"), Error);
+  // The preset is the paper's S4-model (sec. 4.4): G1 A+L, G2 A+P, G3 A+P+B, G4 P+B+L.
+  auto types = [](const nlohmann::json& group) {
+    std::vector<std::string> t;
+    for (auto& e : group)
+      t.push_back(e.is_string() ? method_config(e.get<std::string>())["peft_type"].get<std::string>()
+                                : e["peft_type"].get<std::string>());
+    return t;
+  };
+  auto preset = method_config("s4");
+  EXPECT_EQ(preset["s4_grouping"], "spindle");
+  using V = std::vector<std::string>;
+  EXPECT_EQ(types(preset["s4_groups"][0]), (V{"BOTTLENECK", "LORA"}));
+  EXPECT_EQ(types(preset["s4_groups"][1]), (V{"BOTTLENECK", "PREFIX_TUNING"}));
+  EXPECT_EQ(types(preset["s4_groups"][2]), (V{"BOTTLENECK", "PREFIX_TUNING", "BITFIT"}));
+  EXPECT_EQ(types(preset["s4_groups"][3]), (V{"PREFIX_TUNING", "BITFIT", "LORA"}));
   auto pm = llama();
   pm->add_adapter("default", method_config("s4", {{"s4_grouping", "uniform"}}));
   auto& cfg = pm->adapter("default").config;
   EXPECT_TRUE(cfg["s4_groups"].is_null());
-  ASSERT_EQ(cfg["components"].size(), 3u);  // G1: houlsby + lora on [0]; G3: houlsby on [1]
+  // G1 = [0]: houlsby + lora; G3 = [1]: houlsby + prefix + bitfit. One component per strategy
+  // over the union of its groups' layers, BitFit and LoRA ahead of the adapter; prefix: every layer.
+  ASSERT_EQ(cfg["components"].size(), 4u);
+  EXPECT_EQ(cfg["components"][0]["peft_type"], "BITFIT");
+  EXPECT_EQ(cfg["components"][0]["layers_to_transform"], nlohmann::json::array({1}));
   EXPECT_EQ(cfg["components"][1]["peft_type"], "LORA");
   EXPECT_EQ(cfg["components"][1]["layers_to_transform"], nlohmann::json::array({0}));
-  EXPECT_EQ(cfg["components"][2]["layers_to_transform"], nlohmann::json::array({1}));
+  EXPECT_EQ(cfg["components"][2]["peft_type"], "BOTTLENECK");
+  EXPECT_EQ(cfg["components"][2]["layers_to_transform"], nlohmann::json::array({0, 1}));
+  EXPECT_EQ(cfg["components"][3]["peft_type"], "PREFIX_TUNING");
+  EXPECT_FALSE(cfg["components"][3].contains("layers_to_transform"));
+  // The adapter wraps BitFit's bias on layer 1's o_proj: it reads the adapted output.
+  bool seen = false;
+  for (auto& [path, layer] : pm->tuner_layers())
+    if (path == L1 + "self_attn.o_proj") {
+      seen = true;
+      EXPECT_EQ(layer->method(), "bottleneck");
+      auto* inner = dynamic_cast<TunerLayer*>(layer->base_layer.get());
+      ASSERT_NE(inner, nullptr);
+      EXPECT_EQ(inner->method(), "bitfit");
+    }
+  EXPECT_TRUE(seen);
 }
 
 TEST(Composite, ErrorsNameTheComponent) {
