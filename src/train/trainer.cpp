@@ -12,6 +12,7 @@
 #include "peft/io.h"
 #include "peft/metrics.h"
 #include "peft/report.h"
+#include "train/optimizer_reset.h"
 
 namespace fs = std::filesystem;
 
@@ -287,6 +288,7 @@ TrainResult Trainer::train(bool resume) {
   if (!no_decay.empty())
     groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(opts.weight_decay(0.0)));
   opt_ = std::make_unique<torch::optim::AdamW>(groups, opts);
+  take_optimizer_reset(*pm_);  // a request left by steps taken outside this trainer does not apply
 
   DataLoader loader(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed));
   const int64_t warmup = args_.warmup_steps > 0 ? args_.warmup_steps
@@ -386,6 +388,7 @@ TrainResult Trainer::train(bool resume) {
     opt_->step();
     pm_->after_step(step);
     opt_->zero_grad();
+    if (take_optimizer_reset(*pm_)) opt_->state().clear();  // a tuner's phase boundary (LT-SFT)
     ++step;
     window_loss += step_loss;
     ++window_n;

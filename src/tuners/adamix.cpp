@@ -5,9 +5,15 @@
 //     afresh at every forward and every location;
 //   inference (sec. 3.4, adaptation merging): the copies' weights are averaged, one adapter
 //     h + mean_j W_up^(j) f(mean_i W_down^(i) h).
-// Deviation: the consistency regulariser of sec. 3.3 (a symmetric KL between two stochastic
-// forwards) is not implemented. Placed after the FFN output (role "mlp.down") unless
-// target_modules says otherwise; W_up starts at zero, so the model starts as the base.
+// Placed after the FFN output (role "mlp.down") unless target_modules says otherwise; W_up
+// starts at zero, so the model starts as the base.
+// Export (`peft export`, src/tuners/export.h): the trained adapter is written as the plain
+// BOTTLENECK adapter it is at inference (sec. 3.4: the averaged weights, Pfeiffer placement on
+// the same modules, same non-linearity); it gives the AdaMix model's eval-mode logits bit for bit.
+// Deviation: the consistency regulariser of sec. 3.3 (two stochastic routings of the same batch,
+// a symmetric KL between their outputs added to the loss) is not implemented: it needs a second
+// forward of every batch and a loss on the model outputs, which the Tuner interface (per-layer
+// extra_loss of one forward) cannot express; it would be a Trainer special case for one method.
 //
 // Format (ours, peft_type "ADAMIX", peft_cpp_format_version 1): per wrapped module <m>
 // (K = base_model.model.<m>, d = the module's output width, b the bottleneck):
@@ -18,6 +24,7 @@
 #include "peft/error.h"
 #include "peft/tuner.h"
 #include "tuners/bottleneck.h"
+#include "tuners/export.h"
 
 namespace peft {
 namespace {
@@ -102,8 +109,46 @@ class AdaMixTuner : public Tuner {
   }
 };
 
+/// ADAMIX -> BOTTLENECK: each K.adamix_<proj>.<w> [M, ...] becomes K.adapter_<proj>.<w>, its
+/// mean over the M experts (sec. 3.4); other tensors (modules_to_save copies) travel unchanged.
+/// target_modules lists the wrapped modules by path, so placement needs no roles.
+ExportedAdapter adamix_as_bottleneck(const nlohmann::json& c, const TensorMap& saved, const std::string& source) {
+  ExportedAdapter e;
+  nlohmann::json targets = nlohmann::json::array();
+  int64_t b = 0;
+  const std::string prefix = "base_model.model.", tag = ".adamix_", down = ".adamix_down.weight";
+  torch::NoGradGuard ng;
+  for (auto& [k, v] : saved) {
+    auto pos = k.find(tag);
+    if (pos == std::string::npos) {
+      e.tensors[k] = v;
+      continue;
+    }
+    PEFT_CHECK(v.dim() >= 2, source, ": tensor '", k, "' should have an expert dimension, has shape ", v.sizes());
+    e.tensors[k.substr(0, pos) + ".adapter_" + k.substr(pos + tag.size())] = v.mean(0);
+    if (k.size() == pos + down.size() && k.compare(pos, down.size(), down) == 0) {
+      PEFT_CHECK(k.rfind(prefix, 0) == 0, source, ": tensor '", k, "' is not under ", prefix,
+                 " (an AdaMix component of a COMPOSITE cannot be exported alone)");
+      targets.push_back(k.substr(prefix.size(), pos - prefix.size()));
+      b = v.size(1);
+    }
+  }
+  PEFT_CHECK(!targets.empty(), source, ": no '*.adamix_down.weight' tensor; not an AdaMix adapter");
+  e.config = find_tuner("BOTTLENECK")->defaults();
+  e.config["adapter_type"] = "pfeiffer";
+  e.config["bottleneck_size"] = b;
+  e.config["non_linearity"] = c["non_linearity"];
+  e.config["target_modules"] = targets;
+  e.config["init_weights"] = true;
+  for (auto k : {"base_model_name_or_path", "modules_to_save", "task_type"})
+    if (c.contains(k)) e.config[k] = c[k];
+  e.config["inference_mode"] = true;
+  return e;
+}
+
 PEFT_REGISTER_TUNER(AdaMixTuner);
 PEFT_REGISTER_METHOD("adamix", {{"peft_type", "ADAMIX"}});
+static const bool adamix_export_reg = register_adapter_exporter("ADAMIX", adamix_as_bottleneck);
 
 }  // namespace
 }  // namespace peft

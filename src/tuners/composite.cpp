@@ -19,11 +19,21 @@
 // into 4 groups ("spindle": sizes in proportion 1:2:2:1; also "uniform", "increasing" 1:2:3:4,
 // "decreasing" 4:3:2:1), one strategy set per group. `s4_groups` (a list of groups, each a list
 // of method names or component configs) is expanded when the adapter is added, into components
-// with the group's layers_to_transform; the stored config holds the expanded components only.
-// The default (preset "s4") is the paper's S4-model assignment restricted to per-layer methods:
-// G1 adapter + LoRA, G2 adapter, G3 adapter, G4 LoRA (the paper also puts prefix tuning in G2-G4
-// and BitFit in G3-G4; our prefix tuning spans every layer, and BitFit needs biases).
-//
+// with the group's layers_to_transform; a strategy listed in several groups becomes one
+// component over the union of their layers (the same per-layer assignment, and two components of
+// one peft_type would collide on a module anyway). Methods that act on the model input rather
+// than on layers (prefix tuning) become one component over every layer. BitFit and LoRA
+// components are moved first, so an adapter on the same module reads the sublayer output they
+// change (as in the paper, where they act inside the Linear). The stored config holds the
+// expanded components only.
+// The preset "s4" is the paper's S4-model (sec. 4.4, spindle grouping, all groups tuned):
+//   G1: adapter + LoRA, G2: adapter + prefix, G3: adapter + prefix + BitFit, G4: prefix + BitFit + LoRA
+// with Houlsby adapters, LoRA r 8 on q/v, prefix tuning of 10 virtual tokens (no reparameterisation
+// MLP) and BitFit. Deviations: (1) our prefix tuning prefixes every layer's attention, G1's too
+// (the KV prefix is one model-level tensor); (2) BitFit sets add_missing_biases, so bias-less
+// models (Llama, T5) train zero-initialised biases where the paper's backbones (T5 has none
+// either) would have nothing to tune; (3) the paper's uniform parameter allocation across layers
+// is not enforced (each method keeps its own size).
 // Files: adapter_config.json holds the composite fields and the components (defaults applied,
 // each as its tuner would save it); adapter_model.safetensors keys are namespaced per component:
 //   components.<i>.<the key component i saves alone>
@@ -198,15 +208,36 @@ class CompositeTuner : public Tuner {
     auto groups = s4_layer_groups(pm.model->dims().num_layers, c["s4_grouping"].get<std::string>());
     PEFT_CHECK(c["s4_groups"].size() == groups.size(), "adapter config: field 's4_groups' must list ", groups.size(),
                " groups, got ", c["s4_groups"].size());
+    std::map<std::string, size_t> index;  // a strategy's config -> its component
+    const size_t first = c["components"].size();  // explicit components stay ahead, as given
     for (size_t g = 0; g < groups.size(); ++g) {
       if (groups[g].empty()) continue;  // fewer layers than groups
       PEFT_CHECK(c["s4_groups"][g].is_array(), "adapter config: field 's4_groups': group ", g, " must be a list");
       for (auto& entry : c["s4_groups"][g]) {
         auto comp = component_of(entry);
-        comp["layers_to_transform"] = groups[g];
-        c["components"].push_back(comp);
+        std::string key = comp.dump();
+        auto it = index.find(key);
+        if (it == index.end()) {
+          it = index.emplace(key, c["components"].size()).first;
+          c["components"].push_back(comp);
+          auto type = comp.value("peft_type", std::string());
+          if (!type.empty() && !find_tuner(type)->targets_modules()) continue;  // spans every layer
+          c["components"].back()["layers_to_transform"] = nlohmann::json::array();
+        }
+        auto& comp_cfg = c["components"][it->second];
+        if (!comp_cfg.contains("layers_to_transform")) continue;  // spans every layer
+        for (auto l : groups[g]) comp_cfg["layers_to_transform"].push_back(l);  // groups are consecutive: ascending
       }
     }
+    // Changes to a Linear's own output (BitFit's bias, LoRA's ΔW x) go first, so that an adapter
+    // on the same module wraps them and reads the adapted sublayer output.
+    auto rank = [](const nlohmann::json& comp) {
+      auto t = comp.is_string() ? method_config(comp.get<std::string>())["peft_type"] : comp.value("peft_type", nlohmann::json(""));
+      return t == "BITFIT" ? 0 : t == "LORA" ? 1 : 2;
+    };
+    std::vector<nlohmann::json> comps(c["components"].begin(), c["components"].end());
+    std::stable_sort(comps.begin() + first, comps.end(), [&](const auto& a, const auto& b) { return rank(a) < rank(b); });
+    c["components"] = comps;
     c["s4_groups"] = nullptr;  // saved explicitly, as components
   }
 };
@@ -214,10 +245,15 @@ class CompositeTuner : public Tuner {
 PEFT_REGISTER_TUNER(CompositeTuner);
 PEFT_REGISTER_METHOD("composite", {{"peft_type", "COMPOSITE"}});
 using Groups = nlohmann::json;
+// S4's prefix and BitFit strategies (see above).
+const Groups kS4Prefix = {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}};
+const Groups kS4BitFit = {{"peft_type", "BITFIT"}, {"add_missing_biases", true}};
 PEFT_REGISTER_METHOD("s4", {{"peft_type", "COMPOSITE"},
                             {"s4_grouping", "spindle"},
-                            {"s4_groups", Groups::array({Groups::array({"houlsby", "lora"}), Groups::array({"houlsby"}),
-                                                         Groups::array({"houlsby"}), Groups::array({"lora"})})}});
+                            {"s4_groups", Groups::array({Groups::array({"houlsby", "lora"}),
+                                                         Groups::array({"houlsby", kS4Prefix}),
+                                                         Groups::array({"houlsby", kS4Prefix, kS4BitFit}),
+                                                         Groups::array({kS4Prefix, kS4BitFit, "lora"})})}});
 
 }  // namespace
 }  // namespace peft

@@ -18,8 +18,11 @@
 // - Diff pruning (Guo et al. 2021, "Parameter-Efficient Transfer Learning with Diff Pruning",
 //   sec. 3): ΔW = z ⊙ w with a hard-concrete gate per entry (Louizos et al. 2018, eq. 9-10):
 //   u ~ U(0, 1), s = sigmoid((log u - log(1 - u) + alpha) / temperature), z = clamp(s (r - l) + l,
-//   0, 1), stretch (l, r) = (stretch_l, stretch_r) = (-1.5, 1.5) as in the paper, temperature 1
-//   (the paper's s = sigmoid(log u - log(1 - u) + alpha); Louizos et al. use 2/3). The expected
+//   0, 1). Defaults are Guo et al.'s (sec. 3.2, s = sigmoid(log u - log(1 - u) + alpha), i.e.
+//   temperature 1; and their released code's concrete_lower / concrete_upper = -1.5 / 1.5,
+//   alpha_init 5, sparsity_pen 1.25e-7): stretch (l, r) = (stretch_l, stretch_r) = (-1.5, 1.5).
+//   Louizos et al.'s own setting, (gamma, zeta, beta) = (-0.1, 1.1, 2/3), is stretch_l -0.1,
+//   stretch_r 1.1, temperature 2/3 (tests/tuners/partial_test.cpp checks both). The expected
 //   L0 norm, l0_lambda * sum sigmoid(alpha - temperature * log(-l / r)) (Louizos eq. 12), is added
 //   to the training loss. At eval (and for merge / save) the gate is deterministic,
 //   z = clamp(sigmoid(alpha) (r - l) + l, 0, 1), and z ⊙ w is magnitude-pruned to the top
@@ -29,8 +32,10 @@
 // - LT-SFT (Ansell et al. 2022, "Composable Sparse Fine-Tuning for Cross-Lingual Transfer",
 //   sec. 3.1): phase 1 trains D densely for phase1_steps optimizer steps; then the k = density *
 //   numel entries (global across the targeted weights) with the largest |W1 - W0| = |D| are
-//   kept, D is reset to 0 (W0) and phase 2 trains only them: ΔW = M ⊙ D. The optimizer's moments
-//   (owned by the Trainer) carry over from phase 1. peft_type "LT_SFT".
+//   kept, D is reset to 0 (W0) and phase 2 trains only them: ΔW = M ⊙ D, with a fresh optimizer
+//   as the paper's second run (the Trainer drops the Adam moments and step counts at the phase
+//   boundary, src/train/optimizer_reset.h). Deviation: the learning-rate schedule runs on over
+//   both phases (max_steps in all) instead of restarting for phase 2. peft_type "LT_SFT".
 //
 // Once a mask exists the adapter is saved sparsely, as SPARSE_DELTA is: `sparse_indices` [k]
 // int64 (flat indices into W as [out, in], ascending) and `sparse_values` [k]; otherwise (Child-
@@ -42,6 +47,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "train/optimizer_reset.h"
 #include "tuners/partial_common.h"
 
 namespace peft {
@@ -333,9 +339,9 @@ class DiffPruningTuner : public SparseTuner {
     d["density"] = 0.005;      // the paper's 0.5% target
     d["l0_lambda"] = 1.25e-7;  // the paper's lambda (a sum over entries)
     d["alpha_init"] = 5.0;     // gates start open: z = 1 at eval
-    d["stretch_l"] = -1.5;
+    d["stretch_l"] = -1.5;     // Guo et al.'s stretch (Louizos et al.: -0.1, 1.1)
     d["stretch_r"] = 1.5;
-    d["temperature"] = 1.0;
+    d["temperature"] = 1.0;    // Guo et al. use no temperature (Louizos et al.: 2/3)
     return d;
   }
   void validate(const nlohmann::json& c) const override {
@@ -389,6 +395,7 @@ class LtSftTuner : public SparseTuner {
       moved.push_back(l->param(name, "delta_weight").detach().abs());
     }
     select_global(layers, name, moved, c["density"].get<double>(), /*reset=*/true);
+    request_optimizer_reset(pm);  // phase 2 starts with a fresh optimizer (sec. 3.1)
   }
 
  protected:

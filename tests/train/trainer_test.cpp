@@ -157,6 +157,32 @@ INSTANTIATE_TEST_SUITE_P(All, SparseResume, ::testing::Values("fish-mask", "lt-s
   return n;
 });
 
+// LT-SFT restarts phase 2 with a fresh optimizer (Ansell et al. 2022, sec. 3.1): phase 2's first
+// AdamW step from D = 0 moves each kept entry by lr * g / (|g| + eps) (bias-corrected first
+// moments m = g, v = g^2), i.e. by lr up to eps / |g|. Moments carried over from phase 1 give
+// other magnitudes.
+TEST(Trainer, LtSftPhaseTwoStartsWithAFreshOptimizer) {
+  auto dir = temp_dir("trainer_lt_sft_fresh");
+  auto s = setup(dir, "lt-sft", {{"density", 0.05}, {"phase1_steps", 2}});
+  auto args = args_for(dir + "/out", 3);  // steps 1-2 dense, step 3 the first sparse one
+  args.lr_scheduler_type = "constant";
+  args.max_grad_norm = 0;
+  args.eval_steps = 0;
+  args.save_steps = 0;
+  Trainer(s.pm, args, s.data.train, &s.data.eval).train();
+  auto saved = load_safetensors(dir + "/out/adapter_model.safetensors");
+  int64_t n = 0, at_lr = 0;
+  for (auto& [k, v] : saved) {
+    if (k.find("sparse_values") == std::string::npos) continue;
+    auto a = v.abs().to(torch::kFloat64);
+    n += a.numel();
+    EXPECT_LE(a.max().item<double>(), args.learning_rate * (1 + 1e-6)) << k;
+    at_lr += (a > args.learning_rate * (1 - 1e-3)).sum().item<int64_t>();
+  }
+  ASSERT_GT(n, 0) << "no sparse delta saved";
+  EXPECT_GE(at_lr, n * 95 / 100) << at_lr << " of " << n << " kept entries moved by lr";
+}
+
 // The CLI run killed with SIGKILL mid-way and resumed gives the uninterrupted adapter.
 TEST(Trainer, SigkillThenResumeIsBitExact) {
   auto dir = temp_dir("trainer_kill");

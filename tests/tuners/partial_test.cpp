@@ -374,6 +374,26 @@ TEST(DiffPruning, PenaltyAndDeterministicGateInClosedForm) {
   EXPECT_NEAR((Wm - W).max().item<double>(), 2 * z, 1e-5);
 }
 
+// The defaults are Guo et al. 2021's (sec. 3.2 and their code): stretch (-1.5, 1.5), no
+// temperature, alpha_init 5, lambda 1.25e-7, density 0.5%. So log(-l/r) = 0: each entry's
+// expected-L0 term is sigmoid(alpha) = sigmoid(5), and the eval gate is clamp(3 sigmoid(5) - 1.5)
+// = 1 (open). Louizos et al.'s (-0.1, 1.1, 2/3) are checked in the test above.
+TEST(DiffPruning, DefaultsAreGuoEtAl) {
+  auto c = method_config("diff-pruning");
+  auto pm = peft_model("llama");
+  pm->add_adapter("default", c);
+  auto& full = pm->adapter("default").config;
+  EXPECT_EQ(full["stretch_l"].get<double>(), -1.5);
+  EXPECT_EQ(full["stretch_r"].get<double>(), 1.5);
+  EXPECT_EQ(full["temperature"].get<double>(), 1.0);
+  EXPECT_EQ(full["alpha_init"].get<double>(), 5.0);
+  EXPECT_EQ(full["l0_lambda"].get<double>(), 1.25e-7);
+  EXPECT_EQ(full["density"].get<double>(), 0.005);
+  pm->train();
+  const double want = 1.25e-7 * 73728 / (1 + std::exp(-5.0));
+  EXPECT_NEAR(pm->extra_loss().item<double>(), want, 1e-5 * want);
+}
+
 // At eval / save, z * w is magnitude-pruned to round(density * numel) entries per weight.
 TEST(DiffPruning, SavesTheLargestGatedEntriesOfEachWeight) {
   torch::manual_seed(11);

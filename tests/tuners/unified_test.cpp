@@ -10,6 +10,7 @@
 #include "peft/model.h"
 #include "peft/tuner.h"
 #include "tuner_test_util.h"
+#include "tuners/export.h"
 
 using namespace peft;
 using namespace peft::test;
@@ -76,9 +77,12 @@ std::vector<UnifiedCase> unified_cases() {
          {{{"peft_type", "LORA"}, {"r", 4}, {"target_modules", {"down_proj"}}},
           {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}}}}},
        2 * (4 * 128 + 64 * 4) + 2 * kAdapter, true, "bottleneck adapter 'default' (components.1)"},
-      // uniform groups of 2 layers: G1 = [0] (houlsby + lora), G2 = [], G3 = [1] (houlsby), G4 = [].
-      {"s4_uniform", method_spec("s4", {{"s4_grouping", "uniform"}}), 2 * kAdapter + lora_qv(8) + 2 * kAdapter, true,
-       "components.0"},
+      // S4, uniform groups of 2 layers: G1 = [0] (houlsby + lora), G2 = [], G3 = [1] (houlsby +
+      // prefix + bitfit), G4 = []: houlsby (2 per layer) on both layers, LoRA r 8 on layer 0, a
+      // prefix of 10 (2 layers x k, v x 32), and BitFit's zero biases on layer 1's Linears
+      // (q 64 + k 32 + v 32 + o 64 + gate 128 + up 128 + down 64).
+      {"s4_uniform", method_spec("s4", {{"s4_grouping", "uniform"}}), 4 * kAdapter + lora_qv(8) + 10 * 2 * 2 * 32 + 512, false,
+       "changes the model input"},
       // UniPELT: gated LoRA r 8 (gate 64 + 1 per module), gated adapter (64 + 1), prefix of 10.
       {"unipelt", method_spec("unipelt"), 2 * (lora_qv(8) + 2 * 65) + 2 * (kAdapter + 65) + 10 * 2 * 2 * 32, false,
        "changes the model input"},
@@ -90,6 +94,10 @@ std::vector<UnifiedCase> unified_cases() {
        2 * (lora_qv(8) + 2 * 65) + 2 * (kAdapter + 65), true, "lora adapter 'default' (components.0)"},
       // ProPETL r 8: one prototype per module name + one score per prototype entry per layer.
       {"propetl", method_spec("propetl"), 3 * lora_qv(8), true, ""},
+      // ProPETL, adapter prototype (b = 64 / 16 = 4) after each FFN output: one shared adapter
+      // (down_proj in both layers) + one score per prototype weight entry per layer (2 x 512).
+      {"propetl_adapter", method_spec("propetl", {{"prototype", "adapter"}}), kAdapter + 2 * (4 * 64 + 64 * 4), true,
+       "propetl adapter 'default' at"},
       // AdaMix: 4 copies of the b = 4 adapter at each FFN output.
       {"adamix", method_spec("adamix"), 2 * 4 * kAdapter, true, "adamix adapter 'default' at"},
   };
@@ -188,14 +196,47 @@ TEST(Composite, S4ExpandsIntoExplicitComponents) {
   EXPECT_EQ(sizes(s4_layer_groups(10, "decreasing")), (std::vector<size_t>{4, 3, 2, 1}));
   EXPECT_EQ(sizes(s4_layer_groups(8, "uniform")), (std::vector<size_t>{2, 2, 2, 2}));
   EXPECT_THROW(s4_layer_groups(8, "diamond"), Error);
+  // The preset is the paper's S4-model (sec. 4.4): G1 A+L, G2 A+P, G3 A+P+B, G4 P+B+L.
+  auto types = [](const nlohmann::json& group) {
+    std::vector<std::string> t;
+    for (auto& e : group)
+      t.push_back(e.is_string() ? method_config(e.get<std::string>())["peft_type"].get<std::string>()
+                                : e["peft_type"].get<std::string>());
+    return t;
+  };
+  auto preset = method_config("s4");
+  EXPECT_EQ(preset["s4_grouping"], "spindle");
+  using V = std::vector<std::string>;
+  EXPECT_EQ(types(preset["s4_groups"][0]), (V{"BOTTLENECK", "LORA"}));
+  EXPECT_EQ(types(preset["s4_groups"][1]), (V{"BOTTLENECK", "PREFIX_TUNING"}));
+  EXPECT_EQ(types(preset["s4_groups"][2]), (V{"BOTTLENECK", "PREFIX_TUNING", "BITFIT"}));
+  EXPECT_EQ(types(preset["s4_groups"][3]), (V{"PREFIX_TUNING", "BITFIT", "LORA"}));
   auto pm = llama();
   pm->add_adapter("default", method_config("s4", {{"s4_grouping", "uniform"}}));
   auto& cfg = pm->adapter("default").config;
   EXPECT_TRUE(cfg["s4_groups"].is_null());
-  ASSERT_EQ(cfg["components"].size(), 3u);  // G1: houlsby + lora on [0]; G3: houlsby on [1]
+  // G1 = [0]: houlsby + lora; G3 = [1]: houlsby + prefix + bitfit. One component per strategy
+  // over the union of its groups' layers, BitFit and LoRA ahead of the adapter; prefix: every layer.
+  ASSERT_EQ(cfg["components"].size(), 4u);
+  EXPECT_EQ(cfg["components"][0]["peft_type"], "BITFIT");
+  EXPECT_EQ(cfg["components"][0]["layers_to_transform"], nlohmann::json::array({1}));
   EXPECT_EQ(cfg["components"][1]["peft_type"], "LORA");
   EXPECT_EQ(cfg["components"][1]["layers_to_transform"], nlohmann::json::array({0}));
-  EXPECT_EQ(cfg["components"][2]["layers_to_transform"], nlohmann::json::array({1}));
+  EXPECT_EQ(cfg["components"][2]["peft_type"], "BOTTLENECK");
+  EXPECT_EQ(cfg["components"][2]["layers_to_transform"], nlohmann::json::array({0, 1}));
+  EXPECT_EQ(cfg["components"][3]["peft_type"], "PREFIX_TUNING");
+  EXPECT_FALSE(cfg["components"][3].contains("layers_to_transform"));
+  // The adapter wraps BitFit's bias on layer 1's o_proj: it reads the adapted output.
+  bool seen = false;
+  for (auto& [path, layer] : pm->tuner_layers())
+    if (path == L1 + "self_attn.o_proj") {
+      seen = true;
+      EXPECT_EQ(layer->method(), "bottleneck");
+      auto* inner = dynamic_cast<TunerLayer*>(layer->base_layer.get());
+      ASSERT_NE(inner, nullptr);
+      EXPECT_EQ(inner->method(), "bitfit");
+    }
+  EXPECT_TRUE(seen);
 }
 
 TEST(Composite, ErrorsNameTheComponent) {
@@ -254,6 +295,43 @@ TEST(ProPetl, MasksSharedPrototypeAndStraightThroughScores) {
     if (name.find("propetl_scores") != std::string::npos) EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << name;
 }
 
+// The adapter prototype: layer l runs the shared adapter with masked weights, shared biases
+// (checked against a plain BOTTLENECK adapter holding W_p ⊙ m_l per layer); masks are saved
+// per layer and each keeps 1 - mask_sparsity of its entries.
+TEST(ProPetl, AdapterPrototypeIsAMaskedSharedBottleneck) {
+  auto pm = llama();
+  pm->add_adapter("default", method_config("propetl", {{"prototype", "adapter"}, {"mask_sparsity", 0.25}, {"bottleneck_size", 6}}));
+  randomize(*pm, 0.3);
+  auto sd = pm->adapter_state_dict("default");
+  const std::string P = "base_model.propetl_prototype.down_proj.";
+  ASSERT_TRUE(sd.count(P + "adapter_down.weight"));
+  EXPECT_EQ(sd.at(P + "adapter_down.weight").sizes(), (std::vector<int64_t>{6, 64}));
+  TensorMap plain;
+  for (auto& Lp : {L0, L1}) {
+    const std::string K = "base_model.model." + Lp + "mlp.down_proj.";
+    auto md = sd.at(K + "propetl_mask_down"), mu = sd.at(K + "propetl_mask_up");
+    EXPECT_EQ(md.scalar_type(), torch::kUInt8);
+    EXPECT_EQ(md.sum().item<int64_t>(), 6 * 64 * 3 / 4);
+    plain[K + "adapter_down.weight"] = sd.at(P + "adapter_down.weight") * md;
+    plain[K + "adapter_down.bias"] = sd.at(P + "adapter_down.bias");
+    plain[K + "adapter_up.weight"] = sd.at(P + "adapter_up.weight") * mu;
+    plain[K + "adapter_up.bias"] = sd.at(P + "adapter_up.bias");
+  }
+  EXPECT_FALSE(torch::equal(sd.at("base_model.model." + L0 + "mlp.down_proj.propetl_mask_up"),
+                            sd.at("base_model.model." + L1 + "mlp.down_proj.propetl_mask_up")));
+  auto ref = llama();
+  ref->add_adapter("default", method_config("pfeiffer", {{"bottleneck_size", 6}}));
+  ref->load_adapter_state_dict("default", plain, "masked prototype");
+  auto in = llama_input();
+  EXPECT_LT(max_diff(logits_of(*ref, in), logits_of(*pm, in)), 1e-5);
+  // Straight-through: every score tensor gets a gradient.
+  pm->forward(in).loss.backward();
+  for (auto& [name, p] : pm->named_trainable_parameters())
+    if (name.find("propetl_scores") != std::string::npos) EXPECT_GT(p.grad().abs().sum().item<double>(), 0) << name;
+  auto msg = error_of([&] { llama()->add_adapter("x", method_config("propetl", {{"prototype", "prefix"}})); });
+  EXPECT_NE(msg.find("'prototype'"), std::string::npos) << msg;
+}
+
 TEST(AdaMix, StochasticInTrainingAveragedAtInference) {
   auto pm = llama();
   pm->add_adapter("default", method_config("adamix", {{"num_experts", 3}}));
@@ -280,4 +358,37 @@ TEST(AdaMix, StochasticInTrainingAveragedAtInference) {
   }
   ref->load_adapter_state_dict("default", mean, "averaged");
   EXPECT_LT(max_diff(logits_of(*ref, in), eval1), 1e-5);
+}
+
+// `peft export`: the AdaMix adapter written as the BOTTLENECK adapter holding the experts' mean
+// weights (sec. 3.4) loads with the bottleneck tuner and gives the eval-mode logits bit for bit.
+TEST(AdaMix, ExportsTheAveragedAdapterAsBottleneck) {
+  auto pm = llama();
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 3}, {"bottleneck_size", 5}, {"non_linearity", "gelu"}}));
+  randomize(*pm, 0.3);
+  auto in = llama_input();
+  auto eval = logits_of(*pm, in);
+  auto dir = temp_dir("adamix_export");
+  pm->save_adapter(dir + "/adamix");
+  std::string out;
+  ASSERT_EQ(run_cli("export --adapter " + dir + "/adamix --out " + dir + "/bottleneck", &out), 0) << out;
+  auto cfg = read_json(dir + "/bottleneck/adapter_config.json");
+  EXPECT_EQ(cfg["peft_type"], "BOTTLENECK");
+  EXPECT_EQ(cfg["bottleneck_size"], 5);
+  EXPECT_EQ(cfg["non_linearity"], "gelu");
+  EXPECT_EQ(cfg["target_modules"], nlohmann::json::array({L0 + "mlp.down_proj", L1 + "mlp.down_proj"}));
+  auto saved = load_safetensors(dir + "/bottleneck/adapter_model.safetensors");
+  auto experts = pm->adapter_state_dict("default");
+  const std::string k = "base_model.model." + L0 + "mlp.down_proj.";
+  EXPECT_TRUE(torch::equal(saved.at(k + "adapter_up.weight"), experts.at(k + "adamix_up.weight").mean(0)));
+  EXPECT_EQ(saved.size(), experts.size());
+  auto ref = llama();
+  ref->load_adapter(dir + "/bottleneck");
+  EXPECT_TRUE(torch::equal(logits_of(*ref, in), eval)) << max_diff(logits_of(*ref, in), eval);
+  // Methods without a separate inference form are refused by name.
+  auto lora = llama();
+  lora->add_adapter("default", method_config("lora", {{"r", 2}}));
+  lora->save_adapter(dir + "/lora");
+  auto msg = error_of([&] { export_adapter_dir(dir + "/lora", dir + "/lora_out"); });
+  EXPECT_NE(msg.find("peft_type 'LORA' has no separate inference form"), std::string::npos) << msg;
 }
