@@ -297,9 +297,18 @@ std::vector<Case> cases() {
                    return prefix + pfeiffer(s);
                  },
                  "prompt_embeddings", 4});
-    // S4's spindle split (1:2:2:1) of 2 layers: G1 and G4 are empty, G2 = {0} and G3 = {1} hold
-    // Houlsby adapters, so here it is Houlsby on every block (encoder and decoder alike).
-    v.push_back({m, "s4", none, false, houlsby});
+    // S4's spindle split (1:2:2:1) of 2 layers: G1 and G4 are empty, G2 = {0} (adapter + prefix)
+    // and G3 = {1} (adapter + prefix + BitFit): Houlsby adapters on every block, 10 prefix tokens
+    // on every layer, and the biases of block 1 (encoder and decoder alike; T5's zero-initialised
+    // added ones). Components in order BitFit, adapter, prefix; the prefix is random at init.
+    v.push_back({m, "s4", none, false, [houlsby](const Sizes& s) {
+                   const int64_t P = 10;
+                   const int64_t prefix = s.t5 ? 3 * P * std::max(s.L, s.Ld) * 2 * s.inner : P * s.L * 2 * s.H;
+                   const int64_t attn = 3 * s.inner + s.H, ffn = (s.gated ? 2 : 1) * s.F + s.H;
+                   const int64_t bitfit = s.t5 ? (attn + ffn) + (2 * attn + ffn) : 7 * s.H + s.F;
+                   return houlsby(s) + prefix + bitfit;
+                 },
+                 "components.2.prompt_embeddings", 10});
     // UniPELT: gated LoRA (r = 8; gate W_g [1, in] + b) on q, v; a gated Pfeiffer adapter (gate
     // [1, H] + b); 10 prefix tokens.
     v.push_back({m, "unipelt", none, false, [qv, pfeiffer](const Sizes& s) {

@@ -1,6 +1,7 @@
 // Hybrid and unified methods (issue 5): COMPOSITE (components under one adapter name, S4 layer
-// groups), UniPELT (gated LoRA + gated adapter + prefix), ProPETL (a shared prototype LoRA with
-// per-layer binary masks) and AdaMix (a mixture of adapter copies). Properties per case:
+// groups), UniPELT (gated LoRA + gated adapter + prefix), ProPETL (a shared prototype LoRA or
+// bottleneck adapter with per-layer binary masks) and AdaMix (a mixture of adapter copies, and its
+// export as the averaged bottleneck adapter). Properties per case:
 // identity at init where promised, closed-form trainable count, merge == unmerged where
 // mergeable (else a clear error), save -> load bit-exact, float64 finite-difference gradients.
 #include <gtest/gtest.h>
