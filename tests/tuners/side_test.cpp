@@ -310,14 +310,6 @@ class RoleToy : public PretrainedModel {
   std::string layers_pattern() const override { return "layers"; }
   std::map<std::string, std::string> roles() const override { return r; }
 };
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 }  // namespace
 
 TEST(LstErrors, ClearMessages) {

@@ -130,6 +130,29 @@ inline std::string expect_save_load_bit_exact(PeftModel& pm, const std::string& 
   return dir;
 }
 
+/// The text of the peft::Error `f` throws, or "no error".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+/// The adapter_model.safetensors of folders `theirs` and `ours` hold the same keys and the same
+/// tensors, bit for bit.
+inline void expect_same_saved_tensors(const std::string& theirs_dir, const std::string& ours_dir) {
+  auto theirs = load_safetensors(theirs_dir + "/adapter_model.safetensors");
+  auto ours = load_safetensors(ours_dir + "/adapter_model.safetensors");
+  std::vector<std::string> k1, k2;
+  for (auto& kv : theirs) k1.push_back(kv.first);
+  for (auto& kv : ours) k2.push_back(kv.first);
+  EXPECT_EQ(k1, k2);
+  for (auto& kv : theirs)
+    if (ours.count(kv.first)) EXPECT_TRUE(torch::equal(kv.second, ours.at(kv.first))) << kv.first;
+}
+
 /// Every base weight of pm's model (state-dict keys without the wrappers' ".base_layer") is
 /// within 1e-6 of `base`, e.g. after merge() + unmerge().
 inline void expect_base_weights_restored(const PeftModel& pm, const TensorMap& base) {
@@ -166,14 +189,7 @@ inline std::string expect_matches_peft_fixture(PeftModel& pm, const TensorMap& b
 
   auto tmp = temp_dir(tag);
   pm.save_adapter(tmp);
-  auto theirs = load_safetensors(dir + "/adapter_model.safetensors");
-  auto ours = load_safetensors(tmp + "/adapter_model.safetensors");
-  std::vector<std::string> k1, k2;
-  for (auto& kv : theirs) k1.push_back(kv.first);
-  for (auto& kv : ours) k2.push_back(kv.first);
-  EXPECT_EQ(k1, k2);
-  for (auto& kv : theirs)
-    if (ours.count(kv.first)) EXPECT_TRUE(torch::equal(kv.second, ours.at(kv.first))) << kv.first;
+  expect_same_saved_tensors(dir, tmp);
   auto keys = [](const nlohmann::json& j) {
     std::vector<std::string> k;
     for (auto& kv : j.items()) k.push_back(kv.key());

@@ -21,14 +21,6 @@ namespace {
 ModelInput llama_input() { return fixture_input("llama"); }
 PeftModelPtr llama(torch::Dtype dt = torch::kFloat32) { return fixture_peft_model("llama", dt); }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
 
 // llama fixture: hidden 64, FFN 128, 2 layers, 2 kv heads of 16 (v_proj 64 -> 32).
 // LoRA rank r on q_proj (64 -> 64) and v_proj (64 -> 32): r (64 + 64) + r (64 + 32).
