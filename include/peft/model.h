@@ -36,6 +36,8 @@ TaskType task_type_from_name(const std::string& s);
 struct KVCache {
   std::vector<torch::Tensor> k, v;              // self-attention, one entry per layer (undefined = empty)
   std::vector<torch::Tensor> cross_k, cross_v;  // encoder-decoder cross-attention (computed once)
+  // PrefixGate token scores of the cached tokens [B, past], per layer: self and cross attention.
+  std::vector<torch::Tensor> gate_scores, cross_gate_scores;
   int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
 };
 
@@ -49,6 +51,19 @@ struct AttentionPrefix {
   std::vector<torch::Tensor> cross_k, cross_v;      // decoder cross-attention
 };
 
+/// A learned gate on the prefix (UniPELT, Mao et al. 2022, sec. 3.2: P_k, P_v scaled by
+/// G_P = sigmoid(W_GP x + b) from the layer input x; the authors' code averages G_P over the
+/// sequence). An attention layer with a prefix calls scores(site, layer, x) on its input
+/// x [B, T, H] for token scores s [B, T] in (0, 1); query i reads the prefix keys and values
+/// scaled by g_i = the mean of s over the input tokens query i attends to: every unpadded token
+/// in an encoder (the authors' per-sequence gate), tokens up to i in a causal decoder (no later
+/// token reaches query i through the gate). See prefix_gate_of_queries().
+struct PrefixGate {
+  enum Site { kSelf = 0, kCross = 1, kEncoder = 2 };  // T5: decoder self, cross, encoder self
+  int64_t prefix_length = 0;  // KV-cache prefixes: the first prefix_length cached keys
+  std::function<torch::Tensor(int site, int64_t layer, const torch::Tensor& x)> scores;
+};
+
 struct ModelInput {
   torch::Tensor input_ids;       // [B, T] int64; may be undefined when inputs_embeds is given
   torch::Tensor inputs_embeds;   // [B, T, H] (prompt tuning prepends virtual tokens here)
@@ -60,6 +75,7 @@ struct ModelInput {
   torch::Tensor labels;          // CausalLM: [B, T] (shifted inside, -100 ignored); SeqCls: [B]
   KVCache* cache = nullptr;      // read and extended in place when non-null
   std::shared_ptr<const AttentionPrefix> prefix;  // models that take prefixes this way (T5)
+  std::shared_ptr<const PrefixGate> prefix_gate;  // gates the prefix (KV cache or AttentionPrefix)
   bool output_hidden_states = false;
 };
 
@@ -153,6 +169,29 @@ torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& l
 /// causal over the last Tq keys when `causal` (queries sit at the end of the keys).
 torch::Tensor attention_bias(const torch::Tensor& mask, int64_t batch, int64_t tq, int64_t tk, bool causal,
                              torch::Dtype dtype, torch::Device device);
+
+/// The per-query prefix gate g [B, 1, T, 1] of one attention layer (see PrefixGate):
+/// s [B, T] the scores of the current tokens; visible [B, 1, T, K] true where query i attends
+/// input token k (the `cached` ones first, then the current T); cached [B, past] the scores of
+/// earlier tokens, extended in place with s (null: none). Queries that see no token get g = 0.
+torch::Tensor prefix_gate_of_queries(const torch::Tensor& s, const torch::Tensor& visible, torch::Tensor* cached);
+/// Scales the first P key columns of attention scores or probabilities [B, h, T, K] by g
+/// [B, 1, T, 1]: gating scores and probabilities equals scaling the prefix keys and values.
+torch::Tensor gate_prefix_columns(const torch::Tensor& t, const torch::Tensor& g, int64_t P);
+/// One attention layer's gate: its first P keys are the prefix; of(x) gives g [B, 1, T, 1] from
+/// the attention input x. Empty (no `of`) when the input has no PrefixGate.
+struct LayerPrefixGate {
+  int64_t P = 0;
+  std::function<torch::Tensor(const torch::Tensor& x)> of;
+};
+/// The gate of layer `layer` at `site` (visible, cached: as prefix_gate_of_queries; `cached`
+/// must outlive the forward). Empty when gate is null.
+LayerPrefixGate layer_prefix_gate(const PrefixGate* gate, int site, int64_t layer, int64_t P, const torch::Tensor& visible,
+                                  torch::Tensor* cached);
+/// Models whose prefix is the start of the KV cache (Llama, GPT-2, BERT): the gates of their n
+/// self-attention layers, given the additive mask `bias` [B, 1, T, past + T] (the first
+/// gate->prefix_length keys are the prefix). n empty gates when gate is null.
+std::vector<LayerPrefixGate> kv_prefix_gates(const PrefixGate* gate, int64_t n, const torch::Tensor& bias, KVCache* cache);
 
 }  // namespace peft
 

@@ -111,8 +111,9 @@ class BertSelfAttention : public Module {
   }
   // x [B, T, H]; bias [B, 1, T, past + T]; k_cache/v_cache (prefix) prepended and extended in place.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* k_cache,
-                        torch::Tensor* v_cache) {
+                        torch::Tensor* v_cache, const LayerPrefixGate& gate) {
     const int64_t B = x.size(0), T = x.size(1);
+    auto g = gate.of ? gate.of(x) : torch::Tensor();  // UniPELT's prefix gate [B, 1, T, 1]
     auto q = query->forward(x).view({B, T, c.n_heads, c.head_dim}).transpose(1, 2);
     auto k = key->forward(x).view({B, T, c.n_heads, c.head_dim}).transpose(1, 2);
     auto v = value->forward(x).view({B, T, c.n_heads, c.head_dim}).transpose(1, 2);
@@ -125,8 +126,10 @@ class BertSelfAttention : public Module {
       *v_cache = v;
     }
     auto scores = torch::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(c.head_dim));
+    if (g.defined()) scores = gate_prefix_columns(scores, g, gate.P);
     scores = scores + bias;
     auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(q.scalar_type());
+    if (g.defined()) probs = gate_prefix_columns(probs, g, gate.P);
     return torch::matmul(probs, v).transpose(1, 2).reshape({B, T, c.hidden});
   }
 };
@@ -195,8 +198,9 @@ class BertLayer : public Module {
     output = register_module("output", std::make_shared<BertOutput>(c, c.intermediate));
     register_slot("mlp", mlp, std::make_shared<BertFeedForward>(&intermediate, output.get()));
   }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc) {
-    auto a = attention->output->forward(attention->self_->forward(x, bias, kc, vc), x);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc,
+                        const LayerPrefixGate& gate) {
+    auto a = attention->output->forward(attention->self_->forward(x, bias, kc, vc, gate), x);
     return output->LayerNorm_->forward(mlp->forward(a) + a);  // = output->forward(intermediate(a), a)
   }
 };
@@ -269,9 +273,11 @@ struct BertCore {
     auto x = embeddings->forward(in, past);
     const int64_t B = x.size(0), T = x.size(1);
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/false, x.scalar_type(), x.device());
+    auto gates = kv_prefix_gates(in.prefix_gate.get(), c->n_layers, bias, cache);
     if (hs) hs->push_back(x);
     for (int64_t i = 0; i < c->n_layers; ++i) {
-      x = encoder->blocks[i]->forward(x, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+      x = encoder->blocks[i]->forward(x, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr,
+                                      gates[i]);
       if (hs) hs->push_back(x);
     }
     return x;

@@ -61,8 +61,9 @@ class GPT2Attention : public Module {
 
   // x [B, T, H]; bias [B, 1, T, past + T] (causal + padding); caches extended in place.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* k_cache,
-                        torch::Tensor* v_cache) {
+                        torch::Tensor* v_cache, const LayerPrefixGate& gate) {
     const int64_t B = x.size(0), T = x.size(1);
+    auto g = gate.of ? gate.of(x) : torch::Tensor();  // UniPELT's prefix gate [B, 1, T, 1]
     auto qkv = c_attn->forward(x).split(c.hidden, 2);
     auto heads = [&](const torch::Tensor& t) { return t.reshape({B, T, c.n_heads, c.head_dim}).transpose(1, 2); };
     auto q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
@@ -79,8 +80,10 @@ class GPT2Attention : public Module {
     auto scores = torch::matmul(q, k.transpose(2, 3));
     if (c.scale_attn) scores = scores / std::sqrt(static_cast<double>(c.head_dim));
     if (c.scale_by_layer) scores = scores / static_cast<double>(layer_idx + 1);
+    if (g.defined()) scores = gate_prefix_columns(scores, g, gate.P);
     scores = scores + bias;
     auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(q.scalar_type());
+    if (g.defined()) probs = gate_prefix_columns(probs, g, gate.P);
     auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, c.hidden});
     return c_proj->forward(out);
   }
@@ -109,8 +112,9 @@ class GPT2Block : public Module {
     register_slot("ln_2", ln_2, std::make_shared<LayerNorm>(c.hidden, c.eps));
     register_slot("mlp", mlp, std::make_shared<GPT2MLP>(c));
   }
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc) {
-    auto h = x + attn->forward(ln_1->forward(x), bias, kc, vc);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc,
+                        const LayerPrefixGate& gate) {
+    auto h = x + attn->forward(ln_1->forward(x), bias, kc, vc, gate);
     return h + mlp->forward(ln_2->forward(h));
   }
 };
@@ -163,9 +167,10 @@ class GPT2Model : public Module {
     x = x + wpe->forward(pos).to(x.scalar_type());
     if (in.token_type_ids.defined()) x = x + wte->forward(in.token_type_ids.to(dev));  // as GPT2Model
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
+    auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
-      x = blocks[i]->forward(x, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+      x = blocks[i]->forward(x, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr, gates[i]);
     }
     x = ln_f->forward(x);
     if (hs) hs->push_back(x);

@@ -95,8 +95,10 @@ class LlamaAttention : public Module {
 
   // x [B, T, H]; cos/sin [B, T, hd]; bias [B, 1, T, past + T]; k_cache/v_cache extended in place.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& bias, torch::Tensor* k_cache, torch::Tensor* v_cache) {
+                        const torch::Tensor& bias, torch::Tensor* k_cache, torch::Tensor* v_cache,
+                        const LayerPrefixGate& gate) {
     const int64_t B = x.size(0), T = x.size(1);
+    auto g = gate.of ? gate.of(x) : torch::Tensor();  // UniPELT's prefix gate [B, 1, T, 1]
     auto q = q_proj->forward(x).view({B, T, c.n_heads, c.head_dim}).transpose(1, 2);
     auto k = k_proj->forward(x).view({B, T, c.n_kv, c.head_dim}).transpose(1, 2);
     auto v = v_proj->forward(x).view({B, T, c.n_kv, c.head_dim}).transpose(1, 2);
@@ -118,8 +120,10 @@ class LlamaAttention : public Module {
       v = v.unsqueeze(2).expand({B, c.n_kv, rep, L, c.head_dim}).reshape({B, c.n_heads, L, c.head_dim});
     }
     auto scores = torch::matmul(q, k.transpose(2, 3)) / std::sqrt(static_cast<double>(c.head_dim));
+    if (g.defined()) scores = gate_prefix_columns(scores, g, gate.P);
     scores = scores + bias;
     auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(q.scalar_type());
+    if (g.defined()) probs = gate_prefix_columns(probs, g, gate.P);
     auto out = torch::matmul(probs, v).transpose(1, 2).reshape({B, T, c.n_heads * c.head_dim});
     return o_proj->forward(out);
   }
@@ -152,8 +156,8 @@ class LlamaDecoderLayer : public Module {
     register_slot("post_attention_layernorm", post_attention_layernorm, std::make_shared<RMSNorm>(c.hidden, c.eps));
   }
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc) {
-    auto h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, bias, kc, vc);
+                        const torch::Tensor& bias, torch::Tensor* kc, torch::Tensor* vc, const LayerPrefixGate& gate) {
+    auto h = x + self_attn->forward(input_layernorm->forward(x), cos, sin, bias, kc, vc, gate);
     return h + mlp->forward(post_attention_layernorm->forward(h));
   }
 };
@@ -195,9 +199,11 @@ class LlamaModel : public Module {
     auto emb = torch::cat({freqs, freqs}, -1);
     auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
+    auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
-      x = blocks[i]->forward(x, cos, sin, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+      x = blocks[i]->forward(x, cos, sin, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr,
+                             gates[i]);
     }
     x = norm->forward(x);
     if (hs) hs->push_back(x);

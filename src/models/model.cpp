@@ -250,4 +250,44 @@ torch::Tensor attention_bias(const torch::Tensor& mask, int64_t B, int64_t tq, i
   return torch::where(allowed, zero, neg);
 }
 
+torch::Tensor prefix_gate_of_queries(const torch::Tensor& s, const torch::Tensor& visible, torch::Tensor* cached) {
+  torch::Tensor all = s;
+  if (cached) {
+    if (cached->defined()) all = torch::cat({cached->to(s.scalar_type()), s}, 1);
+    *cached = all;
+  }
+  PEFT_CHECK(visible.dim() == 4 && visible.size(-1) == all.size(1), "prefix gate: the attention sees ", visible.size(-1),
+             " input tokens but has scores for ", all.size(1));
+  auto seen = visible.to(s.scalar_type());
+  auto sum = (seen * all.view({all.size(0), 1, 1, all.size(1)})).sum(-1, true);
+  return sum / seen.sum(-1, true).clamp_min(1.0);
+}
+
+torch::Tensor gate_prefix_columns(const torch::Tensor& t, const torch::Tensor& g, int64_t P) {
+  const int64_t K = t.size(-1);
+  return torch::cat({t.narrow(-1, 0, P) * g.to(t.scalar_type()), t.narrow(-1, P, K - P)}, -1);
+}
+
+LayerPrefixGate layer_prefix_gate(const PrefixGate* gate, int site, int64_t layer, int64_t P, const torch::Tensor& visible,
+                                  torch::Tensor* cached) {
+  if (!gate) return {};
+  PEFT_CHECK(gate->scores, "prefix gate: no score function");
+  PEFT_CHECK(P > 0, "prefix gate: the attention layer has no prefix to gate (layer ", layer, ")");
+  return {P, [gate, site, layer, visible, cached](const torch::Tensor& x) {
+            return prefix_gate_of_queries(gate->scores(site, layer, x), visible, cached);
+          }};
+}
+
+std::vector<LayerPrefixGate> kv_prefix_gates(const PrefixGate* gate, int64_t n, const torch::Tensor& bias, KVCache* cache) {
+  std::vector<LayerPrefixGate> gates(n);
+  if (!gate) return gates;
+  const int64_t P = gate->prefix_length, K = bias.size(-1), T = bias.size(-2);
+  PEFT_CHECK(P > 0 && K - T >= P, "prefix gate: the KV cache holds ", K - T, " keys, fewer than the prefix's ", P);
+  auto visible = bias.narrow(-1, P, K - P) == 0;  // input tokens each query attends (not masked)
+  if (cache) cache->gate_scores.resize(n);
+  for (int64_t l = 0; l < n; ++l)
+    gates[l] = layer_prefix_gate(gate, PrefixGate::kSelf, l, P, visible, cache ? &cache->gate_scores[l] : nullptr);
+  return gates;
+}
+
 }  // namespace peft

@@ -114,11 +114,13 @@ class T5Attention : public Module {
   // Self-attention: kv = x, caches extended in place. Cross-attention (kv_states defined):
   // keys/values of the encoder output, reused from the caches when they cover it.
   // bias [B or 1, H, Tq, Tk] = position bias + mask.
-  // prefix_k/v [B, H, P, d] (prefix tuning) go before the keys/values and are not cached.
+  // prefix_k/v [B, H, P, d] (prefix tuning) go before the keys/values and are not cached;
+  // `gate` scales them per query (UniPELT).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& kv_states, const torch::Tensor& bias,
                         torch::Tensor* k_cache, torch::Tensor* v_cache, const torch::Tensor& prefix_k = {},
-                        const torch::Tensor& prefix_v = {}) {
+                        const torch::Tensor& prefix_v = {}, const LayerPrefixGate& gate = {}) {
     const int64_t B = x.size(0), T = x.size(1);
+    auto g = gate.of ? gate.of(x) : torch::Tensor();  // [B, 1, T, 1]
     auto qh = split(q->forward(x));
     torch::Tensor kh, vh;
     if (!kv_states.defined()) {
@@ -148,8 +150,11 @@ class T5Attention : public Module {
       kh = torch::cat({prefix_k.to(kh.scalar_type()), kh}, 2);
       vh = torch::cat({prefix_v.to(vh.scalar_type()), vh}, 2);
     }
-    auto scores = torch::matmul(qh, kh.transpose(2, 3)) + bias;  // T5 does not scale by 1/sqrt(d)
+    auto scores = torch::matmul(qh, kh.transpose(2, 3));  // T5 does not scale by 1/sqrt(d)
+    if (g.defined()) scores = gate_prefix_columns(scores, g, gate.P);
+    scores = scores + bias;
     auto probs = torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(scores.scalar_type());
+    if (g.defined()) probs = gate_prefix_columns(probs, g, gate.P);
     return o->forward(torch::matmul(probs, vh).transpose(1, 2).reshape({B, T, c.n_heads * c.d_kv}));
   }
 };
@@ -164,8 +169,9 @@ class T5LayerAttention : public Module {
     register_slot("layer_norm", layer_norm, std::make_shared<RMSNorm>(c.d_model, c.eps));
   }
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& kv_states, const torch::Tensor& bias,
-                        torch::Tensor* kc, torch::Tensor* vc, const torch::Tensor& pk = {}, const torch::Tensor& pv = {}) {
-    return x + attn->forward(layer_norm->forward(x), kv_states, bias, kc, vc, pk, pv);
+                        torch::Tensor* kc, torch::Tensor* vc, const torch::Tensor& pk = {}, const torch::Tensor& pv = {},
+                        const LayerPrefixGate& gate = {}) {
+    return x + attn->forward(layer_norm->forward(x), kv_states, bias, kc, vc, pk, pv, gate);
   }
 };
 
@@ -241,7 +247,8 @@ class T5Stack : public Module {
   // ids or embeds [B, T(, H)]; mask [B, past + T]; decoder: enc [B, S, H], enc_mask [B, S].
   torch::Tensor forward(const torch::Tensor& ids, const torch::Tensor& embeds, const torch::Tensor& mask,
                         const torch::Tensor& enc, const torch::Tensor& enc_mask, KVCache* cache,
-                        std::vector<torch::Tensor>* hs, const AttentionPrefix* prefix = nullptr) {
+                        std::vector<torch::Tensor>* hs, const AttentionPrefix* prefix = nullptr,
+                        const PrefixGate* gate = nullptr) {
     torch::Tensor x = embeds.defined() ? embeds : embed_tokens->forward(ids);
     const int64_t B = x.size(0), T = x.size(1), n = (int64_t)blocks.size();
     auto dev = x.device();
@@ -263,8 +270,20 @@ class T5Stack : public Module {
     auto with_ones = [&](const torch::Tensor& m, int64_t p) {
       return !m.defined() || p == 0 ? m : torch::cat({torch::ones({B, p}, m.options()), m}, 1);
     };
-    auto self_bias = blocks[0]->self_attn->attn->compute_bias(P + past, T, P + past + T, dev).to(dt) +
-                     attention_bias(with_ones(mask, P), B, T, P + past + T, /*causal=*/decoder, dt, dev);
+    auto self_mask = attention_bias(with_ones(mask, P), B, T, P + past + T, /*causal=*/decoder, dt, dev);
+    auto self_bias = blocks[0]->self_attn->attn->compute_bias(P + past, T, P + past + T, dev).to(dt) + self_mask;
+    // UniPELT's prefix gate: g_i averages over the stack's own tokens that query i attends.
+    torch::Tensor visible;
+    if (gate) {
+      visible = self_mask.narrow(-1, P, past + T) == 0;
+      if (cache) {
+        cache->gate_scores.resize(n);
+        cache->cross_gate_scores.resize(n);
+      }
+    }
+    auto gate_of = [&](int site, int64_t i, int64_t p, std::vector<torch::Tensor>* cached) {
+      return layer_prefix_gate(gate, site, i, p, visible, cache && cached ? &(*cached)[i] : nullptr);
+    };
     torch::Tensor cross_bias;
     if (decoder) {
       PEFT_CHECK(enc.defined(), "T5 decoder: encoder hidden states required");
@@ -276,10 +295,13 @@ class T5Stack : public Module {
       if (hs) hs->push_back(x);
       auto& b = *blocks[i];
       x = b.self_attn->forward(x, torch::Tensor(), self_bias, cache ? &cache->k[i] : nullptr,
-                               cache ? &cache->v[i] : nullptr, at(pk, i), at(pv, i));
+                               cache ? &cache->v[i] : nullptr, at(pk, i), at(pv, i),
+                               gate_of(decoder ? PrefixGate::kSelf : PrefixGate::kEncoder, i, P,
+                                       cache ? &cache->gate_scores : nullptr));
       if (decoder)
         x = b.cross_attn->forward(x, enc, cross_bias, cache ? &cache->cross_k[i] : nullptr,
-                                  cache ? &cache->cross_v[i] : nullptr, at(ck, i), at(cv, i));
+                                  cache ? &cache->cross_v[i] : nullptr, at(ck, i), at(cv, i),
+                                  gate_of(PrefixGate::kCross, i, Pc, cache ? &cache->cross_gate_scores : nullptr));
       x = b.ff->forward(x);
     }
     x = final_layer_norm->forward(x);
@@ -315,7 +337,8 @@ class T5ForConditionalGeneration : public PretrainedModel {
     if (!enc.defined()) {
       PEFT_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "T5 forward: input_ids or inputs_embeds required");
       enc = encoder->forward(in.input_ids, in.inputs_embeds, in.attention_mask, {}, {}, nullptr,
-                             in.output_hidden_states ? &out.encoder_hidden_states : nullptr, in.prefix.get());
+                             in.output_hidden_states ? &out.encoder_hidden_states : nullptr, in.prefix.get(),
+                             in.prefix_gate.get());
     }
     out.encoder_last_hidden_state = enc;
     torch::Tensor dec_ids = in.decoder_input_ids;
@@ -324,7 +347,8 @@ class T5ForConditionalGeneration : public PretrainedModel {
       dec_ids = shift_right(in.labels);
     }
     auto h = decoder->forward(dec_ids, in.decoder_inputs_embeds, in.decoder_attention_mask, enc, in.attention_mask,
-                              in.cache, in.output_hidden_states ? &out.hidden_states : nullptr, in.prefix.get());
+                              in.cache, in.output_hidden_states ? &out.hidden_states : nullptr, in.prefix.get(),
+                              in.prefix_gate.get());
     if (c.tie) {
       h = h * std::pow(static_cast<double>(c.d_model), -0.5);
       out.logits = torch::matmul(h, shared->weight.t());

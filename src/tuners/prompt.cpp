@@ -28,6 +28,12 @@
 // [P, num_layers * 2 * token_dim] with num_layers the larger stack. The model receives them as
 // ModelInput::prefix (positions 0 .. P-1, never cached). Python peft refuses such a file
 // (its shape differs), it does not misread it.
+// Prefix gate (ours, `"prefix_gate": true`, UniPELT: Mao et al. 2022, sec. 3.2): a gate
+// G = sigmoid(W x + b) per attention layer, x the attention's input, that scales what each query
+// reads from the prefix keys and values (PrefixGate in include/peft/model.h defines the
+// per-query average). Saved as `prefix_gate.weight` [R, hidden] and `prefix_gate.bias` [R], one
+// row per attention layer: R = num_layers, or 3 * num_layers for encoder-decoders in the order
+// of the prefix rows (decoder self-attention, cross-attention, encoder). nn.Linear's init.
 #include <torch/torch.h>
 
 #include "peft/error.h"
@@ -67,6 +73,18 @@ class PromptLearning : public InputAdapter {
       init = model.embed_tokens(t.unsqueeze(0)).squeeze(0).detach().to(torch::kFloat32).clone();
     }
     embedding = register_parameter("embedding", init);
+    if (kind == Kind::Prefix && c.value("prefix_gate", false)) {
+      const int64_t H = model.dims().hidden_size, rows = subm_ * layers_;
+      gate_w_ = register_parameter("prefix_gate_weight", kaiming_uniform({rows, H}, H));
+      gate_b_ = register_parameter("prefix_gate_bias", kaiming_uniform({rows}, H));
+      gate_ = std::make_shared<PrefixGate>();
+      gate_->prefix_length = P_;
+      gate_->scores = [this](int site, int64_t layer, const torch::Tensor& x) {
+        const int64_t row = (encdec_ ? site : 0) * layers_ + layer;
+        auto w = gate_w_[row].to(x.scalar_type()), b = gate_b_[row].to(x.scalar_type());
+        return torch::sigmoid(torch::matmul(x, w) + b);  // [B, T]
+      };
+    }
     if (encoder) {
       int64_t h = c["encoder_hidden_size"].get<int64_t>();
       if (kind == Kind::Prefix) {
@@ -98,6 +116,7 @@ class PromptLearning : public InputAdapter {
   }
 
   void apply(PretrainedModel& model, ModelInput& in, KVCache& storage) override {
+    if (gate_) in.prefix_gate = gate_;
     if (kind_ == Kind::Prefix && encdec_) return apply_attention_prefix(in);
     if (encdec_ && in.encoder_hidden_states.defined()) {  // the encoder (virtual tokens included) already ran
       const auto& m = in.attention_mask;
@@ -164,7 +183,12 @@ class PromptLearning : public InputAdapter {
   TensorMap saved_tensors() const override {
     torch::NoGradGuard ng;
     auto* self = const_cast<PromptLearning*>(this);
-    return {{"prompt_embeddings", self->prompts().detach().clone()}};
+    TensorMap t{{"prompt_embeddings", self->prompts().detach().clone()}};
+    if (gate_) {
+      t["prefix_gate.weight"] = gate_w_.detach().clone();
+      t["prefix_gate.bias"] = gate_b_.detach().clone();
+    }
+    return t;
   }
 
   void load_saved(const TensorMap& t, const std::string& source) override {
@@ -182,6 +206,18 @@ class PromptLearning : public InputAdapter {
       lstm_ = nullptr;
     }
     embedding.set_data(it->second.to(embedding.device(), embedding.scalar_type()).clone());
+    for (auto [key, param] : {std::pair<const char*, torch::Tensor*>{"prefix_gate.weight", &gate_w_},
+                              std::pair<const char*, torch::Tensor*>{"prefix_gate.bias", &gate_b_}}) {
+      auto g = t.find(key);
+      if (!gate_) {
+        PEFT_CHECK(g == t.end(), source, ": tensor '", key, "' but the config has no \"prefix_gate\": true");
+        continue;
+      }
+      PEFT_CHECK(g != t.end(), source, ": tensor '", key, "' is missing (the config has \"prefix_gate\": true)");
+      PEFT_CHECK(g->second.sizes() == param->sizes(), source, ": tensor '", key, "' has shape ", g->second.sizes(),
+                 " but the model needs ", param->sizes());
+      param->set_data(g->second.to(param->device(), param->scalar_type()).clone());
+    }
   }
 
   std::string method() const override {
@@ -197,6 +233,8 @@ class PromptLearning : public InputAdapter {
   bool encdec_ = false;
   torch::nn::Sequential mlp_{nullptr};
   torch::nn::LSTM lstm_{nullptr};
+  torch::Tensor gate_w_, gate_b_;  // prefix gate (defined when "prefix_gate": true)
+  std::shared_ptr<PrefixGate> gate_;
 };
 
 class PromptLearningTuner : public Tuner {
@@ -231,6 +269,7 @@ class PromptLearningTuner : public Tuner {
   }
   std::vector<std::string> extension_keys() const override {
     if (kind_ == Kind::Prompt) return {"prompt_tuning_init_token_ids"};
+    if (kind_ == Kind::Prefix) return {"prefix_gate"};
     return {};
   }
   void validate(const nlohmann::json& c) const override {
@@ -248,6 +287,9 @@ class PromptLearningTuner : public Tuner {
     } else {
       pos("encoder_hidden_size", true);
     }
+    if (kind_ == Kind::Prefix && c.contains("prefix_gate"))
+      PEFT_CHECK(c["prefix_gate"].is_boolean(), "adapter config: field 'prefix_gate' must be true or false, got ",
+                 c["prefix_gate"].dump());
     if (kind_ == Kind::PTuning) {
       auto t = c["encoder_reparameterization_type"];
       PEFT_CHECK(t == "MLP" || t == "LSTM", "adapter config: field 'encoder_reparameterization_type' must be MLP or LSTM, got ",

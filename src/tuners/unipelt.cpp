@@ -5,13 +5,11 @@
 //   adapter h = h_F + G_A · W_up f(W_down h_F),  G_A = sigmoid(W_GA h_F + b) (after the FFN, Pfeiffer)
 //   prefix  P_k, P_v scaled by G_P = sigmoid(W_GP x + b)                     (l = 10 virtual tokens)
 // A COMPOSITE preset (src/tuners/composite.cpp) of gated LoRA (lora_gate), a gated sequential
-// adapter (adapter_gate) and prefix tuning. Deviation: the prefix gate G_P is skipped (the
-// prefix enters ungated): our prefix is a pre-filled KV cache computed before the base forward,
-// where no layer input exists to gate it with. A per-example gate computed there from the whole
-// input would let every position of a causal LM see later tokens through the gate; a per-query
-// gate needs the attention's internals, which a model-agnostic tuner does not reach (the paper's
-// code patches BERT's self-attention). Not an identity at init: the prefix is random
-// (as in the paper); the LoRA (B = 0) and adapter (W_up = 0) parts start at zero.
+// adapter (adapter_gate) and gated prefix tuning (prefix_gate, src/tuners/prompt.cpp). The
+// authors' code gates BERT's prefix by the mean of G_P over the sequence; our gate averages over
+// the tokens each query attends (PrefixGate, include/peft/model.h): the same on encoders, and in
+// a causal LM no later token reaches a query through the gate. Not an identity at init: the
+// prefix is random (as in the paper); the LoRA (B = 0) and adapter (W_up = 0) parts start at zero.
 #include "peft/tuner.h"
 
 namespace peft {
@@ -21,7 +19,7 @@ PEFT_REGISTER_METHOD("unipelt", {{"peft_type", "COMPOSITE"},
                                  {"components",
                                   {{{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"lora_gate", true}},
                                    {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}, {"adapter_gate", true}},
-                                   {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}}}}});
+                                   {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}, {"prefix_gate", true}}}}});
 
 }  // namespace
 }  // namespace peft

@@ -136,10 +136,16 @@ TEST_P(EncoderFamilies, IdentityCountSaveLoadMerge) {
     EXPECT_GT(max_diff(init, base), 1e-5);
     auto sd = pm->adapter_state_dict("default");
     ASSERT_TRUE(sd.count(c.identity)) << c.identity;
+    // UniPELT's prefix is gated: the reference is gated prefix tuning with the same gate.
+    const auto ns = c.identity.substr(0, c.identity.size() - std::string("prompt_embeddings").size());
+    const bool gate = sd.count(ns + "prefix_gate.weight") > 0;
     auto prefix_only = fixture_peft_model(c.model);
-    prefix_only->add_adapter("default", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", c.prefix_tokens}});
+    prefix_only->add_adapter("default",
+                             {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", c.prefix_tokens}, {"prefix_gate", gate}});
     auto tensors = prefix_only->adapter_state_dict("default");  // with its copy of the head (SEQ_CLS)
     tensors["prompt_embeddings"] = sd.at(c.identity);
+    if (gate)
+      for (auto k : {"prefix_gate.weight", "prefix_gate.bias"}) tensors[k] = sd.at(ns + k);
     prefix_only->load_adapter_state_dict("default", tensors, "test");
     auto want = logits_of(*prefix_only, in);
     EXPECT_TRUE(torch::equal(init, want)) << max_diff(init, want);
@@ -310,11 +316,13 @@ std::vector<Case> cases() {
                  },
                  "components.2.prompt_embeddings", 10});
     // UniPELT: gated LoRA (r = 8; gate W_g [1, in] + b) on q, v; a gated Pfeiffer adapter (gate
-    // [1, H] + b); 10 prefix tokens.
+    // [1, H] + b); 10 prefix tokens with a gate [1, H] + b per attention layer (T5: 3 sites).
     v.push_back({m, "unipelt", none, false, [qv, pfeiffer](const Sizes& s) {
                    const int64_t P = 10;
                    const int64_t prefix = s.t5 ? 3 * P * std::max(s.L, s.Ld) * 2 * s.inner : P * s.L * 2 * s.H;
-                   return qv(s) * (8 * (s.H + s.inner) + s.H + 1) + pfeiffer(s) + ffn_sites(s) * (s.H + 1) + prefix;
+                   const int64_t prefix_gates = (s.t5 ? 3 * std::max(s.L, s.Ld) : s.L) * (s.H + 1);
+                   return qv(s) * (8 * (s.H + s.inner) + s.H + 1) + pfeiffer(s) + ffn_sites(s) * (s.H + 1) + prefix +
+                          prefix_gates;
                  },
                  "components.2.prompt_embeddings", 10});
 

@@ -76,8 +76,9 @@ std::vector<UnifiedCase> unified_cases() {
       // (q 64 + k 32 + v 32 + o 64 + gate 128 + up 128 + down 64).
       {"s4_uniform", method_spec("s4", {{"s4_grouping", "uniform"}}), 4 * kAdapter + lora_qv(8) + 10 * 2 * 2 * 32 + 512, false,
        "changes the model input"},
-      // UniPELT: gated LoRA r 8 (gate 64 + 1 per module), gated adapter (64 + 1), prefix of 10.
-      {"unipelt", method_spec("unipelt"), 2 * (lora_qv(8) + 2 * 65) + 2 * (kAdapter + 65) + 10 * 2 * 2 * 32, false,
+      // UniPELT: gated LoRA r 8 (gate 64 + 1 per module), gated adapter (64 + 1), prefix of 10
+      // with a gate (64 + 1) per layer.
+      {"unipelt", method_spec("unipelt"), 2 * (lora_qv(8) + 2 * 65) + 2 * (kAdapter + 65) + 10 * 2 * 2 * 32 + 2 * 65, false,
        "changes the model input"},
       // The gates alone: both gated parts start at zero (B = 0, W_up = 0).
       {"unipelt_gates",
