@@ -10,16 +10,27 @@
 // Export (`peft export`, src/tuners/export.h): the trained adapter is written as the plain
 // BOTTLENECK adapter it is at inference (sec. 3.4: the averaged weights, Pfeiffer placement on
 // the same modules, same non-linearity); it gives the AdaMix model's eval-mode logits bit for bit.
-// Deviation: the consistency regulariser of sec. 3.3 (two stochastic routings of the same batch,
-// a symmetric KL between their outputs added to the loss) is not implemented: it needs a second
-// forward of every batch and a loss on the model outputs, which the Tuner interface (per-layer
-// extra_loss of one forward) cannot express; it would be a Trainer special case for one method.
+// Consistency regulariser (sec. 3.3, "Consistency regularization"): while training with labels,
+// PeftModel::forward runs the model twice on the same batch (two independent routings A, B) and
+// returns
+//   loss = loss(A) + w * 1/2 (KL(p_B || p_A) + KL(p_A || p_B)),   w = consistency_weight,
+// the logits being A's. As in the official code (microsoft/AdaMix, `symmetric_KL_loss` in
+// RobertaForSequenceClassification and in the NLG GPT2LMModel): only the first routing's task
+// loss is kept, each KL's target distribution is a stop-gradient, and the KL is summed over the
+// classes / vocabulary and averaged over the examples (classification) or over the positions
+// the loss counts (language modelling). Default 1, the official GLUE setting (its GPT-2 NLG code
+// uses 100); 0 turns it off (one forward). Regression and multi-label heads have no softmax
+// distribution: no regulariser there.
 //
 // Format (ours, peft_type "ADAMIX", peft_cpp_format_version 1): per wrapped module <m>
 // (K = base_model.model.<m>, d = the module's output width, b the bottleneck):
 //   K.adamix_down.weight [M, b, d]  K.adamix_down.bias [M, b]
 //   K.adamix_up.weight   [M, d, b]  K.adamix_up.bias   [M, d]
+// adapter_config.json: num_experts (M), bottleneck_size / reduction_factor (b), non_linearity,
+// init_weights, consistency_weight (w above, a number >= 0), and the usual targeting fields.
 #include <torch/torch.h>
+
+#include <cmath>
 
 #include "peft/error.h"
 #include "peft/tuner.h"
@@ -73,11 +84,12 @@ class AdaMixTuner : public Tuner {
  public:
   std::string peft_type() const override { return "ADAMIX"; }
   nlohmann::json defaults() const override {
-    return {{"base_model_name_or_path", nullptr}, {"bottleneck_size", nullptr}, {"exclude_modules", nullptr},
-            {"inference_mode", false},            {"init_weights", true},       {"layers_pattern", nullptr},
-            {"layers_to_transform", nullptr},     {"modules_to_save", nullptr}, {"non_linearity", "relu"},
-            {"num_experts", 4},                   {"peft_cpp_format_version", 1}, {"peft_type", "ADAMIX"},
-            {"reduction_factor", 16},             {"target_modules", nullptr},  {"task_type", nullptr}};
+    return {{"base_model_name_or_path", nullptr}, {"bottleneck_size", nullptr},     {"consistency_weight", 1.0},
+            {"exclude_modules", nullptr},         {"inference_mode", false},        {"init_weights", true},
+            {"layers_pattern", nullptr},          {"layers_to_transform", nullptr}, {"modules_to_save", nullptr},
+            {"non_linearity", "relu"},            {"num_experts", 4},               {"peft_cpp_format_version", 1},
+            {"peft_type", "ADAMIX"},              {"reduction_factor", 16},         {"target_modules", nullptr},
+            {"task_type", nullptr}};
   }
   std::vector<std::string> default_roles() const override { return {"mlp.down"}; }
   void validate(const nlohmann::json& c) const override {
@@ -90,6 +102,9 @@ class AdaMixTuner : public Tuner {
     PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
                "adapter config: field 'bottleneck_size' must be a positive integer or null");
     PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true/false");
+    const auto& w = c["consistency_weight"];
+    PEFT_CHECK(w.is_number() && std::isfinite(w.get<double>()) && w.get<double>() >= 0,
+               "adapter config: field 'consistency_weight' must be a finite number >= 0, got ", w.dump());
     check_activation(c["non_linearity"].get<std::string>());
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
@@ -147,7 +162,7 @@ ExportedAdapter adamix_as_bottleneck(const nlohmann::json& c, const TensorMap& s
 }
 
 PEFT_REGISTER_TUNER(AdaMixTuner);
-PEFT_REGISTER_METHOD("adamix", {{"peft_type", "ADAMIX"}});
+PEFT_REGISTER_METHOD("adamix", {{"peft_type", "ADAMIX"}, {"consistency_weight", 1.0}});
 static const bool adamix_export_reg = register_adapter_exporter("ADAMIX", adamix_as_bottleneck);
 
 }  // namespace

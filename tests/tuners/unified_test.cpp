@@ -1,7 +1,8 @@
 // Hybrid and unified methods (issue 5): COMPOSITE (components under one adapter name, S4 layer
 // groups), UniPELT (gated LoRA + gated adapter + prefix), ProPETL (a shared prototype LoRA or
 // bottleneck adapter with per-layer binary masks) and AdaMix (a mixture of adapter copies, and its
-// export as the averaged bottleneck adapter). Properties per case:
+// export as the averaged bottleneck adapter; its consistency regulariser against two explicit
+// forwards). Properties per case:
 // identity at init where promised, closed-form trainable count, merge == unmerged where
 // mergeable (else a clear error), save -> load bit-exact, float64 finite-difference gradients.
 #include <gtest/gtest.h>
@@ -385,4 +386,263 @@ TEST(AdaMix, ExportsTheAveragedAdapterAsBottleneck) {
   lora->save_adapter(dir + "/lora");
   auto msg = error_of([&] { export_adapter_dir(dir + "/lora", dir + "/lora_out"); });
   EXPECT_NE(msg.find("peft_type 'LORA' has no separate inference form"), std::string::npos) << msg;
+}
+
+// ---- AdaMix's consistency regulariser (Wang et al. 2022, sec. 3.3) -----------------------------
+// References are built from two explicit forwards of the base model (the AdaMix layers inside it
+// draw their routing from torch's RNG, so reseeding reproduces both draws) and the formula
+//   loss(A) + w * 1/2 (KL(p_B || p_A) + KL(p_A || p_B))
+// averaged over the rows the loss counts.
+namespace {
+
+/// KL(p || q) + KL(q || p) per row, from plain softmax / log.
+torch::Tensor two_way_kl(const torch::Tensor& za, const torch::Tensor& zb) {
+  auto pa = torch::softmax(za, -1), pb = torch::softmax(zb, -1);
+  return (pa * (pa.log() - pb.log())).sum(-1) + (pb * (pb.log() - pa.log())).sum(-1);
+}
+
+struct TwoForwards {
+  ModelOutput a, b;
+};
+TwoForwards two_forwards(PeftModel& pm, const ModelInput& in, uint64_t seed) {
+  torch::manual_seed(seed);
+  TwoForwards f;
+  f.a = pm.model->forward(in);
+  f.b = pm.model->forward(in);
+  return f;
+}
+double loss_with_seed(PeftModel& pm, const ModelInput& in, uint64_t seed, torch::Tensor* logits = nullptr) {
+  torch::manual_seed(seed);
+  auto out = pm.forward(in);
+  if (logits) *logits = out.logits.detach();
+  return out.loss.item<double>();
+}
+
+/// Llama labels with some positions ignored: the first example's 3rd-5th tokens, the second's
+/// first two (the latter's first is never predicted anyway: causal shift).
+ModelInput masked_llama_input() {
+  auto in = llama_input();
+  in.labels.index_put_({0, torch::indexing::Slice(2, 5)}, -100);
+  in.labels.index_put_({1, torch::indexing::Slice(0, 2)}, -100);
+  return in;
+}
+
+}  // namespace
+
+TEST(AdaMixConsistency, CausalLmLossIsFirstLossPlusMaskedSymmetricKl) {
+  auto pm = llama();
+  const double w = 2.5;
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 3}, {"consistency_weight", w}}));
+  randomize(*pm, 0.3);
+  pm->train();
+  auto in = masked_llama_input();
+  torch::NoGradGuard ng;
+  auto f = two_forwards(*pm, in, 11);
+  ASSERT_FALSE(torch::equal(f.a.logits, f.b.logits)) << "the two routings should differ";
+  // Position t predicts token t + 1: it counts where labels[:, t + 1] != -100.
+  auto T = in.labels.size(1);
+  auto counted = (in.labels.slice(1, 1) != -100).to(torch::kFloat32);  // [B, T-1]
+  auto kl = two_way_kl(f.a.logits.slice(1, 0, T - 1), f.b.logits.slice(1, 0, T - 1));  // [B, T-1]
+  double masked = (0.5 * (kl * counted).sum() / counted.sum()).item<double>();
+  double everywhere = (0.5 * kl.mean()).item<double>();
+  ASSERT_GT(std::abs(masked - everywhere), 1e-4) << "the mask should matter for this test to mean anything";
+  double expected = f.a.loss.item<double>() + w * masked;
+  torch::Tensor logits;
+  double got = loss_with_seed(*pm, in, 11, &logits);
+  EXPECT_NEAR(got, expected, 1e-5 * std::abs(expected));
+  EXPECT_GT(got - f.a.loss.item<double>(), 1e-3);
+  EXPECT_TRUE(torch::equal(logits, f.a.logits));  // the first routing's logits
+}
+
+// Seq2seq (T5): labels are not shifted; the KL is averaged over the decoder positions counted.
+TEST(AdaMixConsistency, Seq2SeqKlOverLabelledDecoderPositions) {
+  auto pm = fixture_peft_model("t5");
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 3}, {"consistency_weight", 3.0}}));
+  randomize(*pm, 0.3);
+  pm->train();
+  auto in = fixture_input("t5");
+  in.labels.index_put_({0, torch::indexing::Slice(1, 3)}, -100);
+  torch::NoGradGuard ng;
+  auto f = two_forwards(*pm, in, 17);
+  auto counted = (in.labels != -100).to(torch::kFloat32);
+  auto kl = two_way_kl(f.a.logits, f.b.logits);  // [B, T_dec]
+  double masked = (0.5 * (kl * counted).sum() / counted.sum()).item<double>();
+  ASSERT_GT(std::abs(masked - 0.5 * kl.mean().item<double>()), 1e-5);
+  double expected = f.a.loss.item<double>() + 3.0 * masked;
+  EXPECT_NEAR(loss_with_seed(*pm, in, 17), expected, 1e-5 * expected);
+}
+
+TEST(AdaMixConsistency, SeqClsLossAveragesTheKlOverTheBatch) {
+  auto pm = fixture_peft_model("bert_cls");
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 4}}));  // the preset's weight, 1
+  EXPECT_EQ(pm->adapter("default").config["consistency_weight"], 1.0);
+  randomize(*pm, 0.5);
+  pm->train();  // BERT's dropout draws from the same RNG: reseeding reproduces it too
+  auto in = fixture_input("bert_cls");
+  torch::NoGradGuard ng;
+  auto f = two_forwards(*pm, in, 5);
+  ASSERT_EQ(f.a.logits.dim(), 2);
+  ASSERT_GT(f.a.logits.size(1), 1);
+  // Cross-entropy of A by hand, then the KL per example.
+  auto lpa = torch::log_softmax(f.a.logits, -1);
+  double ce = -lpa.gather(1, in.labels.view({-1, 1})).mean().item<double>();
+  EXPECT_NEAR(f.a.loss.item<double>(), ce, 1e-6);
+  double kl = 0;
+  for (int64_t i = 0; i < f.a.logits.size(0); ++i) kl += two_way_kl(f.a.logits[i], f.b.logits[i]).item<double>();
+  kl = 0.5 * kl / f.a.logits.size(0);
+  ASSERT_GT(kl, 1e-5);
+  EXPECT_NEAR(loss_with_seed(*pm, in, 5), ce + kl, 1e-5 * (ce + kl));
+}
+
+TEST(AdaMixConsistency, OffInEvalModeAndWithWeightZero) {
+  auto pm = llama();
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 3}}));
+  randomize(*pm, 0.3);
+  auto in = masked_llama_input();
+  torch::NoGradGuard ng;
+  // Eval: averaged weights, one deterministic forward, no regulariser.
+  EXPECT_EQ(pm->forward(in).loss.item<double>(), pm->model->forward(in).loss.item<double>());
+  pm->train();
+  double with = loss_with_seed(*pm, in, 3);
+  pm->mutable_config("default")["consistency_weight"] = 0.0;
+  double without = loss_with_seed(*pm, in, 3);
+  torch::manual_seed(3);
+  EXPECT_EQ(without, pm->model->forward(in).loss.item<double>());
+  EXPECT_GT(with - without, 1e-4);
+  // No labels: no loss and no second forward (the RNG advanced by one forward's draws only).
+  auto no_labels = in;
+  no_labels.labels = torch::Tensor();
+  pm->mutable_config("default")["consistency_weight"] = 1.0;
+  torch::manual_seed(3);
+  EXPECT_FALSE(pm->forward(no_labels).loss.defined());
+  double next = torch::rand({1}).item<double>();
+  torch::manual_seed(3);
+  pm->model->forward(no_labels);
+  EXPECT_EQ(torch::rand({1}).item<double>(), next);
+}
+
+// The gradient is that of loss(A) + w/2 (CE(sg p_B, z_A) + CE(sg p_A, z_B)) with the targets'
+// distributions frozen (the official code's stop-gradient): checked against central differences
+// of that surrogate, the routing fixed by reseeding before every evaluation.
+TEST(AdaMixConsistency, GradientFollowsTheStopGradientKl) {
+  auto pm = llama(torch::kFloat64);
+  const double w = 1.5;
+  pm->add_adapter("default", method_config("adamix", {{"num_experts", 2}, {"consistency_weight", w}}));
+  pm->to(torch::kFloat64);
+  randomize(*pm, 0.3);
+  pm->train();
+  auto in = masked_llama_input();
+  const uint64_t seed = 21;
+  auto T = in.labels.size(1);
+  auto counted = (in.labels.slice(1, 1) != -100).to(torch::kFloat64);
+  torch::Tensor pa0, pb0;  // the distributions at the unperturbed weights
+  {
+    torch::NoGradGuard ng;
+    auto f = two_forwards(*pm, in, seed);
+    pa0 = torch::softmax(f.a.logits.slice(1, 0, T - 1), -1);
+    pb0 = torch::softmax(f.b.logits.slice(1, 0, T - 1), -1);
+  }
+  auto surrogate = [&] {
+    auto f = two_forwards(*pm, in, seed);
+    auto ce_ab = -(pb0 * torch::log_softmax(f.a.logits.slice(1, 0, T - 1), -1)).sum(-1);
+    auto ce_ba = -(pa0 * torch::log_softmax(f.b.logits.slice(1, 0, T - 1), -1)).sum(-1);
+    return (f.a.loss + w * 0.5 * ((ce_ab + ce_ba) * counted).sum() / counted.sum()).item<double>();
+  };
+  auto grads = [&] {
+    for (auto& p : pm->trainable_parameters()) p.mutable_grad() = torch::Tensor();
+    torch::manual_seed(seed);
+    pm->forward(in).loss.backward();
+    std::map<std::string, torch::Tensor> g;
+    for (auto& [name, p] : pm->named_trainable_parameters()) g[name] = p.grad().clone();
+    return g;
+  };
+  auto g = grads();
+  pm->mutable_config("default")["consistency_weight"] = 0.0;
+  auto g0 = grads();
+  pm->mutable_config("default")["consistency_weight"] = w;
+  torch::NoGradGuard ng;
+  int checked = 0;
+  for (auto& [name, p] : pm->named_trainable_parameters()) {
+    auto flat = p.view({-1});
+    auto gf = g.at(name).view({-1}), diff = (gf - g0.at(name).view({-1})).abs();
+    if (diff.max().item<double>() < 1e-6) continue;  // an expert neither routing drew
+    ++checked;
+    int64_t idx = diff.argmax().item<int64_t>();  // where the KL term moves the gradient most
+    const double h = 1e-6, orig = flat[idx].item<double>();
+    flat[idx].fill_(orig + h);
+    double lp = surrogate();
+    flat[idx].fill_(orig - h);
+    double lm = surrogate();
+    flat[idx].fill_(orig);
+    double fd = (lp - lm) / (2 * h);
+    EXPECT_NEAR(gf[idx].item<double>(), fd, 1e-6 + 1e-4 * std::abs(fd)) << name << "[" << idx << "]";
+    EXPECT_GT(std::abs(fd - g0.at(name).view({-1})[idx].item<double>()), 1e-5) << name << ": no KL gradient here";
+  }
+  EXPECT_GE(checked, 4);
+}
+
+// Prompt tuning (labels padded for the virtual tokens) and prefix tuning (a pre-filled KV cache
+// the first forward extends) with AdaMix: the input adapter runs once, both routings see the
+// same adapted input, the second one the pristine prefix cache.
+TEST(AdaMixConsistency, SecondForwardSeesTheSameAdaptedInput) {
+  for (std::string input_type : {"PROMPT_TUNING", "PREFIX_TUNING"}) {
+    auto pm = llama();
+    pm->add_adapter("default", {{"peft_type", "COMPOSITE"},
+                                {"components", {{{"peft_type", input_type}, {"num_virtual_tokens", 3}},
+                                                {{"peft_type", "ADAMIX"}, {"num_experts", 3}}}}});
+    randomize(*pm, 0.3);
+    pm->train();
+    auto in = masked_llama_input();
+    torch::NoGradGuard ng;
+    torch::manual_seed(9);
+    ModelInput adapted = in;
+    KVCache storage;
+    pm->adapter("default").input->apply(*pm->model, adapted, storage);
+    KVCache s1 = storage, s2 = storage;
+    ModelInput ia = adapted, ib = adapted;
+    if (adapted.cache) {
+      ia.cache = &s1;
+      ib.cache = &s2;
+    }
+    auto a = pm->model->forward(ia), b = pm->model->forward(ib);
+    auto labels = adapted.labels;  // prompt tuning: -100 for the virtual tokens
+    auto T = labels.size(1);
+    ASSERT_EQ(a.logits.size(1), T) << input_type;
+    auto counted = (labels.slice(1, 1) != -100).to(torch::kFloat32);
+    auto kl = two_way_kl(a.logits.slice(1, 0, T - 1), b.logits.slice(1, 0, T - 1));
+    double expected = a.loss.item<double>() + 0.5 * ((kl * counted).sum() / counted.sum()).item<double>();
+    EXPECT_NEAR(loss_with_seed(*pm, in, 9), expected, 1e-5 * expected) << input_type;
+  }
+}
+
+TEST(AdaMixConsistency, ConfigValidatedAndSaved) {
+  EXPECT_EQ(method_config("adamix")["consistency_weight"], 1.0);
+  using J = nlohmann::json;
+  for (J bad : {J(-0.5), J("1"), J(nullptr), J::array()}) {
+    auto cfg = nlohmann::json{{"peft_type", "ADAMIX"}, {"consistency_weight", bad}};
+    auto msg = error_of([&] { llama()->add_adapter("default", cfg); });
+    auto want = "field 'consistency_weight' must be a finite number >= 0, got " + bad.dump();
+    EXPECT_NE(msg.find(want), std::string::npos) << msg;
+  }
+  auto pm = llama();
+  pm->add_adapter("default", method_config("adamix", {{"consistency_weight", 0.25}}));
+  randomize(*pm, 0.3);
+  auto in = llama_input();
+  auto dir = expect_save_load_bit_exact(*pm, "llama", in, "adamix_consistency");
+  auto cfg = read_json(dir + "/adapter_config.json");
+  EXPECT_EQ(cfg["consistency_weight"], 0.25);
+  auto pm2 = llama();
+  pm2->load_adapter(dir);
+  EXPECT_EQ(pm2->adapter("default").config["consistency_weight"], 0.25);
+  // A file without the field (written before it existed) gets the default; a bad one names the file.
+  cfg.erase("consistency_weight");
+  write_json(dir + "/adapter_config.json", cfg);
+  auto pm3 = llama();
+  pm3->load_adapter(dir);
+  EXPECT_EQ(pm3->adapter("default").config["consistency_weight"], 1.0);
+  cfg["consistency_weight"] = -1;
+  write_json(dir + "/adapter_config.json", cfg);
+  auto msg = error_of([&] { llama()->load_adapter(dir); });
+  EXPECT_NE(msg.find("adapter_config.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("'consistency_weight'"), std::string::npos) << msg;
 }
