@@ -312,7 +312,8 @@ ModelOutput PeftModel::forward(const ModelInput& in_) {
   double w = 0;
   if (is_training() && in.labels.defined() && !in_.cache && !disabled_)
     for (auto& a : active_) w = std::max(w, consistency_weight_of(adapter(a).config));
-  const KVCache prefix = storage;  // an input adapter's pre-filled cache, before the forward extends it
+  KVCache prefix;  // an input adapter's pre-filled cache, before the forward extends it
+  if (w > 0) prefix = storage;
   ModelOutput out = model->forward(in);
   torch::Tensor rows;
   if (w > 0 && out.loss.defined()) rows = counted_rows(out.logits, in.labels, model->task());
