@@ -12,5 +12,8 @@ class PeftModel;
 void request_optimizer_reset(const PeftModel& pm);
 /// True, once, when a reset was requested for `pm` since the last call.
 bool take_optimizer_reset(const PeftModel& pm);
+/// The step at which an active adapter of `pm` starts its second run (LT-SFT: phase1_steps,
+/// also inside a COMPOSITE), or -1. The Trainer gives each run its own learning-rate schedule.
+int64_t second_run_start(const PeftModel& pm);
 
 }  // namespace peft

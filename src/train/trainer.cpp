@@ -291,8 +291,17 @@ TrainResult Trainer::train(bool resume) {
   take_optimizer_reset(*pm_);  // a request left by steps taken outside this trainer does not apply
 
   DataLoader loader(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed));
-  const int64_t warmup = args_.warmup_steps > 0 ? args_.warmup_steps
-                                                : static_cast<int64_t>(std::ceil(args_.warmup_ratio * total_steps_));
+  // Learning rate at a step. A tuner that trains twice (LT-SFT, Ansell et al. 2022, sec. 3.1:
+  // phase 2 is a second fine-tuning run) gets a schedule per run: warmup and decay over
+  // [0, split) and again over [split, total), as two separate runs would.
+  const int64_t split_at = second_run_start(*pm_);
+  const int64_t split = split_at > 0 && split_at < total_steps_ ? split_at : total_steps_;
+  auto lr_at = [&](int64_t s) {
+    const int64_t begin = s < split ? 0 : split, len = s < split ? split : total_steps_ - split;
+    const int64_t warmup = args_.warmup_steps > 0 ? args_.warmup_steps
+                                                  : static_cast<int64_t>(std::ceil(args_.warmup_ratio * len));
+    return args_.learning_rate * lr_lambda(args_.lr_scheduler_type, s - begin, warmup, len);
+  };
   const std::string log_path = join_path(args_.output_dir, "metrics.jsonl");
   int64_t step = 0;
   nlohmann::json tstate = {{"best_metric", nullptr}, {"best_checkpoint", ""}, {"bad_evals", 0}};
@@ -381,7 +390,7 @@ TrainResult Trainer::train(bool resume) {
       step_loss += lv / args_.gradient_accumulation_steps;
       tokens += b.num_tokens;
     }
-    const double lr = args_.learning_rate * lr_lambda(args_.lr_scheduler_type, step, warmup, total_steps_);
+    const double lr = lr_at(step);
     for (auto& g : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
     pm_->before_step(step);
     double gnorm = args_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(params, args_.max_grad_norm) : 0.0;

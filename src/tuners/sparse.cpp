@@ -34,8 +34,8 @@
 //   numel entries (global across the targeted weights) with the largest |W1 - W0| = |D| are
 //   kept, D is reset to 0 (W0) and phase 2 trains only them: ΔW = M ⊙ D, with a fresh optimizer
 //   as the paper's second run (the Trainer drops the Adam moments and step counts at the phase
-//   boundary, src/train/optimizer_reset.h). Deviation: the learning-rate schedule runs on over
-//   both phases (max_steps in all) instead of restarting for phase 2. peft_type "LT_SFT".
+//   boundary, src/train/optimizer_reset.h) and gives each phase its own learning-rate schedule
+//   (phase 1 over phase1_steps, phase 2 over the remaining max_steps). peft_type "LT_SFT".
 //
 // Once a mask exists the adapter is saved sparsely, as SPARSE_DELTA is: `sparse_indices` [k]
 // int64 (flat indices into W as [out, in], ascending) and `sparse_values` [k]; otherwise (Child-

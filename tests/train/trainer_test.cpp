@@ -183,6 +183,29 @@ TEST(Trainer, LtSftPhaseTwoStartsWithAFreshOptimizer) {
   EXPECT_GE(at_lr, n * 95 / 100) << at_lr << " of " << n << " kept entries moved by lr";
 }
 
+// Each LT-SFT phase is a run of its own with its own schedule (linear, warmup_ratio 0.5): phase 1
+// = steps 0-1 (warmup 1), phase 2 = steps 2-5 (warmup 2); LoRA keeps one schedule over 0-5
+// (warmup 3). lr(s) = lr * (s / w) during warmup, then lr * (len - s) / (len - w).
+TEST(Trainer, LtSftPhasesHaveTheirOwnLearningRateSchedule) {
+  for (std::string method : {"lt-sft", "lora"}) {
+    auto dir = temp_dir("trainer_lt_sft_schedule_" + method);
+    auto s = setup(dir, method, method == "lora" ? nlohmann::json{{"r", 2}} : nlohmann::json{{"phase1_steps", 2}});
+    auto args = args_for(dir + "/out", 6);
+    args.lr_scheduler_type = "linear";
+    args.warmup_ratio = 0.5;
+    args.eval_steps = 0;
+    args.save_steps = 0;
+    Trainer(s.pm, args, s.data.train, &s.data.eval).train();
+    std::vector<double> got;
+    for (auto& r : read_jsonl(dir + "/out/metrics.jsonl"))
+      if (r.contains("lr")) got.push_back(r["lr"].get<double>() / args.learning_rate);
+    std::vector<double> want = method == "lt-sft" ? std::vector<double>{0, 1, 0, 0.5, 1, 0.5}
+                                                  : std::vector<double>{0, 1.0 / 3, 2.0 / 3, 1, 2.0 / 3, 1.0 / 3};
+    ASSERT_EQ(got.size(), want.size()) << method;
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12) << method << " step " << i;
+  }
+}
+
 // The CLI run killed with SIGKILL mid-way and resumed gives the uninterrupted adapter.
 TEST(Trainer, SigkillThenResumeIsBitExact) {
   auto dir = temp_dir("trainer_kill");
