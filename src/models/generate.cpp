@@ -57,7 +57,7 @@ struct Hypotheses {
 };
 
 void reorder_cache(KVCache& cache, const torch::Tensor& idx) {
-  for (auto* vec : {&cache.k, &cache.v, &cache.cross_k, &cache.cross_v})
+  for (auto* vec : {&cache.k, &cache.v, &cache.cross_k, &cache.cross_v, &cache.gate_scores, &cache.cross_gate_scores})
     for (auto& t : *vec)
       if (t.defined()) t = t.index_select(0, idx.to(t.device()));
 }

@@ -6,11 +6,12 @@
 //   unchanged, and on a one-layer Llama every position equals the hand-scaled ungated prefix
 //   with its own g_i;
 // - KV-cache decoding equals the full forward (Llama, GPT-2, T5: the gate scores of earlier
-//   tokens are cached);
+//   tokens are cached; beam search reorders them with the keys and values);
 // - closed-form counts, bit-exact save/load, float64 finite differences, config errors.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "peft/generate.h"
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tuner.h"
@@ -203,6 +204,32 @@ TEST(PrefixGate, T5DecoderIncrementalEqualsFullForward) {
     EXPECT_GT(max_diff(o.logits, ref.logits), 1e-5) << "site " << site;
     EXPECT_EQ(max_diff(o.encoder_last_hidden_state, ref.encoder_last_hidden_state) > 0, site == 2) << "site " << site;
   }
+}
+
+// Beam search reorders the cached gate scores with the keys and values: with length_penalty 0
+// each beam's score is the sum of its tokens' log-probs under a full, uncached forward.
+TEST(PrefixGate, T5BeamSearchScoresEqualUncachedForward) {
+  auto pm = fixture_peft_model("t5");
+  pm->add_adapter("default", gated());
+  widen_gate(*pm);
+  auto in = fixture_input("t5");
+  torch::NoGradGuard ng;
+  GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.num_beams = 3;
+  o.length_penalty = 0.0;
+  auto r = generate_seq2seq(*pm->model, in.input_ids, in.attention_mask, o,
+                            [&](const ModelInput& x) { return pm->forward(x); });
+  ModelInput full;
+  full.input_ids = in.input_ids;
+  full.attention_mask = in.attention_mask;
+  full.decoder_input_ids = r.sequences.slice(1, 0, -1);
+  auto logp = torch::log_softmax(pm->forward(full).logits, -1);
+  auto toks = r.sequences.slice(1, 1);
+  auto e = toks.eq(1).to(torch::kLong);  // EOS = 1: count up to and including the first
+  auto keep = (e.cumsum(1) - e).eq(0).to(torch::kFloat32);
+  auto sums = (logp.gather(2, toks.unsqueeze(2)).squeeze(2) * keep).sum(1);
+  EXPECT_TRUE(torch::allclose(sums, r.scores, 1e-4, 1e-4)) << sums << r.scores;
 }
 
 struct GateCase {
