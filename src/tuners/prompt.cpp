@@ -34,6 +34,8 @@
 // per-query average). Saved as `prefix_gate.weight` [R, hidden] and `prefix_gate.bias` [R], one
 // row per attention layer: R = num_layers, or 3 * num_layers for encoder-decoders in the order
 // of the prefix rows (decoder self-attention, cross-attention, encoder). nn.Linear's init.
+// The flag is written to peft_cpp_config.json, not adapter_config.json: Python peft would load
+// such a folder as plain prefix tuning without the gate, so ship gated adapters to peft.cpp only.
 #include <torch/torch.h>
 
 #include "peft/error.h"
