@@ -282,7 +282,7 @@ class T5Stack : public Module {
       }
     }
     auto gate_of = [&](int site, int64_t i, int64_t p, std::vector<torch::Tensor>* cached) {
-      return layer_prefix_gate(gate, site, i, p, visible, cache && cached ? &(*cached)[i] : nullptr);
+      return layer_prefix_gate(gate, site, i, p, visible, cached ? &(*cached)[i] : nullptr);
     };
     torch::Tensor cross_bias;
     if (decoder) {

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "peft/tuner.h"
+#include "tuners/config_parts.h"
 
 namespace peft {
 namespace {
@@ -24,19 +25,13 @@ bool take_optimizer_reset(const PeftModel& pm) {
   return pending().erase(&pm) > 0;
 }
 
-namespace {
-int64_t second_run_start(const nlohmann::json& c) {
-  int64_t start = -1;
-  if (c.value("peft_type", "") == "LT_SFT" && c.contains("phase1_steps")) start = c["phase1_steps"].get<int64_t>();
-  if (c.contains("components") && c["components"].is_array())
-    for (auto& part : c["components"]) start = std::max(start, second_run_start(part));
-  return start;
-}
-}  // namespace
-
 int64_t second_run_start(const PeftModel& pm) {
   int64_t start = -1;
-  for (auto& a : pm.active_adapters()) start = std::max(start, second_run_start(pm.adapter(a).config));
+  for (auto& a : pm.active_adapters())
+    for_each_config_part(pm.adapter(a).config, [&](const nlohmann::json& c) {
+      if (c.value("peft_type", "") == "LT_SFT" && c.contains("phase1_steps"))
+        start = std::max(start, c["phase1_steps"].get<int64_t>());
+    });
   return start;
 }
 

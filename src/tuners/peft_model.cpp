@@ -8,6 +8,7 @@
 #include "peft/io.h"
 #include "peft/tuner.h"
 #include "io/adapter_config.h"
+#include "tuners/config_parts.h"
 
 namespace peft {
 namespace {
@@ -261,12 +262,12 @@ TrainableReport PeftModel::trainable_report() const {
 
 namespace {
 /// The largest `consistency_weight` in an adapter config (a COMPOSITE's: among its components).
-double consistency_weight_of(const nlohmann::json& c) {
-  double w = c.contains("consistency_weight") && c["consistency_weight"].is_number()
-                 ? c["consistency_weight"].get<double>()
-                 : 0.0;
-  if (c.contains("components") && c["components"].is_array())
-    for (auto& part : c["components"]) w = std::max(w, consistency_weight_of(part));
+double consistency_weight_of(const nlohmann::json& config) {
+  double w = 0.0;
+  for_each_config_part(config, [&](const nlohmann::json& c) {
+    if (c.contains("consistency_weight") && c["consistency_weight"].is_number())
+      w = std::max(w, c["consistency_weight"].get<double>());
+  });
   return w;
 }
 
@@ -312,14 +313,13 @@ ModelOutput PeftModel::forward(const ModelInput& in_) {
   double w = 0;
   if (is_training() && in.labels.defined() && !in_.cache && !disabled_)
     for (auto& a : active_) w = std::max(w, consistency_weight_of(adapter(a).config));
-  KVCache prefix;  // an input adapter's pre-filled cache, before the forward extends it
-  if (w > 0) prefix = storage;
+  KVCache storage2;  // an input adapter's pre-filled cache, before the first forward extends it
+  if (w > 0) storage2 = storage;
   ModelOutput out = model->forward(in);
   torch::Tensor rows;
   if (w > 0 && out.loss.defined()) rows = counted_rows(out.logits, in.labels, model->task());
   if (rows.defined()) {
     ModelInput again = in;
-    KVCache storage2 = prefix;
     if (in.cache == &storage) again.cache = &storage2;
     auto rows2 = counted_rows(model->forward(again).logits, in.labels, model->task());
     out.loss = out.loss + w * symmetric_kl(rows, rows2);

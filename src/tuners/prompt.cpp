@@ -208,13 +208,10 @@ class PromptLearning : public InputAdapter {
       lstm_ = nullptr;
     }
     embedding.set_data(it->second.to(embedding.device(), embedding.scalar_type()).clone());
+    if (!gate_) return;  // gate tensors without the flag: refused by load_adapter_state_dict (no counterpart)
     for (auto [key, param] : {std::pair<const char*, torch::Tensor*>{"prefix_gate.weight", &gate_w_},
                               std::pair<const char*, torch::Tensor*>{"prefix_gate.bias", &gate_b_}}) {
       auto g = t.find(key);
-      if (!gate_) {
-        PEFT_CHECK(g == t.end(), source, ": tensor '", key, "' but the config has no \"prefix_gate\": true");
-        continue;
-      }
       PEFT_CHECK(g != t.end(), source, ": tensor '", key, "' is missing (the config has \"prefix_gate\": true)");
       PEFT_CHECK(g->second.sizes() == param->sizes(), source, ": tensor '", key, "' has shape ", g->second.sizes(),
                  " but the model needs ", param->sizes());
