@@ -10,6 +10,7 @@ namespace fs = std::filesystem;
 namespace peft::test {
 
 std::string source_path(const std::string& rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
+std::string cli_path() { return PEFT_CLI_PATH; }
 
 namespace {
 struct TempDirs {

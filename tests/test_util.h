@@ -10,4 +10,6 @@ std::string temp_dir(const std::string& tag);
 /// Runs the built `peft` binary with `args` (shell-quoted by the caller); returns exit code,
 /// stdout+stderr in *output.
 int run_cli(const std::string& args, std::string* output = nullptr);
+/// Absolute path of the built `peft` executable.
+std::string cli_path();
 }  // namespace peft::test
