@@ -217,7 +217,7 @@ TEST(Trainer, SigkillThenResumeIsBitExact) {
   pid_t pid = fork();
   if (pid == 0) {
     setpgid(0, 0);  // its own process group, so the kill reaches the shell and peft
-    std::string cmd = cli_path() + " " + common + " --output-dir " + dir + "/killed >/dev/null 2>&1";
+    std::string cmd = peft::test::cli_path() + " " + common + " --output-dir " + dir + "/killed >/dev/null 2>&1";
     execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
     _exit(127);
   }
