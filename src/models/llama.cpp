@@ -1,11 +1,22 @@
 // The Llama family as transformers' LlamaForCausalLM / LlamaForSequenceClassification define
-// it (also Mistral/Qwen2-style configs: GQA, attention_bias): RMSNorm, rotary position
+// it, and Mistral / Qwen2 (transformers 4.37.2, eager attention): RMSNorm, rotary position
 // embeddings (Su et al. 2021, RoFormer, eq. 34 in the rotate-half form), SwiGLU MLP
-// (Shazeer 2020): down(silu(gate(x)) * up(x)).
+// (Shazeer 2020): down(silu(gate(x)) * up(x)), GQA.
+//
+// Per family (as their transformers modeling files hard-code it): Llama's q/k/v/o projections
+// have a bias when `attention_bias` is true; Qwen2's q/k/v always have one and o_proj never;
+// Mistral's none. Sliding-window attention (Mistral, Qwen2; Beltagy et al. 2020 / Jiang et al.
+// 2023): the query at absolute position p attends the keys j with p - W < j <= p
+// (W = `sliding_window`; transformers 4.37.2 `_make_causal_mask`, diagonal past - W + 1), with or
+// without a KV cache. As 4.37.2's eager path, the window comes from `sliding_window` alone and
+// applies to every layer: Qwen2's `use_sliding_window` and `max_window_layers` only steer its
+// flash-attention path, so they change nothing here (docs/CONFIG_AUDIT_MODELS.md).
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
 
+#include "models/config_fields.h"
 #include "models/decoder_common.h"
 #include "peft/error.h"
 #include "peft/model.h"
@@ -16,7 +27,8 @@ namespace {
 struct LlamaConfig {
   int64_t hidden, intermediate, n_layers, n_heads, n_kv, head_dim, vocab, max_pos, num_labels;
   double eps, theta;
-  bool tie, attn_bias, mlp_bias;
+  bool tie, qkv_bias, o_bias, mlp_bias;
+  int64_t sliding_window = 0;  // 0: none
   std::string act;
   torch::Tensor inv_freq;  // [head_dim / 2]
 
@@ -42,12 +54,36 @@ struct LlamaConfig {
     eps = cfg_double(c, "rms_norm_eps", 1e-6);
     theta = cfg_double(c, "rope_theta", 10000.0);
     tie = cfg_bool(c, "tie_word_embeddings", false);
-    attn_bias = cfg_bool(c, "attention_bias", cfg_str(c, "model_type", "") == "qwen2");
+    const std::string type = cfg_str(c, "model_type", "llama");
+    if (type == "qwen2") {  // Qwen2Attention: bias on q/k/v, none on o_proj (no config field)
+      qkv_bias = true;
+      o_bias = false;
+    } else if (type == "mistral") {  // MistralAttention: no bias (no config field)
+      qkv_bias = o_bias = false;
+    } else {  // LlamaAttention: attention_bias on all four
+      qkv_bias = o_bias = cfg_bool(c, "attention_bias", false);
+    }
     mlp_bias = cfg_bool(c, "mlp_bias", false);
+    if (type == "mistral" || type == "qwen2") {
+      sliding_window = cfg_int(c, "sliding_window", 0);
+      PEFT_CHECK(!c.contains("sliding_window") || c["sliding_window"].is_null() || sliding_window > 0,
+                 "config.json: field 'sliding_window' must be a positive integer or null, got ", c["sliding_window"].dump());
+    }
     act = cfg_str(c, "hidden_act", "silu");
-    check_activation(act);
+    check_activation_field("hidden_act", act);
     num_labels = c.contains("id2label") && c["id2label"].is_object() ? (int64_t)c["id2label"].size()
                                                                      : cfg_int(c, "num_labels", 2);
+    refuse_common_fields(c);
+    refuse_unsupported_problem_type(c, num_labels);
+    if (type == "mistral" || type == "qwen2") {
+      // Not fields of transformers 4.37's MistralConfig / Qwen2Config (its modeling code ignores
+      // them) but later versions read them: a file that sets them is ambiguous.
+      refuse_field(c, "rope_scaling", [](const nlohmann::json&) { return true; },
+                   "transformers 4.37's " + type + " has no RoPE scaling (later versions apply it); not supported");
+      refuse_unless(c, "mlp_bias", false, "the " + type + " MLP has no bias");
+      if (type == "mistral") refuse_unless(c, "attention_bias", false, "MistralAttention has no bias");
+      if (type == "qwen2") refuse_unless(c, "attention_bias", true, "Qwen2Attention has a q/k/v bias (and none on o_proj)");
+    }
     // transformers: inv_freq = 1 / theta^(arange(0, d, 2) / d), in float32.
     inv_freq = 1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, torch::kLong).to(torch::kFloat32) / head_dim);
     if (c.contains("rope_scaling") && !c["rope_scaling"].is_null()) apply_rope_scaling(c["rope_scaling"]);
@@ -72,10 +108,27 @@ struct LlamaConfig {
       auto medium = (wavelen >= high_wl) & (wavelen <= low_wl);
       inv_freq = torch::where(medium, smoothed, scaled);
     } else {
-      fail("config.json: rope_scaling type '", type, "' is not supported (supported: linear, llama3)");
+      fail("config.json: field 'rope_scaling' = ", rs.dump(), ": type '", type,
+           "' is not supported (supported: linear, llama3)");
     }
   }
 };
+
+// Masks (to the dtype's lowest value, as transformers' masked_fill) the keys j <= p - W of the
+// query at absolute position p; bias [B, 1, T, K], queries at K - T .. K - 1.
+torch::Tensor apply_sliding_window(const torch::Tensor& bias, int64_t W) {
+  const int64_t T = bias.size(2), K = bias.size(3);
+  if (W <= 0 || K <= W) return bias;  // no query sees more than W keys anyway
+  auto lopts = torch::TensorOptions().dtype(torch::kLong).device(bias.device());
+  auto p = torch::arange(K - T, K, lopts).view({T, 1});
+  auto j = torch::arange(K, lopts).view({1, K});
+  auto outside = (j <= p - W).view({1, 1, T, K});
+  // The same masked value as attention_bias().
+  auto neg = bias.scalar_type() == torch::kFloat64
+                 ? torch::full({}, std::numeric_limits<double>::lowest(), lopts.dtype(torch::kFloat64))
+                 : torch::full({}, std::numeric_limits<float>::lowest(), lopts.dtype(torch::kFloat32)).to(bias.scalar_type());
+  return bias.masked_fill(outside, neg);
+}
 
 torch::Tensor rotate_half(const torch::Tensor& x) {
   auto h = x.size(-1) / 2;
@@ -87,10 +140,10 @@ class LlamaAttention : public Module {
   LayerPtr q_proj, k_proj, v_proj, o_proj;
   const LlamaConfig& c;
   explicit LlamaAttention(const LlamaConfig& cfg) : c(cfg) {
-    register_slot("q_proj", q_proj, std::make_shared<Linear>(c.hidden, c.n_heads * c.head_dim, c.attn_bias));
-    register_slot("k_proj", k_proj, std::make_shared<Linear>(c.hidden, c.n_kv * c.head_dim, c.attn_bias));
-    register_slot("v_proj", v_proj, std::make_shared<Linear>(c.hidden, c.n_kv * c.head_dim, c.attn_bias));
-    register_slot("o_proj", o_proj, std::make_shared<Linear>(c.n_heads * c.head_dim, c.hidden, c.attn_bias));
+    register_slot("q_proj", q_proj, std::make_shared<Linear>(c.hidden, c.n_heads * c.head_dim, c.qkv_bias));
+    register_slot("k_proj", k_proj, std::make_shared<Linear>(c.hidden, c.n_kv * c.head_dim, c.qkv_bias));
+    register_slot("v_proj", v_proj, std::make_shared<Linear>(c.hidden, c.n_kv * c.head_dim, c.qkv_bias));
+    register_slot("o_proj", o_proj, std::make_shared<Linear>(c.n_heads * c.head_dim, c.hidden, c.o_bias));
   }
 
   // x [B, T, H]; cos/sin [B, T, hd]; bias [B, 1, T, past + T]; k_cache/v_cache extended in place.
@@ -199,6 +252,7 @@ class LlamaModel : public Module {
     auto emb = torch::cat({freqs, freqs}, -1);
     auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
+    bias = apply_sliding_window(bias, c.sliding_window);
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
