@@ -51,11 +51,19 @@ std::unique_ptr<Tokenizer> load_tokenizer_file(const std::string& path);
 /// Encodes like llama2.c / sentencepiece on ordinary text.
 void write_tokenizer_json_from_llama2c(const std::string& bin_path, const std::string& out_dir);
 
+/// The text that `ids` add after `context` (a prompt's ids): decode(context + ids) minus
+/// decode(context). A continuation is not the start of a text: its first SentencePiece piece keeps
+/// its leading space ("because" + "▁he" -> " he"); only a piece right after BOS (or at the very
+/// start, empty context) drops it, as sentencepiece / llama2.c decode a whole sequence.
+std::string decode_continuation(const Tokenizer& t, const std::vector<int64_t>& context,
+                                const std::vector<int64_t>& ids);
+
 /// Incremental decoding for streaming generation: returns the new text produced by appending
 /// `id` (handles byte-fallback pieces / partial UTF-8: text is held back until complete).
+/// `context`: the ids the stream continues (the prompt), decoded as in decode_continuation.
 class StreamDecoder {
  public:
-  explicit StreamDecoder(const Tokenizer& t);
+  explicit StreamDecoder(const Tokenizer& t, const std::vector<int64_t>& context = {});
   std::string push(int64_t id);
 
  private:

@@ -49,7 +49,7 @@ int run_generate(Args& a) {
   auto ids = tok->encode(prompt, true);
   PEFT_CHECK(!ids.empty(), "the prompt encodes to no tokens");
   std::cout << prompt << std::flush;
-  StreamDecoder dec(*tok);
+  StreamDecoder dec(*tok, ids);  // continues the prompt: the first piece keeps its space
   KVCache cache;
   auto input = torch::tensor(ids, torch::kLong).unsqueeze(0);
   for (int64_t step = 0; step < max_new; ++step) {

@@ -130,6 +130,7 @@ class Llama2cTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>& ids, bool skip_special) const override {
     std::string out;
     int64_t prev = -1;
+    bool first = true;  // the first text piece (sentencepiece drops its dummy-prefix space)
     for (int64_t id : ids) {
       check_id(id, vocab_size());
       if (skip_special && (id == 0 || id == 1 || id == 2)) {
@@ -137,9 +138,10 @@ class Llama2cTokenizer : public Tokenizer {
         continue;
       }
       std::string piece = (id == 1 || id == 2) ? id_to_token(id) : v_.pieces[id];
-      // run.c strips the leading space after BOS; we also strip it at the very start (the
-      // dummy prefix encode() adds), like sentencepiece.
-      if ((prev == 1 || out.empty()) && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+      // run.c strips the leading space after BOS; we also strip it from the first piece (the
+      // dummy prefix encode() adds), like sentencepiece. Nowhere else: a continuation keeps it.
+      if ((prev == 1 || first) && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+      first = false;
       if (is_byte_piece(piece)) {
         out += char(std::stoi(piece.substr(3, 2), nullptr, 16));
       } else {

@@ -184,7 +184,28 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
             "vocab.json+merges.txt, vocab.txt, tokenizer.bin, tok*.bin)");
 }
 
-StreamDecoder::StreamDecoder(const Tokenizer& t) : tok_(t) {}
+namespace {
+// How much of a context decides how the next piece decodes: the decoders look at most at the
+// previous token (BOS or not) and whether text precedes; a few tokens cover byte-fallback runs.
+constexpr size_t kContextTail = 8;
+}  // namespace
+
+StreamDecoder::StreamDecoder(const Tokenizer& t, const std::vector<int64_t>& context) : tok_(t) {
+  size_t from = context.size() > kContextTail ? context.size() - kContextTail : 0;
+  ids_.assign(context.begin() + static_cast<std::ptrdiff_t>(from), context.end());
+  read_ = ids_.size();
+}
+
+std::string decode_continuation(const Tokenizer& t, const std::vector<int64_t>& context,
+                                const std::vector<int64_t>& ids) {
+  if (context.empty()) return t.decode(ids, true);
+  std::string before = t.decode(context, true), all;
+  std::vector<int64_t> joined = context;
+  joined.insert(joined.end(), ids.begin(), ids.end());
+  all = t.decode(joined, true);
+  if (all.compare(0, before.size(), before) == 0) return all.substr(before.size());
+  return t.decode(ids, true);  // decoders disagreed on the context (rare): the ids alone
+}
 
 std::string StreamDecoder::push(int64_t id) {
   ids_.push_back(id);
