@@ -42,7 +42,7 @@ std::string greedy(const LoadedModel& lm, const Tokenizer& tok, const std::strin
     out.push_back(next);
     input = torch::tensor({next}, torch::kLong).unsqueeze(0);
   }
-  return tok.decode(out);
+  return decode_continuation(tok, ids, out);  // the text after the prompt (leading space kept)
 }
 
 std::string field(const nlohmann::json& row, const std::string& key) {
@@ -69,11 +69,11 @@ int run_eval(Args& a) {
   nlohmann::json result = {{"model", model_dir}, {"data", data_file}};
   if (lm.peft) result["adapters"] = a.get_all("adapter");
 
-  static const std::set<std::string> dataset_metrics = {"loss", "perplexity", "accuracy", "f1", "mcc", "pearson", "spearman"};
+  static const std::set<std::string> dataset_metrics = {"loss", "perplexity", "accuracy", "f1", "mcc", "mse", "pearson", "spearman"};
   static const std::set<std::string> gen_metrics = {"bleu", "chrf", "rouge_l"};
   for (auto& m : metrics)
     PEFT_CHECK(dataset_metrics.count(m) || gen_metrics.count(m), "option --metrics: unknown metric '", m,
-               "' (known: loss perplexity accuracy f1 mcc pearson spearman bleu chrf rouge_l)");
+               "' (known: loss perplexity accuracy f1 mcc mse pearson spearman bleu chrf rouge_l)");
 
   bool want_ds = false, want_gen = false;
   for (auto& m : metrics) (gen_metrics.count(m) ? want_gen : want_ds) = true;
@@ -85,7 +85,7 @@ int run_eval(Args& a) {
   fmt.label_column = a.get("label_column", fmt.label_column);
   fmt.source_column = a.get("source_column", fmt.source_column);
   fmt.target_column = a.get("target_column", fmt.target_column);
-  fmt.regression = a.get_bool("regression", false);
+  fmt.regression = a.get_bool("regression", lm.model->task() == TaskType::SeqCls && regression_head(lm.model->config));
   if (want_ds) {
     DataConfig dc;
     dc.train_file = data_file;

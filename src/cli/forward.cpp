@@ -30,7 +30,17 @@ int run_forward(Args& a) {
   mi.attention_mask = get("attention_mask");
   mi.token_type_ids = get("token_type_ids");
   mi.decoder_input_ids = get("decoder_input_ids");
-  mi.labels = get("labels");
+  // Labels: int64 ids / classes, or real values for a regression head (num_labels 1,
+  // problem_type regression: MSE, as transformers' *ForSequenceClassification).
+  if (in.count("labels") && at::isFloatingType(in.at("labels").scalar_type())) {
+    const bool regression = lm.model->task() == TaskType::SeqCls && regression_head(lm.model->config);
+    PEFT_CHECK(regression, in_path, ": tensor 'labels' is ", c10::toString(in.at("labels").scalar_type()),
+               "; float labels need a regression head (sequence classification with num_labels 1 or problem_type "
+               "'regression'), this model takes int64 labels");
+    mi.labels = in.at("labels").clone();
+  } else {
+    mi.labels = get("labels");
+  }
   torch::NoGradGuard ng;
   lm.model->eval();
   ModelOutput out = lm.forward(mi);

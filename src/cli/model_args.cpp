@@ -17,6 +17,13 @@ static torch::Dtype parse_dtype(const std::string& s) {
   fail("option --dtype: expected float32, bfloat16, float16 or float64, got '", s, "'");
 }
 
+bool regression_head(const nlohmann::json& c) {
+  if (!c.is_object()) return false;
+  if (c.contains("problem_type") && c["problem_type"].is_string()) return c["problem_type"] == "regression";
+  if (c.contains("id2label") && c["id2label"].is_object()) return c["id2label"].size() == 1;
+  return c.contains("num_labels") && c["num_labels"].is_number_integer() && c["num_labels"].get<int64_t>() == 1;
+}
+
 std::pair<std::string, double> parse_adapter_arg(const std::string& arg) {
   // DIR[:SCALE]; a colon followed by something that is not a number belongs to the path.
   auto pos = arg.rfind(':');

@@ -17,6 +17,9 @@ struct LoadedModel {
 
 /// --model DIR, --dtype float32|bfloat16|float16, --adapter DIR[:SCALE] (repeatable).
 LoadedModel load_model_from_args(Args& a);
+/// Whether a config.json describes a regression head: problem_type "regression", or one label
+/// (transformers infers regression from num_labels == 1).
+bool regression_head(const nlohmann::json& config);
 /// "DIR[:SCALE]" -> (DIR, SCALE); SCALE defaults to 1.
 std::pair<std::string, double> parse_adapter_arg(const std::string& arg);
 

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "cli/command.h"
+#include "cli/model_args.h"
 #include "cli/recipe.h"
 #include "cli/seq2seq_gen.h"
 #include "peft/data.h"
@@ -87,6 +88,12 @@ int run_train(Args& a) {
   std::string tok_dir = std::filesystem::is_directory(model_dir) ? model_dir
                                                                  : std::filesystem::path(model_dir).parent_path().string();
   auto tok = load_tokenizer(pop<std::string>(r, "tokenizer", tok_dir));
+  // A model whose own head is a regressor (num_labels 1 / problem_type regression) reads real-valued
+  // labels unless the recipe says otherwise.
+  if (!r.contains("regression")) {
+    std::string cfg_path = join_path(model_dir, "config.json");
+    if (std::filesystem::is_regular_file(cfg_path) && regression_head(read_json(cfg_path))) r["regression"] = true;
+  }
   DataConfig dc = data_config(r, train_file, eval_file, static_cast<uint64_t>(args.seed));
   DataSplits data = load_data(dc, *tok);
   std::cerr << "data: " << data.train.size() << " training examples, " << data.eval.size() << " eval examples ("

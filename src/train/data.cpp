@@ -115,6 +115,9 @@ std::string field_label(const DataRecord& r, const std::string& col) {
   }
   if (it->is_number_integer()) return std::to_string(it->get<int64_t>());
   if (it->is_boolean()) return it->get<bool>() ? "true" : "false";
+  if (it->is_number_float())
+    throw RowError{str_cat("field '", col, "': a real-valued label (", it->dump(),
+                           "): for a regression head set regression: true (--regression true)")};
   throw RowError{str_cat("field '", col, "': expected a string or integer label, got ", it->type_name())};
 }
 

@@ -158,6 +158,7 @@ nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput
     r["eval_f1"] = ds.label_names.size() == 2 ? f1_score(pred, gold, "binary") : f1_score(pred, gold, "macro");
     r["eval_mcc"] = matthews_corrcoef(pred, gold);
   }
+  if (ds.regression) r["eval_mse"] = loss;  // the loss of a regression head is the MSE
   if (!xs.empty()) {
     r["eval_pearson"] = pearson(xs, ys);
     r["eval_spearman"] = spearman(xs, ys);
