@@ -246,7 +246,8 @@ PEFT_REGISTER_TUNER(CompositeTuner);
 PEFT_REGISTER_METHOD("composite", {{"peft_type", "COMPOSITE"}});
 using Groups = nlohmann::json;
 // S4's prefix and BitFit strategies (see above).
-const Groups kS4Prefix = {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}};
+// Encoder-decoders: prefix tuning's "paper" layout (encoder, decoder and cross-attention prefixes).
+const Groups kS4Prefix = {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}, {"prefix_layout", "paper"}};
 const Groups kS4BitFit = {{"peft_type", "BITFIT"}, {"add_missing_biases", true}};
 PEFT_REGISTER_METHOD("s4", {{"peft_type", "COMPOSITE"},
                             {"s4_grouping", "spindle"},

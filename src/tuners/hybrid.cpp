@@ -6,7 +6,8 @@
 //   BOTTLENECK (adapter_type "parallel"); the config is the union of their fields (peft_type
 //   "MAM", peft_cpp_format_version 1), the file holds `prompt_embeddings` plus the adapter
 //   tensors under base_model.model.<module>. Identity at init does not hold (the prefix is
-//   random, as in the paper); the parallel adapter part starts at zero.
+//   random, as in the paper); the parallel adapter part starts at zero. On encoder-decoders the
+//   prefix uses prefix tuning's "paper" layout (src/tuners/prompt.cpp): every attention site.
 #include <torch/torch.h>
 
 #include "peft/error.h"
@@ -27,6 +28,7 @@ class MamTuner : public Tuner {
     d["adapter_type"] = "parallel";
     d["scaling"] = 4.0;
     d["num_virtual_tokens"] = 30;
+    d["prefix_layout"] = "paper";  // encoder-decoders: encoder, decoder and cross-attention prefixes (He et al.)
     return d;
   }
   void validate(const nlohmann::json& c) const override {

@@ -20,20 +20,35 @@
 // causal-LM labels with -100; position ids are recomputed (real tokens start at P). During
 // generation with a KV cache the virtual tokens/prefix enter only when the cache is empty.
 // Encoder-decoders: prompt tuning / p-tuning prepend to the encoder input (peft keeps
-// num_transformer_submodules = 2 sets of rows; the first P are used). Prefix tuning follows the
-// paper (Li & Liang 2021, sec. 4.2: separate prefixes for the encoder, the decoder and the
-// decoder's cross-attention) rather than peft, whose seq2seq prefix reaches only the decoder's
-// self-attention: num_transformer_submodules = 3 sets of P rows, rows [0, P) the decoder's
-// self-attention, [P, 2P) its cross-attention, [2P, 3P) the encoder's self-attention, each
-// [P, num_layers * 2 * token_dim] with num_layers the larger stack. The model receives them as
-// ModelInput::prefix (positions 0 .. P-1, never cached). Python peft refuses such a file
-// (its shape differs), it does not misread it.
+// num_transformer_submodules = 2 sets of rows; the first P are used). Prefix tuning has two
+// layouts, chosen by `"prefix_layout"` (ours, written to peft_cpp_config.json; decoder-only models
+// have one layout):
+// - "peft" (default): Python peft 0.13.2's, so either side loads the other's folder. The file
+//   holds P rows [P, num_layers * 2 * token_dim] (num_layers = the ENCODER depth, token_dim =
+//   d_model, num_transformer_submodules = 2). peft's get_prompt duplicates the 2L key/value rows
+//   for the two submodules and cuts them into groups of four, so decoder layer l gets the rows
+//   (4l + j) mod 2L as (self key, self value, cross key, cross value) of its past_key_values. The
+//   model receives them as a pre-filled KVCache (k/v and cross_k/cross_v), which is what
+//   transformers does with past_key_values: the encoder gets no prefix; decoder self-attention
+//   reads the P keys first (positions 0 .. P-1 of the position bias, visible to every query); the
+//   cross rows replace the encoder's keys/values only when the encoder length equals P, else
+//   they are recomputed from the encoder output (wave-2 fixtures, README "T5 prefix tuning").
+//   A decoder deeper than the encoder is refused (peft would silently skip its last blocks).
+// - "paper": Li & Liang 2021, sec. 4.2: separate prefixes for the encoder, the decoder and the
+//   decoder's cross-attention: num_transformer_submodules = 3 sets of P rows, rows [0, P) the
+//   decoder's self-attention, [P, 2P) its cross-attention, [2P, 3P) the encoder's
+//   self-attention, each [P, num_layers * 2 * token_dim] with num_layers the larger stack. The
+//   model receives them as ModelInput::prefix (positions 0 .. P-1, never cached), always
+//   prepended. Python peft refuses such a file (its shape differs), it does not misread it. A
+//   config without the key but with num_transformer_submodules 3 (saved before the option
+//   existed) is read in this layout. The hybrids built on prefix tuning (MAM, S4, UniPELT) use it.
 // Prefix gate (ours, `"prefix_gate": true`, UniPELT: Mao et al. 2022, sec. 3.2): a gate
 // G = sigmoid(W x + b) per attention layer, x the attention's input, that scales what each query
 // reads from the prefix keys and values (PrefixGate in include/peft/model.h defines the
 // per-query average). Saved as `prefix_gate.weight` [R, hidden] and `prefix_gate.bias` [R], one
 // row per attention layer: R = num_layers, or 3 * num_layers for encoder-decoders in the order
-// of the prefix rows (decoder self-attention, cross-attention, encoder). nn.Linear's init.
+// of the prefix rows (decoder self-attention, cross-attention, encoder; the "paper" layout only).
+// nn.Linear's init.
 // The flag is written to peft_cpp_config.json, not adapter_config.json: Python peft would load
 // such a folder as plain prefix tuning without the gate, so ship gated adapters to peft.cpp only.
 #include <torch/torch.h>
@@ -46,6 +61,13 @@ namespace {
 
 enum class Kind { Prompt, PTuning, Prefix };
 
+/// Whether an encoder-decoder's prefix uses the paper's three-site layout (see the top).
+bool paper_layout(Kind kind, const nlohmann::json& c, bool encdec) {
+  if (kind != Kind::Prefix || !encdec) return false;
+  if (c.contains("prefix_layout") && c["prefix_layout"].is_string()) return c["prefix_layout"] == "paper";
+  return c.contains("num_transformer_submodules") && c["num_transformer_submodules"] == 3;
+}
+
 class PromptLearning : public InputAdapter {
  public:
   PromptLearning(Kind kind, const nlohmann::json& c, PretrainedModel& model, bool loading) : kind_(kind) {
@@ -55,7 +77,10 @@ class PromptLearning : public InputAdapter {
     layers_ = c["num_layers"].get<int64_t>();
     heads_ = c["num_attention_heads"].get<int64_t>();
     encdec_ = model.is_encoder_decoder();
-    const int64_t rows = P_ * subm_;
+    paper_ = paper_layout(kind, c, encdec_);
+    // peft: P rows of prefix (key/value) vectors; prompt tuning / p-tuning keep P per submodule.
+    rows_ = kind == Kind::Prefix && !paper_ ? P_ : P_ * subm_;
+    const int64_t rows = rows_;
     const int64_t out_dim = kind == Kind::Prefix ? layers_ * 2 * token_dim_ : token_dim_;
     bool encoder = !loading && ((kind == Kind::PTuning) || (kind == Kind::Prefix && c["prefix_projection"].get<bool>()));
     int64_t in_dim = encoder ? token_dim_ : out_dim;
@@ -119,7 +144,7 @@ class PromptLearning : public InputAdapter {
 
   void apply(PretrainedModel& model, ModelInput& in, KVCache& storage) override {
     if (gate_) in.prefix_gate = gate_;
-    if (kind_ == Kind::Prefix && encdec_) return apply_attention_prefix(in);
+    if (kind_ == Kind::Prefix && encdec_) return paper_ ? apply_attention_prefix(in) : apply_past_key_values(in, storage);
     if (encdec_ && in.encoder_hidden_states.defined()) {  // the encoder (virtual tokens included) already ran
       const auto& m = in.attention_mask;
       if (m.defined() && m.size(1) + P_ == in.encoder_hidden_states.size(1))
@@ -160,7 +185,36 @@ class PromptLearning : public InputAdapter {
       in.labels = torch::cat({torch::full({B, P_}, -100, in.labels.options()), in.labels}, 1);
   }
 
-  // Encoder-decoders: every forward gets the three prefixes (they are not cached).
+  // Encoder-decoders, peft's layout: the prefix is the decoder's past_key_values (a KV cache that
+  // starts with it: self and cross entries per layer), built when the cache is empty.
+  void apply_past_key_values(ModelInput& in, KVCache& storage) {
+    if (in.decoder_attention_mask.defined()) {  // peft prefixes the decoder mask with ones
+      const auto& m = in.decoder_attention_mask;
+      in.decoder_attention_mask = torch::cat({torch::ones({m.size(0), P_}, m.options()), m}, 1);
+    }
+    if (in.cache && in.cache->length() > 0) return;  // the prefix is already cached
+    torch::Tensor ref;
+    for (auto* t : {&in.decoder_input_ids, &in.decoder_inputs_embeds, &in.labels, &in.input_ids, &in.inputs_embeds,
+                    &in.encoder_hidden_states})
+      if (!ref.defined() && t->defined()) ref = *t;
+    PEFT_CHECK(ref.defined(), method(), ": the input has no batch (decoder_input_ids, labels or input_ids)");
+    const int64_t B = ref.size(0), hd = token_dim_ / heads_, two_l = 2 * layers_;
+    // [P, 2L*token_dim] -> [2L, heads, P, head_dim]; peft duplicates the 2L rows (two submodules)
+    // and gives layer l the four rows 4l .. 4l+3 of the doubled list: (4l + j) mod 2L.
+    auto pkv = prompts().view({P_, two_l, heads_, hd}).permute({1, 2, 0, 3}).to(ref.device());
+    KVCache* cache = in.cache ? in.cache : &storage;
+    for (auto* v : {&cache->k, &cache->v, &cache->cross_k, &cache->cross_v}) v->assign(layers_, torch::Tensor());
+    auto row = [&](int64_t l, int64_t j) { return pkv[(4 * l + j) % two_l].unsqueeze(0).expand({B, heads_, P_, hd}); };
+    for (int64_t l = 0; l < layers_; ++l) {
+      cache->k[l] = row(l, 0);
+      cache->v[l] = row(l, 1);
+      cache->cross_k[l] = row(l, 2);
+      cache->cross_v[l] = row(l, 3);
+    }
+    in.cache = cache;
+  }
+
+  // Encoder-decoders, the paper's layout: every forward gets the three prefixes (not cached).
   void apply_attention_prefix(ModelInput& in) {
     torch::Tensor ref;
     for (auto* t : {&in.input_ids, &in.inputs_embeds, &in.encoder_hidden_states, &in.decoder_input_ids, &in.labels})
@@ -197,9 +251,9 @@ class PromptLearning : public InputAdapter {
     auto it = t.find("prompt_embeddings");
     PEFT_CHECK(it != t.end(), source, ": tensor 'prompt_embeddings' is missing");
     const int64_t out_dim = kind_ == Kind::Prefix ? layers_ * 2 * token_dim_ : token_dim_;
-    PEFT_CHECK(it->second.dim() == 2 && it->second.size(0) == P_ * subm_ && it->second.size(1) == out_dim, source,
-               ": tensor 'prompt_embeddings' has shape ", it->second.sizes(), " but the config asks for [", P_ * subm_,
-               ", ", out_dim, "]");
+    PEFT_CHECK(it->second.dim() == 2 && it->second.size(0) == rows_ && it->second.size(1) == out_dim, source,
+               ": tensor 'prompt_embeddings' has shape ", it->second.sizes(), " but the config asks for [", rows_, ", ",
+               out_dim, "]", paper_ ? " (prefix_layout \"paper\")" : "");
     torch::NoGradGuard ng;
     if (mlp_) {  // the saved tensor is the encoder output: drop the encoder
       if (lstm_) unregister_module("lstm_head");
@@ -228,8 +282,8 @@ class PromptLearning : public InputAdapter {
 
  private:
   Kind kind_;
-  int64_t P_, subm_, token_dim_, layers_, heads_;
-  bool encdec_ = false;
+  int64_t P_, subm_, token_dim_, layers_, heads_, rows_;
+  bool encdec_ = false, paper_ = false;
   torch::nn::Sequential mlp_{nullptr};
   torch::nn::LSTM lstm_{nullptr};
   torch::Tensor gate_w_, gate_b_;  // prefix gate (defined when "prefix_gate": true)
@@ -268,7 +322,7 @@ class PromptLearningTuner : public Tuner {
   }
   std::vector<std::string> extension_keys() const override {
     if (kind_ == Kind::Prompt) return {"prompt_tuning_init_token_ids"};
-    if (kind_ == Kind::Prefix) return {"prefix_gate"};
+    if (kind_ == Kind::Prefix) return {"prefix_gate", "prefix_layout"};
     return {};
   }
   void validate(const nlohmann::json& c) const override {
@@ -286,6 +340,9 @@ class PromptLearningTuner : public Tuner {
     } else {
       pos("encoder_hidden_size", true);
     }
+    if (kind_ == Kind::Prefix && c.contains("prefix_layout"))
+      PEFT_CHECK(c["prefix_layout"] == "peft" || c["prefix_layout"] == "paper",
+                 "adapter config: field 'prefix_layout' must be \"peft\" or \"paper\", got ", c["prefix_layout"].dump());
     if (kind_ == Kind::Prefix && c.contains("prefix_gate"))
       PEFT_CHECK(c["prefix_gate"].is_boolean(), "adapter config: field 'prefix_gate' must be true or false, got ",
                  c["prefix_gate"].dump());
@@ -312,7 +369,17 @@ class PromptLearningTuner : public Tuner {
       if (c[f].is_null()) c[f] = v;
       PEFT_CHECK(c[f].get<int64_t>() == v, "adapter config: field '", f, "' is ", c[f].dump(), " but the model needs ", v);
     };
-    const bool attention_prefix = encdec && kind_ == Kind::Prefix;  // three prefixes (see the top)
+    const bool attention_prefix = paper_layout(kind_, c, encdec);  // three prefixes (see the top)
+    if (encdec && kind_ == Kind::Prefix && !attention_prefix) {  // peft's layout
+      PEFT_CHECK(token_dim == d.hidden_size, "adapter config: prefix tuning in peft's layout sizes the prefix with "
+                 "token_dim = hidden size (", d.hidden_size, ") but the attention has ", d.num_heads, " heads x ",
+                 d.head_dim, "; set \"prefix_layout\": \"paper\"");
+      PEFT_CHECK(d.num_decoder_layers <= d.num_layers, "adapter config: prefix tuning in peft's layout gives ",
+                 d.num_layers, " layers of prefix (the encoder depth) to a decoder of ", d.num_decoder_layers,
+                 " (peft would skip the decoder's last blocks); set \"prefix_layout\": \"paper\"");
+      PEFT_CHECK(!c.value("prefix_gate", false), "adapter config: 'prefix_gate' on an encoder-decoder needs "
+                 "\"prefix_layout\": \"paper\" (the gate has a row per prefixed attention site)");
+    }
     fill("num_layers", attention_prefix ? std::max(d.num_layers, d.num_decoder_layers) : d.num_layers);
     fill("token_dim", token_dim);
     fill("num_attention_heads", heads);

@@ -10,6 +10,7 @@
 // the tokens each query attends (PrefixGate, include/peft/model.h): the same on encoders, and in
 // a causal LM no later token reaches a query through the gate. Not an identity at init: the
 // prefix is random (as in the paper); the LoRA (B = 0) and adapter (W_up = 0) parts start at zero.
+// On encoder-decoders the prefix uses prefix tuning's "paper" layout (every attention site gated).
 #include "peft/tuner.h"
 
 namespace peft {
@@ -19,7 +20,10 @@ PEFT_REGISTER_METHOD("unipelt", {{"peft_type", "COMPOSITE"},
                                  {"components",
                                   {{{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}, {"lora_gate", true}},
                                    {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}, {"adapter_gate", true}},
-                                   {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 10}, {"prefix_gate", true}}}}});
+                                   {{"peft_type", "PREFIX_TUNING"},
+                                    {"num_virtual_tokens", 10},
+                                    {"prefix_gate", true},
+                                    {"prefix_layout", "paper"}}}}});
 
 }  // namespace
 }  // namespace peft

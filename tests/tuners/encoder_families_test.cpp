@@ -141,7 +141,10 @@ TEST_P(EncoderFamilies, IdentityCountSaveLoadMerge) {
     const bool gate = sd.count(ns + "prefix_gate.weight") > 0;
     auto prefix_only = fixture_peft_model(c.model);
     prefix_only->add_adapter("default",
-                             {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", c.prefix_tokens}, {"prefix_gate", gate}});
+                             {{"peft_type", "PREFIX_TUNING"},
+                              {"num_virtual_tokens", c.prefix_tokens},
+                              {"prefix_gate", gate},
+                              {"prefix_layout", "paper"}});  // as the hybrids (no effect on encoders)
     auto tensors = prefix_only->adapter_state_dict("default");  // with its copy of the head (SEQ_CLS)
     tensors["prompt_embeddings"] = sd.at(c.identity);
     if (gate)

@@ -271,9 +271,10 @@ INSTANTIATE_TEST_SUITE_P(All, T5Tuner,
                          [](const auto& info) { return info.param.model + "_" + info.param.method; });
 
 // ---- T5: prompt tuning, P-tuning, prefix tuning ----------------------------------------------
-// Prompt tuning / P-tuning prepend virtual tokens to the encoder input; prefix tuning gives the
-// encoder, the decoder and the decoder's cross-attention their own key/value prefixes (Li &
-// Liang 2021, sec. 4.2). Checked: closed-form counts, save -> load bit-exact, each prefix
+// Prompt tuning / P-tuning prepend virtual tokens to the encoder input; prefix tuning in the
+// explicit "paper" layout gives the encoder, the decoder and the decoder's cross-attention their
+// own key/value prefixes (Li & Liang 2021, sec. 4.2; peft's default layout is checked against its
+// fixture in prompt_t5_prefix_test.cpp). Checked: closed-form counts, save -> load bit-exact, each prefix
 // reaching only its site, cached greedy decoding equal to uncached argmax decoding, and
 // float64 finite-difference gradients.
 
@@ -287,7 +288,9 @@ TEST_P(T5PromptLearning, CountsRoundTripDecodingAndGradients) {
   auto in = fixture_input(dir);
   auto pm = peft_on(dir);
   auto base = logits_of(*pm, in);
-  pm->add_adapter("default", method_config(c.method, {{"num_virtual_tokens", P}}));
+  nlohmann::json opts = {{"num_virtual_tokens", P}};
+  if (prefix) opts["prefix_layout"] = "paper";
+  pm->add_adapter("default", method_config(c.method, opts));
   auto d = pm->model->dims();
   const int64_t D = d.hidden_size, td = d.head_dim * d.num_heads, L = std::max(d.num_layers, d.num_decoder_layers);
   const auto& cfg = pm->adapter("default").config;
@@ -353,7 +356,7 @@ TEST_P(T5PromptLearning, CountsRoundTripDecodingAndGradients) {
 
   // Finite differences in float64 on the virtual tokens (and the prompt encoder).
   auto pf = peft_on(dir, torch::kFloat64);
-  pf->add_adapter("default", method_config(c.method, {{"num_virtual_tokens", P}}));
+  pf->add_adapter("default", method_config(c.method, opts));
   pf->to(torch::kFloat64);
   peft::test::expect_gradients_match_finite_differences(*pf, in, c.method);
 }

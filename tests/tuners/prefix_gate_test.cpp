@@ -29,8 +29,9 @@ using peft::test::source_path;
 namespace {
 
 const int64_t kP = 3;
+// The gate on an encoder-decoder needs the paper's three-site layout (no effect on the others).
 nlohmann::json gated(int64_t P = kP) {
-  return {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", P}, {"prefix_gate", true}};
+  return {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", P}, {"prefix_gate", true}, {"prefix_layout", "paper"}};
 }
 
 // Gate weights large enough that g_i varies visibly between queries and examples.
@@ -285,6 +286,11 @@ TEST(PrefixGate, ConfigAndFileErrors) {
   tensors.erase("prefix_gate.bias");
   EXPECT_NE(error_of([&] { g->load_adapter_state_dict("default", tensors, "f.safetensors"); }).find("is missing"),
             std::string::npos);
+  // T5 in peft's layout (the default) has no per-site prefixes to gate.
+  auto t5 = fixture_peft_model("t5");
+  auto in_peft_layout = gated();
+  in_peft_layout.erase("prefix_layout");
+  EXPECT_NE(error_of([&] { t5->add_adapter("default", in_peft_layout); }).find("prefix_layout"), std::string::npos);
 }
 
 }  // namespace
