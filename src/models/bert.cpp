@@ -14,6 +14,7 @@
 
 #include <cmath>
 
+#include "models/config_fields.h"
 #include "models/decoder_common.h"
 #include "peft/error.h"
 #include "peft/model.h"
@@ -44,10 +45,12 @@ struct BertConfig {
     PEFT_CHECK(max_pos > 0 && type_vocab > 0, "config.json: max_position_embeddings and type_vocab_size must be positive");
     eps = cfg_double(c, "layer_norm_eps", 1e-12);
     act = cfg_str(c, "hidden_act", "gelu");
-    check_activation(act);
-    std::string pet = cfg_str(c, "position_embedding_type", "absolute");
-    PEFT_CHECK(pet == "absolute", "config.json: position_embedding_type '", pet,
-               "' is not supported (only 'absolute')");
+    check_activation_field("hidden_act", act);
+    refuse_unless(c, "position_embedding_type", "absolute",
+                  "relative position embeddings (relative_key, relative_key_query) are not supported (only 'absolute')");
+    refuse_common_fields(c);
+    refuse_unless(c, "is_decoder", false, "a causal (decoder) BERT / RoBERTa is not supported");
+    refuse_unless(c, "add_cross_attention", false, "BERT / RoBERTa with cross-attention layers is not supported");
     num_labels = c.contains("id2label") && c["id2label"].is_object() ? (int64_t)c["id2label"].size()
                                                                      : cfg_int(c, "num_labels", 2);
     problem_type = cfg_str(c, "problem_type", "");

@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "models/config_fields.h"
 #include "models/decoder_common.h"
 #include "peft/error.h"
 #include "peft/model.h"
@@ -40,12 +41,17 @@ struct GPT2Config {
                ", vocab_size ", vocab, ", n_positions ", max_pos, ")");
     eps = cfg_double(c, "layer_norm_epsilon", 1e-5);
     act = cfg_str(c, "activation_function", "gelu_new");
-    with_context("config.json: activation_function", [&] { check_activation(act); });
+    check_activation_field("activation_function", act);
     scale_attn = cfg_bool(c, "scale_attn_weights", true);
     scale_by_layer = cfg_bool(c, "scale_attn_by_inverse_layer_idx", false);
     tie = cfg_bool(c, "tie_word_embeddings", true);
     num_labels = c.contains("id2label") && c["id2label"].is_object() ? (int64_t)c["id2label"].size()
                                                                      : cfg_int(c, "num_labels", 2);
+    refuse_common_fields(c);
+    refuse_unless(c, "add_cross_attention", false, "GPT-2 with cross-attention layers is not supported");
+    refuse_unsupported_problem_type(c, num_labels);
+    refuse_unless(c, "reorder_and_upcast_attn", false,
+                  "the upcast / reordered attention of GPT2Attention._upcast_and_reordered_attn is not supported");
   }
 };
 

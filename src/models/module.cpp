@@ -123,26 +123,41 @@ LayerNorm::LayerNorm(int64_t dim_, double eps_) : eps(eps_), dim(dim_) {
 
 torch::Tensor LayerNorm::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
 
-static const char* kActivations[] = {"silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast",
-                                     "relu", "tanh", "quick_gelu", "gelu_10"};
+// transformers 4.37's ACT2FN, every entry.
+static const char* kActivations[] = {"silu",  "swish",   "gelu",    "gelu_new",   "gelu_pytorch_tanh", "gelu_fast",
+                                     "relu",  "tanh",    "quick_gelu", "gelu_10", "gelu_python",       "gelu_accurate",
+                                     "relu2", "relu6",   "sigmoid", "leaky_relu", "linear",            "mish",
+                                     "laplace"};
 
 void check_activation(const std::string& name) {
   for (auto* a : kActivations)
     if (name == a) return;
-  fail("unsupported activation '", name, "' (supported: silu swish gelu gelu_new gelu_pytorch_tanh gelu_fast relu tanh quick_gelu)");
+  std::string known;
+  for (auto* a : kActivations) known += std::string(" ") + a;
+  fail("unsupported activation '", name, "' (supported:", known, ")");
 }
 
 torch::Tensor activation(const std::string& name, const torch::Tensor& x) {
   if (name == "silu" || name == "swish") return torch::silu(x);
-  if (name == "gelu") return torch::gelu(x);
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") {
-    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written out as transformers' NewGELUActivation.
+  if (name == "gelu" || name == "gelu_python") return torch::gelu(x);  // x Phi(x), erf form
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast" || name == "gelu_accurate") {
+    // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), written out as transformers' NewGELUActivation
+    // (gelu_fast / gelu_accurate are the same tanh approximation in other arithmetic forms).
     return 0.5 * x * (1.0 + torch::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * torch::pow(x, 3.0))));
   }
   if (name == "relu") return torch::relu(x);
   if (name == "tanh") return torch::tanh(x);
   if (name == "quick_gelu") return x * torch::sigmoid(1.702 * x);
   if (name == "gelu_10") return torch::clamp(torch::gelu(x), -10, 10);
+  if (name == "relu2") return torch::relu(x).pow(2);  // squared ReLU (So et al. 2021)
+  if (name == "relu6") return torch::clamp(x, 0, 6);
+  if (name == "sigmoid") return torch::sigmoid(x);
+  if (name == "leaky_relu") return torch::leaky_relu(x, 0.01);  // nn.LeakyReLU's default slope
+  if (name == "linear") return x;
+  if (name == "mish") return x * torch::tanh(torch::softplus(x));
+  if (name == "laplace") {  // transformers' LaplaceActivation: mu = 0.707107, sigma = 0.282095
+    return 0.5 * (1.0 + torch::erf((x - 0.707107) / (0.282095 * std::sqrt(2.0))));
+  }
   check_activation(name);
   return x;
 }

@@ -12,6 +12,7 @@
 
 #include <cmath>
 
+#include "models/config_fields.h"
 #include "peft/error.h"
 #include "peft/model.h"
 
@@ -54,7 +55,8 @@ struct T5Config {
                "config.json: feed_forward_proj '", ffp, "' must be '{ACT}' or 'gated-{ACT}' (e.g. 'relu', 'gated-gelu')");
     gated = cfg_bool(c, "is_gated_act", dash != std::string::npos);
     act = cfg_str(c, "dense_act_fn", ffp == "gated-gelu" ? "gelu_new" : tail);
-    check_activation(act);
+    check_activation_field(c.contains("dense_act_fn") ? "dense_act_fn" : "feed_forward_proj", act);
+    refuse_common_fields(c);
   }
 };
 
