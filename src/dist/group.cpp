@@ -82,7 +82,8 @@ struct Group::Impl {
   std::condition_variable cv;
   bool stop = false;
   std::atomic<int64_t> seq{0};  // collectives entered
-  bool failed = false;
+  bool failed = false;       // something went wrong: never block in the destructor
+  bool comm_failed = false;  // a collective failed: the process group may be stuck
 
   std::string key(const char* k, int64_t r) const { return std::string(k) + "/" + std::to_string(r); }
 
@@ -238,7 +239,7 @@ struct Group::Impl {
     try {
       return fn();
     } catch (const std::exception& e) {
-      failed = true;
+      failed = comm_failed = true;
       throw Error(diagnose(*s, what, e.what(), 0));
     }
   }
@@ -247,7 +248,7 @@ struct Group::Impl {
     try {
       w->wait();
     } catch (const std::exception& e) {
-      failed = true;
+      failed = comm_failed = true;
       double waited = std::chrono::duration<double>(Clock::now() - t0).count();
       throw Error(diagnose(s, what, e.what(), std::round(waited * 10) / 10));
     }
@@ -362,6 +363,13 @@ void Group::report_failure(const std::string& message) noexcept {
     impl_->failed = true;
     impl_->store->setTimeout(ms(5000));
     impl_->store->set(impl_->key("failed", rank()), bytes(message.substr(0, 2000)));
+    if (!impl_->comm_failed && impl_->pg) {
+      // This rank failed on its own: closing its connections makes the others' collectives
+      // fail now (not after the timeout), and they read the message above. The store's host
+      // stays a little longer so that they can.
+      impl_->pg.reset();
+      if (rank() == 0 && !impl_->env.agent_store) std::this_thread::sleep_for(kBeat * 6);
+    }
   } catch (...) {
   }
 }

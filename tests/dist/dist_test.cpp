@@ -316,3 +316,20 @@ TEST(DistEnv, PartialEnvironmentIsAnError) {
   EXPECT_NE(rc, 0) << log;
   EXPECT_NE(log.find("RANK is set but WORLD_SIZE is not"), std::string::npos) << log;
 }
+
+// A rank that fails on its own (here rank 0: --resume without a checkpoint) closes its
+// connections and leaves its message in the store: the other rank stops at once and quotes it.
+TEST(DistFaults, ErrorOnOneRankIsQuotedByTheOthers) {
+  auto dir = temp_dir("dist_one_fails");
+  const int port = free_port();
+  const std::string args = common("--max_steps 3 --resume --output-dir " + dir + "/out");
+  pid_t r0 = spawn(args, rank_env(0, 2, port), dir + "/log0");
+  pid_t r1 = spawn(args, rank_env(1, 2, port), dir + "/log1");
+  double took = 0;
+  int rc1 = wait_for(r1, 60, &took), rc0 = wait_for(r0, 60);
+  std::string log1 = slurp(dir + "/log1");
+  EXPECT_NE(rc0, 0) << slurp(dir + "/log0");
+  EXPECT_NE(rc1, 0) << log1;
+  EXPECT_NE(log1.find("rank 0 failed: rank 0: --resume: no checkpoint"), std::string::npos) << log1;
+  EXPECT_LT(took, 30) << log1;
+}
