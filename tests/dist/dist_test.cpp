@@ -333,3 +333,22 @@ TEST(DistFaults, ErrorOnOneRankIsQuotedByTheOthers) {
   EXPECT_NE(log1.find("rank 0 failed: rank 0: --resume: no checkpoint"), std::string::npos) << log1;
   EXPECT_LT(took, 30) << log1;
 }
+
+// torchrun (Debian's python3-torch, when installed) starts the same 2 ranks: the same adapter,
+// bit for bit, as `peft train --nproc_per_node 2`. torchrun's agent hosts the store
+// (TORCHELASTIC_USE_AGENT_STORE=True): every rank, rank 0 included, is a client.
+TEST(DistTrain, TorchrunGivesTheLauncherAdapter) {
+  if (system("command -v torchrun >/dev/null 2>&1") != 0) GTEST_SKIP() << "torchrun not installed (python3-torch)";
+  auto dir = temp_dir("dist_torchrun");
+  std::string log;
+  const std::string run = "--max_steps 3 --per_device_train_batch_size 2 ";
+  ASSERT_EQ(run_cli(common(run + "--nproc_per_node 2 --output-dir " + dir + "/launcher"), &log), 0) << log;
+  // --redirects/--tee 2: Debian's torchrun 1.13 on Python 3.11 fails on their default "0";
+  // "--" keeps torchrun's parser off peft's options (--r would be an ambiguous abbreviation).
+  std::string cmd = "torchrun --nproc_per_node 2 --master_port " + std::to_string(free_port()) +
+                    " --redirects 2 --tee 2 --no_python -- " + cli_path() + " " +
+                    common(run + "--output-dir " + dir + "/torchrun") + " > " + dir + "/log 2>&1";
+  ASSERT_EQ(system(cmd.c_str()), 0) << slurp(dir + "/log");
+  EXPECT_EQ(peft::read_file(dir + "/launcher/adapter_model.safetensors"),
+            peft::read_file(dir + "/torchrun/adapter_model.safetensors"));
+}
