@@ -26,12 +26,19 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
   StepBench b(shape, "lora", warmup + steps);
   std::shared_ptr<dist::Group> group;
   std::unique_ptr<dist::GradBuckets> buckets;
+  double wait_s = 0;
   if (env.distributed()) {
     group = dist::Group::join(env, dist::GroupOptions(), {{"bench", shape.config()}});
     buckets = std::make_unique<dist::GradBuckets>(group, b.trainable_params());
-    b.before_update = [&] { buckets->reduce(torch::Tensor()); };
+    // The barrier first separates waiting for the slower rank from the gradient sum itself.
+    b.before_update = [&] {
+      auto t0 = std::chrono::steady_clock::now();
+      group->barrier("benchmark: ranks ready to sum");
+      wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      buckets->reduce(torch::Tensor());
+    };
   }
-  std::vector<double> times, reduce;
+  std::vector<double> times, reduce, waits;
   for (int64_t i = 0; i < warmup + steps; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     b.step();
@@ -39,6 +46,7 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
     if (i >= warmup) {
       times.push_back(dt);
       reduce.push_back(buckets ? buckets->last_seconds() : 0.0);
+      waits.push_back(wait_s);
     }
   }
   if (group) group->barrier("end of the benchmark");
@@ -51,6 +59,7 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
   std::cout << nlohmann::json{{"ranks", n},
                               {"step_s", step_s},
                               {"allreduce_s", med(reduce)},
+                              {"wait_s", med(waits)},
                               {"buckets", buckets ? buckets->num_buckets() : 0},
                               {"trainable", b.trainable},
                               {"tokens_per_s", static_cast<double>(n * shape.tokens_per_step()) / step_s}}

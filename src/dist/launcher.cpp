@@ -54,8 +54,8 @@ std::string describe(int status) {
 }  // namespace
 
 int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt) {
-  PEFT_CHECK(opt.nproc >= 1, "peft train: --nproc_per_node must be >= 1, got ", opt.nproc);
-  PEFT_CHECK(!std::getenv("RANK"), "peft train: --nproc_per_node inside a process that already has RANK set "
+  PEFT_CHECK(opt.nproc >= 1, "launcher: --nproc_per_node must be >= 1, got ", opt.nproc);
+  PEFT_CHECK(!std::getenv("RANK"), "launcher: --nproc_per_node inside a process that already has RANK set "
                                    "(started by torchrun?): use one launcher, not both");
   const int64_t port = opt.master_port > 0 ? opt.master_port : free_port(opt.master_addr);
   if (!std::getenv("OMP_NUM_THREADS")) {
@@ -63,9 +63,9 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
     unsigned hw = std::thread::hardware_concurrency();
     int64_t per = std::max<int64_t>(1, static_cast<int64_t>(hw ? hw : 1) / opt.nproc);
     setenv("OMP_NUM_THREADS", std::to_string(per).c_str(), 1);
-    std::cerr << "peft train: OMP_NUM_THREADS=" << per << " per rank (" << opt.nproc << " ranks)\n";
+    std::cerr << "launcher: OMP_NUM_THREADS=" << per << " per rank (" << opt.nproc << " ranks)\n";
   }
-  std::cerr << "peft train: " << opt.nproc << " ranks, store at " << opt.master_addr << ":" << port << "\n";
+  std::cerr << "launcher: " << opt.nproc << " ranks, store at " << opt.master_addr << ":" << port << "\n";
 
   struct sigaction sa{};
   sa.sa_handler = on_signal;
@@ -78,7 +78,7 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
   std::vector<pid_t> pids;
   for (int64_t r = 0; r < opt.nproc; ++r) {
     pid_t pid = fork();
-    PEFT_CHECK(pid >= 0, "peft train: fork(): ", std::strerror(errno));
+    PEFT_CHECK(pid >= 0, "launcher: fork(): ", std::strerror(errno));
     if (pid == 0) {
       signal(SIGINT, SIG_DFL);
       signal(SIGTERM, SIG_DFL);
@@ -95,7 +95,7 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
       for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);
       execv("/proc/self/exe", args.data());
-      std::cerr << "peft train: cannot start rank " << r << ": execv(/proc/self/exe): " << std::strerror(errno) << "\n";
+      std::cerr << "launcher: cannot start rank " << r << ": execv(/proc/self/exe): " << std::strerror(errno) << "\n";
       _exit(127);
     }
     pids.push_back(pid);
@@ -111,7 +111,7 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
     if (g_signal) {
       int s = g_signal;
       g_signal = 0;
-      std::cerr << "peft train: got signal " << s << "; passing it to the ranks\n";
+      std::cerr << "launcher: got signal " << s << "; passing it to the ranks\n";
       for (size_t i = 0; i < pids.size(); ++i)
         if (!done[i]) kill(pids[i], s);
       if (!failed) {
@@ -132,16 +132,16 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
           failed = true;
           fail_at = Clock::now();
           rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-          std::cerr << "peft train: rank " << i << " (pid " << p << ") " << describe(st)
+          std::cerr << "launcher: rank " << i << " (pid " << p << ") " << describe(st)
                     << "; waiting up to " << opt.grace_s << " s for the other ranks to stop\n";
         } else if (!ok) {
-          std::cerr << "peft train: rank " << i << " (pid " << p << ") " << describe(st) << "\n";
+          std::cerr << "launcher: rank " << i << " (pid " << p << ") " << describe(st) << "\n";
         }
       }
       continue;
     }
     if (failed && !terminated && Clock::now() - fail_at > std::chrono::duration<double>(opt.grace_s)) {
-      std::cerr << "peft train: terminating the ranks still running\n";
+      std::cerr << "launcher: terminating the ranks still running\n";
       for (size_t i = 0; i < pids.size(); ++i)
         if (!done[i]) kill(pids[i], SIGTERM);
       terminated = true;

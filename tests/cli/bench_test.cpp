@@ -82,12 +82,13 @@ TEST(BenchCli, DistSuiteReportsScalingAndAllReduceTime) {
   std::string out;
   ASSERT_EQ(test::run_cli("bench --small --quiet --suites dist --repeats 1 --out " + dir + "/r.json", &out), 0) << out;
   auto one = table_row(out, "1 x 1"), two = table_row(out, "2 x 1");
-  ASSERT_EQ(one.size(), 5u) << out;
-  ASSERT_EQ(two.size(), 5u) << out;
+  ASSERT_EQ(one.size(), 6u) << out;
+  ASSERT_EQ(two.size(), 6u) << out;
   auto r = read_json(dir + "/r.json")["dist"];
   EXPECT_GT(r["tokens_per_s_1"].get<double>(), 0);
   EXPECT_GT(r["tokens_per_s_2"].get<double>(), 0);
   EXPECT_GE(r["allreduce_s"].get<double>(), 0);
+  EXPECT_GE(r["wait_s"].get<double>(), 0);
   EXPECT_NEAR(r["scaling_efficiency"].get<double>(),
               r["tokens_per_s_2"].get<double>() / (2 * r["tokens_per_s_1"].get<double>()), 1e-9);
   auto two_run = r["runs"][0]["two"];
