@@ -62,8 +62,10 @@ nlohmann::json parse_cli_value(const std::string& key, const std::string& value)
     while (std::getline(ss, item, ',')) arr.push_back(scalar(trim(item)));
     return arr;
   }
-  // One name is a list of one; target_modules with regex characters stays a regex string.
-  bool regex = key == "target_modules" && value.find_first_of("*[]()|\\^$+?") != std::string::npos;
+  // One name is a list of one; target_modules with regex characters stays a regex string, and
+  // so does peft's shorthand "all-linear" (a string in a recipe too).
+  bool regex = key == "target_modules" &&
+               (value.find_first_of("*[]()|\\^$+?") != std::string::npos || value == "all-linear");
   if (lists.count(key) && !regex && !value.empty() && value.front() != '[') return nlohmann::json::array({scalar(value)});
   return scalar(value);
 }

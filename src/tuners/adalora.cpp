@@ -32,9 +32,11 @@ class AdaLoraLinear : public TunerLayer {
     ranknum[a] = static_cast<double>(r);
     dropout[a] = drop;
     orth_weight[a] = orth;
-    add_param(a, "lora_A", (torch::randn({r, l.in_features}) * 0.02).to(dt));
+    // peft: A, E, B ~ N(0, 1), then (init_lora_weights) E = 0 and A, B ~ N(0, 0.02^2).
+    const double sd = init_weights ? 0.02 : 1.0;
+    add_param(a, "lora_A", (torch::randn({r, l.in_features}) * sd).to(dt));
     add_param(a, "lora_E", init_weights ? torch::zeros({r, 1}, dt) : torch::randn({r, 1}).to(dt));
-    add_param(a, "lora_B", (torch::randn({l.out_features, r}) * 0.02).to(dt));
+    add_param(a, "lora_B", (torch::randn({l.out_features, r}) * sd).to(dt));
   }
   double scaling(const std::string& a) const { return alpha.at(a) / (ranknum.at(a) + 1e-5) * scale_of(a); }
   torch::Tensor delta_weight(const std::string& a) override {
@@ -104,8 +106,12 @@ class AdaLoraTuner : public Tuner {
     PEFT_CHECK(c["target_r"].is_number_integer() && c["target_r"].get<int64_t>() > 0 &&
                    c["target_r"].get<int64_t>() <= c["init_r"].get<int64_t>(),
                "adapter config: field 'target_r' must be in [1, init_r]");
-    PEFT_CHECK(!c["use_dora"].get<bool>(), "adapter config: AdaLoRA does not support use_dora");
+    PEFT_CHECK(!c["use_dora"].get<bool>(), "adapter config: field 'use_dora': AdaLoRA does not support DoRA");
     PEFT_CHECK(c["bias"] == "none", "adapter config: field 'bias': only 'none' is supported");
+    PEFT_CHECK(c["rank_pattern"].is_null(), "adapter config: field 'rank_pattern' (the ranks a finished AdaLoRA run kept, "
+               "with tensors cut to them) is not supported; save the adapter with its full init_r tensors");
+    PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");
+    PEFT_CHECK(c["loftq_config"].is_null() || c["loftq_config"].empty(), "adapter config: field 'loftq_config' is not supported");
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();

@@ -128,8 +128,10 @@ class CompositeTuner : public Tuner {
     int64_t holders = 0;
     for (size_t i = 0; i < c["components"].size(); ++i) {
       auto full = complete(c["components"][i], i);
-      if (holds_input(*find_tuner(full["peft_type"].get<std::string>())))
-        PEFT_CHECK(++holders <= 1, where(i, full), ": only one component may be a prompt/prefix method or VeRA");
+      if (holds_input(*find_tuner(full["peft_type"].get<std::string>())) ||
+          (full["peft_type"] == "LORA" && full["bias"] != "none"))
+        PEFT_CHECK(++holders <= 1, where(i, full),
+                   ": only one component may be a prompt/prefix method, VeRA or LoRA with trainable biases");
     }
   }
 

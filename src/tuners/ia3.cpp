@@ -6,9 +6,12 @@
 // Merge: W ⊙ l (broadcast over the matching axis), and b ⊙ l for output scaling.
 #include <torch/torch.h>
 
+#include <algorithm>
+
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/default_targets.h"
 
 namespace peft {
 namespace {
@@ -23,7 +26,7 @@ class IA3Linear : public TunerLayer {
     auto& l = base_linear();
     feedforward[a] = ff;
     auto shape = ff ? std::vector<int64_t>{1, l.in_features} : std::vector<int64_t>{l.out_features, 1};
-    auto v = init_ones ? torch::ones(shape) : torch::randn(shape) * 0.02 + 1.0;
+    auto v = init_ones ? torch::ones(shape) : torch::randn(shape);  // peft: N(0, 1) unless init_ia3_weights
     add_param(a, "ia3_l", v.to(l.weight.scalar_type()));
   }
   // The scaling vector of the adapter, blended with the identity by the user scale s: 1 + s (l − 1).
@@ -74,18 +77,37 @@ class IA3Tuner : public Tuner {
     return {"exclude_modules", "layers_to_transform", "layers_pattern"};
   }
   std::vector<std::string> default_roles() const override { return {"attn.k", "attn.v", "mlp.down"}; }
-  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto ff_spec = c["feedforward_modules"];
-    if (ff_spec.is_null()) {  // default: the model's FFN down projection
-      auto roles = pm.model->roles();
-      ff_spec = nlohmann::json::array();
-      if (roles.count("mlp.down")) ff_spec.push_back(roles["mlp.down"]);
-    } else if (ff_spec.is_array()) {
-      auto roles = pm.model->roles();
+  /// peft's IA3Config check: given both as lists, feedforward_modules must be a subset of target_modules.
+  void validate(const nlohmann::json& c) const override {
+    PEFT_CHECK(c["init_ia3_weights"].is_boolean(), "adapter config: field 'init_ia3_weights' must be true or false");
+    const auto &tm = c["target_modules"], &ff = c["feedforward_modules"];
+    if (!tm.is_array() || !ff.is_array()) return;
+    for (auto& f : ff)
+      PEFT_CHECK(std::find(tm.begin(), tm.end(), f) != tm.end(), "adapter config: field 'feedforward_modules' entry ",
+                 f.dump(), " is not in target_modules (peft: feedforward_modules should be a subset of target_modules)");
+  }
+  /// feedforward_modules resolved once and stored (peft saves the list it used): peft's default
+  /// for the model type, else the model's FFN down projection (role mlp.down); role names translated.
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+    auto& c = pm.mutable_config(name);
+    auto roles = pm.model->roles();
+    auto ff = c["feedforward_modules"];
+    if (ff.is_null()) ff = peft_default_feedforward(pm.model->model_type());
+    if (ff.is_null()) {
+      ff = nlohmann::json::array();
+      if (roles.count("mlp.down")) ff.push_back(roles["mlp.down"]);
+    } else if (ff.is_array()) {
       nlohmann::json r = nlohmann::json::array();
-      for (auto& v : ff_spec) r.push_back(roles.count(v.get<std::string>()) ? roles[v.get<std::string>()] : v.get<std::string>());
-      ff_spec = r;
+      for (auto& v : ff) {
+        PEFT_CHECK(v.is_string(), "adapter config: field 'feedforward_modules' must hold strings, got ", v.dump());
+        r.push_back(roles.count(v.get<std::string>()) ? roles[v.get<std::string>()] : v.get<std::string>());
+      }
+      ff = r;
     }
+    c["feedforward_modules"] = ff;
+  }
+  void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
+    const auto& ff_spec = c["feedforward_modules"];
     auto cur = slot.get();
     auto layer = std::dynamic_pointer_cast<IA3Linear>(cur);
     if (!layer) layer = std::make_shared<IA3Linear>(cur);

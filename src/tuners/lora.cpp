@@ -23,6 +23,8 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/lora_bias.h"
+#include "tuners/patterns.h"
 
 namespace peft {
 namespace {
@@ -135,8 +137,12 @@ class LoraLinear : public TunerLayer {
   }
 
   bool can_merge() const override {
-    for (auto& kv : opt)
+    for (auto& kv : opt) {
       if (kv.second.gate) return false;  // the gate depends on the input
+      // DoRA's forward normalises the innermost base weight, not the output of an adapter it is
+      // stacked on, so no merged weight reproduces it there.
+      if (kv.second.dora && dynamic_cast<TunerLayer*>(base_layer.get())) return false;
+    }
     return true;
   }
   void merge(const std::string& a) override {
@@ -197,13 +203,12 @@ class LoraLinear : public TunerLayer {
   }
 };
 
-/// peft's rank_pattern / alpha_pattern: the first key that matches `(.*\.)?key$` wins.
-template <class T>
-T pattern_value(const nlohmann::json& pat, const std::string& path, T dflt) {
-  if (!pat.is_object()) return dflt;
-  for (auto& kv : pat.items())
-    if (std::regex_match(path, std::regex("(.*\\.)?" + kv.key() + "$"))) return kv.value().get<T>();
-  return dflt;
+/// The bias of the Linear under any wrappers (undefined when it has none).
+torch::Tensor innermost_bias(const LayerPtr& l) {
+  Layer* x = l.get();
+  while (auto* t = dynamic_cast<TunerLayer*>(x)) x = t->base_layer.get();
+  auto* lin = dynamic_cast<Linear*>(x);
+  return lin ? lin->bias : torch::Tensor();
 }
 
 class LoraTuner : public Tuner {
@@ -227,9 +232,8 @@ class LoraTuner : public Tuner {
     PEFT_CHECK(c["lora_alpha"].is_number(), "adapter config: field 'lora_alpha' must be a number");
     double p = c["lora_dropout"].get<double>();
     PEFT_CHECK(p >= 0 && p < 1, "adapter config: field 'lora_dropout' must be in [0, 1), got ", p);
-    auto b = c["bias"].get<std::string>();
-    PEFT_CHECK(b == "none", "adapter config: field 'bias' = '", b,
-               "': only 'none' is supported (train biases with the BitFit method instead)");
+    PEFT_CHECK(c["bias"].is_string() && (c["bias"] == "none" || c["bias"] == "all" || c["bias"] == "lora_only"),
+               "adapter config: field 'bias' must be \"none\", \"all\" or \"lora_only\", got ", c["bias"].dump());
     auto& init = c["init_lora_weights"];
     PEFT_CHECK(init.is_boolean() || (init.is_string() && (init == "gaussian" || init == "pissa" || init == "olora")),
                "adapter config: field 'init_lora_weights' must be true, false, \"gaussian\", \"pissa\" or \"olora\"");
@@ -238,8 +242,30 @@ class LoraTuner : public Tuner {
     PEFT_CHECK(!(c.value("use_dora", false) && c.value("dylora", false)), "adapter config: DoRA and DyLoRA cannot be combined");
     PEFT_CHECK(!(c.value("use_dora", false) && c.value("lora_gate", false)), "adapter config: DoRA and lora_gate cannot be combined");
   }
+  /// bias = "all" | "lora_only": the holder of the biases that train (tuners/lora_bias.h). "all"
+  /// takes every parameter whose name contains "bias" (peft's rule), except in modules_to_save.
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
+    if (c["bias"] == "none") return;
+    PEFT_CHECK(!pm.adapter(name).input, "adapter config: field 'bias' = ", c["bias"].dump(),
+               ": not supported together with another model-level component (prompt/prefix tuning, VeRA)");
+    auto holder = std::make_shared<TrainableBiases>(*pm.model, c["bias"] == "all");
+    if (c["bias"] == "all") {
+      const auto& mts = c["modules_to_save"];
+      for (auto& p : pm.model->named_parameters()) {
+        const std::string& n = p.key();
+        if (n.find("bias") == std::string::npos || n.find("modules_to_save") != std::string::npos) continue;
+        bool saved_module = false;  // inside a module that modules_to_save copies
+        for (auto dot = n.find('.'); dot != std::string::npos && !saved_module; dot = n.find('.', dot + 1))
+          saved_module = mts.is_array() && module_name_matches(mts, n.substr(0, dot));
+        if (!saved_module) holder->add(p.value());
+      }
+    }
+    pm.set_input_adapter(name, holder);
+  }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
+    if (c["bias"] == "lora_only")
+      std::dynamic_pointer_cast<TrainableBiases>(pm.adapter(name).input)->add(innermost_bias(cur));
     auto layer = std::dynamic_pointer_cast<LoraLinear>(cur);
     if (!layer) layer = std::make_shared<LoraLinear>(cur);
     LoraOptions o;

@@ -12,6 +12,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "tuners/patterns.h"
 
 namespace peft {
 namespace {
@@ -128,8 +129,12 @@ nlohmann::json lycoris_defaults(const std::string& type) {
 void check_lycoris(const nlohmann::json& c) {
   PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
   PEFT_CHECK(c["alpha"].is_number(), "adapter config: field 'alpha' must be a number");
-  PEFT_CHECK(c["rank_dropout"].get<double>() == 0.0 && c["module_dropout"].get<double>() == 0.0,
-             "adapter config: rank_dropout / module_dropout are not supported (use 0)");
+  PEFT_CHECK(c["rank_dropout"].get<double>() == 0.0, "adapter config: field 'rank_dropout' = ", c["rank_dropout"].dump(),
+             " is not supported (use 0)");
+  PEFT_CHECK(c["module_dropout"].get<double>() == 0.0, "adapter config: field 'module_dropout' = ",
+             c["module_dropout"].dump(), " is not supported (use 0)");
+  PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false, got ",
+             c["init_weights"].dump());
 }
 
 class LohaTuner : public Tuner {
@@ -147,7 +152,9 @@ class LohaTuner : public Tuner {
     auto cur = slot.get();
     auto layer = std::dynamic_pointer_cast<LohaLinear>(cur);
     if (!layer) layer = std::make_shared<LohaLinear>(cur);
-    layer->add(name, c["r"].get<int64_t>(), c["alpha"].get<double>(), 0.0, c["init_weights"].get<bool>());
+    layer->add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
+               pattern_value<double>(c["alpha_pattern"], slot.path, c["alpha"].get<double>()), 0.0,
+               c["init_weights"].get<bool>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
 };
@@ -169,8 +176,9 @@ class LokrTuner : public Tuner {
     auto cur = slot.get();
     auto layer = std::dynamic_pointer_cast<LokrLinear>(cur);
     if (!layer) layer = std::make_shared<LokrLinear>(cur);
-    layer->add(name, c["r"].get<int64_t>(), c["alpha"].get<double>(), 0.0, c["init_weights"].get<bool>(),
-               c["decompose_both"].get<bool>(), c["decompose_factor"].get<int64_t>());
+    layer->add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
+               pattern_value<double>(c["alpha_pattern"], slot.path, c["alpha"].get<double>()), 0.0,
+               c["init_weights"].get<bool>(), c["decompose_both"].get<bool>(), c["decompose_factor"].get<int64_t>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
 };

@@ -9,6 +9,7 @@
 #include "peft/tuner.h"
 #include "io/adapter_config.h"
 #include "tuners/config_parts.h"
+#include "tuners/default_targets.h"
 
 namespace peft {
 namespace {
@@ -60,6 +61,22 @@ bool internal_path(const std::string& p) {
   return p.find("base_layer") != std::string::npos || p.find("modules_to_save") != std::string::npos;
 }
 
+/// peft sets fan_in_fan_out from the type of each target layer it creates (true for a Conv1D,
+/// false for an nn.Linear, with a warning when the config said otherwise), so the value it saves
+/// is that of the last target. Our Linear knows its layout, so the field has no effect here.
+void record_fan_in_fan_out(PeftModel& pm, const std::string& name) {
+  auto& cfg = pm.mutable_config(name);
+  const auto& targeted = pm.adapter(name).targeted;
+  if (!cfg.contains("fan_in_fan_out") || targeted.empty()) return;
+  for (auto& ref : find_slots(*pm.model)) {
+    if (ref.path != targeted.back()) continue;
+    Layer* l = ref.get().get();
+    while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+    if (auto* lin = dynamic_cast<Linear*>(l)) cfg["fan_in_fan_out"] = lin->conv1d;
+    return;
+  }
+}
+
 }  // namespace
 
 PeftModel::PeftModel(ModelPtr base) : model(std::move(base)) {
@@ -96,6 +113,9 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   full["peft_type"] = tuner->peft_type();
   if (full.contains("task_type") && full["task_type"].is_null()) full["task_type"] = task_type_name(model->task());
   tuner->validate(full);
+  // peft resolves 'all-linear' when the adapter is created, before anything looks at the model.
+  if (tuner->targets_modules() && full.contains("target_modules") && full["target_modules"] == "all-linear")
+    full["target_modules"] = all_linear_targets(*model);
 
   AdapterEntry e{name, tuner, full, {}, nullptr};
   adapters_[name] = e;
@@ -103,7 +123,14 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   try {
     tuner->add_global(*this, name, full);
     // The stored config: add_global may have resolved targeting fields (bottleneck placements).
-    if (tuner->targets_modules()) tuner->inject_all(*this, name, nlohmann::json(adapters_[name].config));
+    // It keeps the target list actually used (defaults and role names resolved), as peft saves it.
+    if (tuner->targets_modules()) {
+      auto& stored = adapters_[name].config;
+      if (stored.contains("target_modules"))
+        stored["target_modules"] = resolved_target_modules(stored, *model, tuner->default_roles());
+      tuner->inject_all(*this, name, nlohmann::json(stored));
+      record_fan_in_fan_out(*this, name);
+    }
     // modules_to_save: trainable copies (peft adds the classification head itself for SEQ_CLS).
     // From the stored config (add_global may have set it).
     auto mts = adapters_[name].config.value("modules_to_save", nlohmann::json());
@@ -225,9 +252,11 @@ std::vector<std::pair<std::string, torch::Tensor>> PeftModel::named_trainable_pa
     if (it != adapters_.end() && it->second.input)
       for (auto& t : it->second.input->parameters()) want.insert(t.unsafeGetTensorImpl());
   }
+  // A tensor registered twice (LoRA's trainable biases: the base's own, held by the adapter too)
+  // is listed once, under its first (base model) name.
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (auto& p : named_parameters())
-    if (want.count(p.value().unsafeGetTensorImpl())) out.emplace_back(p.key(), p.value());
+    if (want.erase(p.value().unsafeGetTensorImpl())) out.emplace_back(p.key(), p.value());
   return out;
 }
 
@@ -239,7 +268,9 @@ std::vector<torch::Tensor> PeftModel::trainable_parameters() const {
 
 TrainableReport PeftModel::trainable_report() const {
   TrainableReport r;
+  std::set<const void*> seen;  // tensors registered twice count once
   for (auto& p : parameters()) {
+    if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
     r.total += p.numel();
     if (p.requires_grad()) r.trainable += p.numel();
   }
@@ -390,10 +421,17 @@ void PeftModel::merge() {
   for (auto& kv : tuner_layers())
     for (auto& a : active_)
       PEFT_CHECK(!kv.second->has_adapter(a) || kv.second->can_merge(), kv.second->method(), " adapter '", a, "'",
-                 ns_note(layer_ns(*kv.second, a)), " at ", kv.first, " cannot be merged");
-  for (auto& kv : tuner_layers())
+                 ns_note(layer_ns(*kv.second, a)), " at ", kv.first,
+                 " cannot be merged (its effect is no change of the module's weights: e.g. an adapter MLP, a "
+                 "gate, or DoRA stacked on another adapter's module)");
+  // Innermost wrappers first (tuner_layers() lists a wrapper before the ones it wraps): where two
+  // adapters stack on one module, y = outer(inner(x)), the inner one folds into the base weight
+  // first and the outer one then acts on that weight, so merged == forward; unmerge() undoes
+  // them outermost first.
+  auto layers = tuner_layers();
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it)
     for (auto& a : active_) {
-      auto* t = kv.second;
+      auto* t = it->second;
       if (!t->has_adapter(a) || t->merged.count(a)) continue;
       t->merge(a);
       t->merged.insert(a);

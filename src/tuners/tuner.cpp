@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "peft/error.h"
+#include "tuners/default_targets.h"
 
 namespace peft {
 
@@ -136,6 +137,8 @@ TargetSelector TargetSelector::from_config(const nlohmann::json& cfg, const Pret
     return it == roles.end() ? name : it->second;
   };
   auto tm = cfg.value("target_modules", nlohmann::json());
+  if (tm.is_null()) tm = peft_default_targets(cfg.value("peft_type", std::string()), model.model_type());
+  if (tm.is_string() && tm.get<std::string>() == "all-linear") tm = all_linear_targets(model);
   if (tm.is_null()) {
     PEFT_CHECK(!default_roles.empty(), "adapter config: field 'target_modules' is required for peft_type ",
                cfg.value("peft_type", std::string("?")));
@@ -177,9 +180,39 @@ TargetSelector TargetSelector::from_config(const nlohmann::json& cfg, const Pret
   return s;
 }
 
-static bool name_matches(const nlohmann::json& spec, const std::string& path, const Module* mod) {
-  if (spec.is_string() && spec.get<std::string>() == "all-linear") return dynamic_cast<const Linear*>(mod) != nullptr;
+static bool name_matches(const nlohmann::json& spec, const std::string& path, const Module*) {
   return module_name_matches(spec, path);
+}
+
+// peft's _maybe_include_all_linear_layers: the last name components of every Linear (nn.Linear
+// and Conv1D) of the model, minus the output layer's name (get_output_embeddings(), or the
+// classification head of a SEQ_CLS model), as a sorted list. Wrappers are looked through: a
+// wrapped Linear counts under its module path (".base_layer" dropped); modules_to_save copies
+// do not count.
+nlohmann::json all_linear_targets(const PretrainedModel& model) {
+  std::set<std::string> names;
+  for (auto& kv : model.named_modules("", /*include_self=*/false)) {
+    if (!dynamic_cast<const Linear*>(kv.value().get())) continue;
+    std::string path = kv.key();
+    if (path.find("modules_to_save") != std::string::npos) continue;
+    for (auto pos = path.find(".base_layer"); pos != std::string::npos; pos = path.find(".base_layer"))
+      path.erase(pos, std::string(".base_layer").size());
+    auto dot = path.rfind('.');
+    names.insert(dot == std::string::npos ? path : path.substr(dot + 1));
+  }
+  auto roles = model.roles();
+  if (roles.count("head")) names.erase(roles["head"]);
+  PEFT_CHECK(!names.empty(), "adapter config: target_modules 'all-linear': the model has no Linear layer");
+  return nlohmann::json(std::vector<std::string>(names.begin(), names.end()));
+}
+
+nlohmann::json resolved_target_modules(const nlohmann::json& cfg, const PretrainedModel& model,
+                                       const std::vector<std::string>& default_roles) {
+  auto tm = cfg.value("target_modules", nlohmann::json());
+  if (tm.is_null() && peft_default_targets(cfg.value("peft_type", std::string()), model.model_type()).is_null() &&
+      default_roles.empty())
+    return tm;  // the tuner places itself (or needs no list)
+  return TargetSelector::from_config(cfg, model, default_roles).target_modules;
 }
 
 bool module_name_matches(const nlohmann::json& spec, const std::string& path) {

@@ -1,6 +1,7 @@
 // VeRA (Kopiczko et al. 2024, "Vector-based Random Matrix Adaptation", eq. 1):
 // h = W0 x + Λ_b B Λ_d A x with A [r, in] and B [out, r] frozen random matrices shared by all
-// layers (Kaiming-uniform from a seeded generator, saved with the adapter), and trainable
+// layers (Kaiming-uniform from a seeded generator, exactly as peft draws them; saved with the
+// adapter when save_projection is true, regenerated at load otherwise), and trainable
 // vectors d [r] (init d_initial = 0.1) and b [out] (init 0, so the model starts as the base).
 // Layers smaller than the shared matrices use their top-left slices, as peft does.
 #include <ATen/CPUGeneratorImpl.h>
@@ -15,26 +16,38 @@
 namespace peft {
 namespace {
 
-/// The shared frozen projections (buffers: saved, never trained).
+/// The shared frozen projections (buffers, never trained), generated exactly as peft 0.13.2 does
+/// (VeraModel._init_vera_A_vera_B): one CPU generator seeded with projection_prng_key draws
+/// vera_A [r, in_max] and then, continuing, vera_B [out_max, r], each U(-b, b) with peft's
+/// _kaiming_init bound b = sqrt(3) * sqrt(2) / sqrt(fan_in) (fan_in = the number of columns),
+/// computed in double. Same generator (MT19937), same draw order, same ATen uniform_ as
+/// PyTorch, so the values are bitwise peft's and an adapter saved without its projections
+/// (save_projection = false) loads to the same model in both libraries.
 class VeraShared : public InputAdapter {
  public:
-  VeraShared(int64_t r, int64_t max_in, int64_t max_out, uint64_t seed) {
+  VeraShared(int64_t r, int64_t max_in, int64_t max_out, uint64_t seed, bool save_projection)
+      : save_projection(save_projection) {
     auto gen = at::detail::createCPUGenerator(seed);
     auto mk = [&](int64_t rows, int64_t cols) {
-      double bound = 1.0 / std::sqrt(static_cast<double>(cols));
+      const double bound = std::sqrt(3.0) * (std::sqrt(2.0) / std::sqrt(static_cast<double>(cols)));
       return torch::empty({rows, cols}).uniform_(-bound, bound, gen);
     };
     A = register_buffer("vera_A", mk(r, max_in));
     B = register_buffer("vera_B", mk(max_out, r));
   }
   void apply(PretrainedModel&, ModelInput&, KVCache&) override {}
-  TensorMap saved_tensors() const override { return {{"base_model.vera_A", A}, {"base_model.vera_B", B}}; }
+  /// The projections are in the file only with save_projection (peft's layout).
+  TensorMap saved_tensors() const override {
+    if (!save_projection) return {};
+    return {{"base_model.vera_A", A}, {"base_model.vera_B", B}};
+  }
   void load_saved(const TensorMap& t, const std::string& source) override {
-    load_shared_tensors(saved_tensors(), t, source, "VeRA");
+    load_shared_tensors(saved_tensors(), t, source, "VeRA with save_projection");
   }
   std::string method() const override { return "vera"; }
   bool changes_input() const override { return false; }
   torch::Tensor A, B;
+  bool save_projection;
 };
 
 class VeraLinear : public TunerLayer {
@@ -44,13 +57,15 @@ class VeraLinear : public TunerLayer {
   std::map<std::string, double> dropout;
   std::string method() const override { return "vera"; }
 
-  void add(const std::string& a, std::shared_ptr<VeraShared> s, double d_init, double drop) {
+  /// init_weights (peft's): b = 0, d = d_initial; false leaves peft's raw init b = 1, d ~ N(0, 1).
+  void add(const std::string& a, std::shared_ptr<VeraShared> s, double d_init, double drop, bool init_weights) {
     auto& l = base_linear();
     auto dt = l.weight.scalar_type();
     shared[a] = s;
     dropout[a] = drop;
-    add_param(a, "vera_lambda_b", torch::zeros({l.out_features}, dt));
-    add_param(a, "vera_lambda_d", torch::full({s->A.size(0)}, d_init, dt));
+    const int64_t r = s->A.size(0);
+    add_param(a, "vera_lambda_b", init_weights ? torch::zeros({l.out_features}, dt) : torch::ones({l.out_features}, dt));
+    add_param(a, "vera_lambda_d", init_weights ? torch::full({r}, d_init, dt) : torch::randn({r}).to(dt));
   }
   std::pair<torch::Tensor, torch::Tensor> slices(const std::string& a) {
     auto& l = base_linear();
@@ -88,7 +103,12 @@ class VeraTuner : public Tuner {
   std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
-    PEFT_CHECK(c["save_projection"].get<bool>(), "adapter config: VeRA needs save_projection = true (projections are saved)");
+    PEFT_CHECK(c["save_projection"].is_boolean(), "adapter config: field 'save_projection' must be true or false");
+    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
+    PEFT_CHECK(c["bias"] == "none", "adapter config: field 'bias' = ", c["bias"].dump(),
+               ": VeRA supports only \"none\" (train biases with LoRA's bias or BitFit)");
+    double p = c["vera_dropout"].get<double>();
+    PEFT_CHECK(p >= 0 && p < 1, "adapter config: field 'vera_dropout' must be in [0, 1), got ", p);
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
     // Size the shared matrices for the largest targeted layer.
@@ -106,14 +126,15 @@ class VeraTuner : public Tuner {
     }
     PEFT_CHECK(max_in > 0, "VeRA: target_modules matched no Linear layer");
     pm.set_input_adapter(name, std::make_shared<VeraShared>(c["r"].get<int64_t>(), max_in, max_out,
-                                                            c["projection_prng_key"].get<uint64_t>()));
+                                                            c["projection_prng_key"].get<uint64_t>(),
+                                                            c["save_projection"].get<bool>()));
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
     auto layer = std::dynamic_pointer_cast<VeraLinear>(cur);
     if (!layer) layer = std::make_shared<VeraLinear>(cur);
     auto shared = std::dynamic_pointer_cast<VeraShared>(pm.adapter(name).input);
-    layer->add(name, shared, c["d_initial"].get<double>(), c["vera_dropout"].get<double>());
+    layer->add(name, shared, c["d_initial"].get<double>(), c["vera_dropout"].get<double>(), c["init_weights"].get<bool>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
 };
