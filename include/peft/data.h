@@ -185,16 +185,28 @@ std::vector<Batch> sequential_batches(const Dataset& ds, int64_t batch_size);
 /// Endless shuffled batches: epoch e visits a permutation of the examples determined by (seed, e)
 /// only (a platform-independent generator, not std::shuffle). With drop_last, a final partial
 /// batch of each epoch is skipped. state()/restore() save and restore the position exactly.
+///
+/// Sharded (shard(rank, world_size), data parallelism as torch's DistributedSampler): every rank
+/// walks the same permutation; each call consumes one global batch of batch_size * world_size
+/// examples, of which rank r takes positions r, r + world_size, ... So the ranks' shards are
+/// disjoint and together are exactly the batch one process with batch_size * world_size would
+/// see. Tail rule: the last global batch of an epoch may be short and is split the same way, so
+/// some ranks get fewer examples, and a rank can get none (an empty Batch, size() 0) — nothing
+/// is padded or repeated (drop_last: the short global batch is skipped).
 class DataLoader {
  public:
   DataLoader(const Dataset& ds, int64_t batch_size, uint64_t seed, bool shuffle = true, bool drop_last = false);
+  /// This loader serves rank `rank` of `world_size` (default 0 of 1).
+  void shard(int64_t rank, int64_t world_size);
   Batch next_batch();
   int64_t epoch() const { return epoch_; }        // 0-based epoch of the next batch
-  int64_t position() const { return position_; }  // examples of this epoch already served
-  int64_t batches_per_epoch() const;
-  /// {"epoch", "position", "seed", "batch_size", "dataset_size", "shuffle", "drop_last"}
+  int64_t position() const { return position_; }  // examples of this epoch already served (all ranks)
+  int64_t batches_per_epoch() const;              // global batches
+  /// {"epoch", "position", "seed", "batch_size", "world_size", "dataset_size", "shuffle", "drop_last"}
   nlohmann::json state() const;
-  /// Restores a state(); peft::Error when seed/batch size/dataset size/shuffle differ.
+  /// Restores a state(); peft::Error when seed/dataset size/shuffle/drop_last differ. The
+  /// position counts examples of the epoch's permutation, so a state saved with another batch
+  /// size or world size continues at the first example not yet served.
   void restore(const nlohmann::json& state);
   /// The example order of epoch e.
   std::vector<size_t> epoch_order(int64_t e) const;
@@ -204,6 +216,7 @@ class DataLoader {
   int64_t batch_size_;
   uint64_t seed_;
   bool shuffle_, drop_last_;
+  int64_t rank_ = 0, world_ = 1;
   int64_t epoch_ = 0, position_ = 0;
   std::vector<size_t> order_;
 };

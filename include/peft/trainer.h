@@ -6,6 +6,10 @@
 //   peft::TrainingArguments args = peft::TrainingArguments::from_json(recipe);
 //   peft::Trainer trainer(peft_model, args, data.train, &data.eval);
 //   peft::TrainResult r = trainer.train(/*resume=*/false);
+//
+// Data-parallel (docs/DISTRIBUTED.md): trainer.set_process_group(group) before train() shards
+// the training and eval data over the ranks, sums the trainable gradients over them once per
+// optimizer step, and leaves the writing (logs, checkpoints, reports) to rank 0.
 #pragma once
 #include <torch/optim/optimizer.h>
 
@@ -19,6 +23,10 @@
 #include "peft/tuner.h"
 
 namespace peft {
+
+namespace dist {
+class Group;
+}
 
 /// Keys and defaults as in Hugging Face's TrainingArguments.
 struct TrainingArguments {
@@ -41,6 +49,10 @@ struct TrainingArguments {
   int64_t early_stopping_patience = 0;  // evaluations without improvement; 0: off
   bool eval_on_start = false;  // evaluate (and log, as step 0) before the first step of a fresh run
   bool progress = true;
+  // Distributed (HF's names): collective/join timeout in seconds, gradient bucket size, backend.
+  double ddp_timeout = 300;
+  double ddp_bucket_cap_mb = 25;
+  std::string ddp_backend = "gloo";
 
   /// Reads the keys it knows from `j` and removes them; errors name the key and the type.
   static TrainingArguments from_json(nlohmann::json& j);
@@ -48,6 +60,10 @@ struct TrainingArguments {
   /// The names of every key (for `peft train --help` and unknown-key errors).
   static std::vector<std::string> keys();
 };
+
+/// Optimizer steps of a run: max_steps, else num_train_epochs of global batches
+/// (per_device_train_batch_size x world_size) over gradient_accumulation_steps.
+int64_t total_training_steps(const TrainingArguments& a, int64_t train_size, int64_t world_size = 1);
 
 /// LR multiplier after `step` optimizer steps (transformers' get_*_schedule_with_warmup).
 double lr_lambda(const std::string& type, int64_t step, int64_t warmup, int64_t total);
@@ -73,6 +89,9 @@ class Trainer {
   /// (regression) on the eval set, as "eval_*" keys.
   nlohmann::json evaluate();
   int64_t total_steps() const { return total_steps_; }
+  /// Data-parallel training and evaluation over `group` (every rank calls train()/evaluate()
+  /// alike); nullptr = one process.
+  void set_process_group(std::shared_ptr<dist::Group> group);
   /// Extra metrics computed at every evaluation (e.g. BLEU/chrF of generated translations),
   /// merged into the eval record ("eval_*" keys); called with the model in eval mode.
   void set_eval_hook(std::function<nlohmann::json()> hook) { eval_hook_ = std::move(hook); }
@@ -90,10 +109,17 @@ class Trainer {
   int64_t total_steps_ = 0;
   std::unique_ptr<torch::optim::Optimizer> opt_;
   std::function<nlohmann::json()> eval_hook_;
+  std::shared_ptr<dist::Group> group_;
 };
 
 /// Mean token loss of a causal LM / mean loss of a classifier over a dataset, plus task metrics.
+/// With `group`, each rank evaluates examples rank, rank + world_size, ... and the sums and
+/// predictions are combined, so every rank returns the metrics of the whole set.
 nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput&)>& forward, const Dataset& ds,
-                                int64_t batch_size);
+                                int64_t batch_size, dist::Group* group = nullptr);
+
+/// What a batch's loss is a mean over: label tokens (causal LM: after the shift; seq2seq) or
+/// examples (classification / regression). Data-parallel ranks weight their losses by it.
+double loss_units(const Dataset& ds, const Batch& b);
 
 }  // namespace peft

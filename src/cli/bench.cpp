@@ -6,6 +6,7 @@
 //   peft bench --threads-table          # + LoRA step under OMP_WAIT_POLICY / thread counts
 //   peft bench --compare-python         # + the same step in plain PyTorch (bench/pytorch_lora_step.py)
 //   peft bench --small --out r.json     # tiny model, one repeat: seconds
+//   peft bench --suites dist --medium   # LoRA step data-parallel: 2 ranks x 1 thread vs 1 (c10d Gloo)
 //
 // Every measurement runs in a fresh child process (`peft bench --worker METHOD ...`), so peak
 // RSS (VmHWM, reset after the model is built) belongs to one configuration only. Rounds are
@@ -24,6 +25,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cli/bench_dist.h"
 #include "cli/bench_step.h"
 #include "cli/command.h"
 #include "peft/error.h"
@@ -84,7 +86,7 @@ std::string cpu_model() {
 // ---- worker: one configuration, one process ----------------------------------------------------
 
 BenchShape shape_from_args(const Args& a) {
-  BenchShape s = a.get_bool("small", false) ? BenchShape::small() : BenchShape();
+  BenchShape s = a.get_bool("small", false) ? BenchShape::small() : a.get_bool("medium", false) ? BenchShape::medium() : BenchShape();
   s.hidden = a.get_int("hidden", s.hidden);
   s.layers = a.get_int("layers", s.layers);
   s.heads = a.get_int("heads", s.heads);
@@ -255,6 +257,43 @@ void print_table(std::ostream& os, const std::vector<std::string>& head, const s
   for (auto& r : rows) line(r);
 }
 
+// Data-parallel LoRA step: 1 rank x 1 thread vs 2 ranks x 1 thread, each rank with the full
+// per-device batch (weak scaling). Efficiency = tokens/s of 2 ranks / (2 x tokens/s of 1).
+nlohmann::json dist_suite(const Driver& d, std::ostream& os) {
+  std::vector<double> t1, t2, eff, red, wait, s1, s2;
+  nlohmann::json runs = nlohmann::json::array();
+  auto cmd = [&](int n) {
+    return quote(d.exe) + " bench --dist_worker " + std::to_string(n) + shape_args(d.shape) + " --warmup " +
+           std::to_string(d.warmup) + " --steps " + std::to_string(d.steps);
+  };
+  for (int64_t r = 0; r < d.repeats; ++r) {
+    d.progress("dist round " + std::to_string(r + 1) + ": 1 rank");
+    auto one = run_child("env OMP_NUM_THREADS=1 " + cmd(1), "1-rank LoRA step");
+    d.progress("dist round " + std::to_string(r + 1) + ": 2 ranks");
+    auto two = run_child("env OMP_NUM_THREADS=1 " + cmd(2), "2-rank LoRA step");
+    t1.push_back(one["tokens_per_s"].get<double>());
+    t2.push_back(two["tokens_per_s"].get<double>());
+    s1.push_back(one["step_s"].get<double>());
+    s2.push_back(two["step_s"].get<double>());
+    red.push_back(two["allreduce_s"].get<double>());
+    wait.push_back(two["wait_s"].get<double>());
+    eff.push_back(t2.back() / (2 * t1.back()));
+    runs.push_back({{"one", one}, {"two", two}});
+  }
+  os << "\n## data-parallel LoRA step (c10d Gloo on loopback, 1 thread per rank, batch " << d.shape.batch
+     << " x seq " << d.shape.seq << " per rank)\n\n";
+  print_table(os, {"ranks x threads", "tokens/s", "step s", "all-reduce s/step", "wait s/step", "scaling efficiency"},
+              {{"1 x 1", fixed(median(t1), 0), fixed(median(s1), 3), "-", "-", "-"},
+               {"2 x 1", fixed(median(t2), 0), fixed(median(s2), 3), fixed(median(red), 4), fixed(median(wait), 4),
+                fixed(median(eff), 2)}});
+  os << "\nall-reduce: the gradient sum alone; wait: for the slower rank (a barrier before the sum); scaling "
+        "efficiency = tokens/s(2) / (2 x tokens/s(1)), median of "
+     << d.repeats << " rounds\n";
+  return {{"tokens_per_s_1", median(t1)}, {"tokens_per_s_2", median(t2)}, {"allreduce_s", median(red)},
+          {"wait_s", median(wait)},
+          {"scaling_efficiency", median(eff)}, {"runs", runs}};
+}
+
 nlohmann::json methods_suite(const Driver& d, const std::vector<std::string>& methods, std::ostream& os) {
   std::vector<std::vector<nlohmann::json>> rounds;
   for (int64_t r = 0; r < d.repeats; ++r) {
@@ -392,10 +431,11 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
 }
 
 int run_bench(Args& a) {
-  a.reject_unknown({"worker", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
+  a.reject_unknown({"worker", "dist_worker", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
                     "python_script", "out", "quiet"});
   if (a.has("worker")) return run_worker(a);
+  if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);
   Driver d;
   d.shape = shape_from_args(a);
@@ -409,10 +449,10 @@ int run_bench(Args& a) {
   std::vector<std::string> suites = split(a.get("suites", "methods"));
   if (a.get_bool("threads_table", false)) suites.push_back("threads");
   if (a.get_bool("compare_python", false)) suites.push_back("python");
-  if (std::find(suites.begin(), suites.end(), "all") != suites.end()) suites = {"methods", "threads", "python"};
+  if (std::find(suites.begin(), suites.end(), "all") != suites.end()) suites = {"methods", "threads", "python", "dist"};
   for (auto& s : suites)
-    PEFT_CHECK(s == "methods" || s == "threads" || s == "python", "bench: unknown suite '", s,
-               "' (methods, threads, python, all)");
+    PEFT_CHECK(s == "methods" || s == "threads" || s == "python" || s == "dist", "bench: unknown suite '", s,
+               "' (methods, threads, python, dist, all)");
   auto has_suite = [&](const char* s) { return std::find(suites.begin(), suites.end(), s) != suites.end(); };
 
   std::vector<std::string> methods;
@@ -467,6 +507,7 @@ int run_bench(Args& a) {
   if (has_suite("methods")) emit([&](std::ostream& o) { return methods_suite(d, methods, o); }, "methods");
   if (has_suite("threads")) emit([&](std::ostream& o) { return threads_suite(d, o); }, "threads");
   if (has_suite("python")) emit([&](std::ostream& o) { return python_suite(d, a, o); }, "python");
+  if (has_suite("dist")) emit([&](std::ostream& o) { return dist_suite(d, o); }, "dist");
   report["loadavg_end"] = read_first_line("/proc/loadavg");
   std::cout << "\n# loadavg at end: " << report["loadavg_end"].get<std::string>() << "\n";
   if (a.has("out")) {

@@ -19,6 +19,15 @@ BenchShape BenchShape::small() {
   return s;
 }
 
+BenchShape BenchShape::medium() {
+  BenchShape s;
+  s.hidden = 512;
+  s.layers = 8;
+  s.heads = 8;
+  s.intermediate = 1408;
+  return s;
+}
+
 nlohmann::json BenchShape::config() const {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
@@ -87,6 +96,7 @@ StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t
 double StepBench::step() {
   ModelOutput out = pm_ ? pm_->forward(in_) : model_->forward(in_);
   out.loss.backward();
+  if (before_update) before_update();
   if (pm_) pm_->before_step(step_);
   opt_->step();
   if (pm_) pm_->after_step(step_);

@@ -8,6 +8,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -24,6 +25,8 @@ struct BenchShape {
   int64_t batch = 4, seq = 128;
   /// A ~0.2M-parameter model and a tiny batch: seconds, for CI.
   static BenchShape small();
+  /// ~58M parameters (hidden 512, 8 layers, vocab 32000), batch 4 x 128: `--medium`.
+  static BenchShape medium();
   /// config.json of the model (LlamaForCausalLM).
   nlohmann::json config() const;
   int64_t tokens_per_step() const { return batch * seq; }
@@ -40,6 +43,9 @@ class StepBench {
   StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps = 1000);
   /// One optimizer step; returns the loss.
   double step();
+  /// Called between backward and the optimizer step (the data-parallel gradient sum).
+  std::function<void()> before_update;
+  const std::vector<torch::Tensor>& trainable_params() const { return params_; }
   int64_t trainable = 0, total = 0;
   int64_t targeted_modules = 0;  // modules the adapter wraps (0 for full fine-tuning)
   nlohmann::json adapter_config;  // null for full fine-tuning

@@ -4,6 +4,10 @@
 // TrainingArguments, method keys as in the peft configs (r, lora_alpha, target_modules, ...),
 // data keys (max_length, format, columns, eval_fraction, pack, bad_rows). The merged recipe is
 // saved as output_dir/run_config.json: `peft train --config that-file` repeats the run.
+//
+// Data-parallel: under torchrun (RANK, WORLD_SIZE, ... set) every rank runs this command and
+// joins a c10d process group; `--nproc_per_node N` starts N ranks on this machine itself
+// (docs/DISTRIBUTED.md).
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -14,6 +18,7 @@
 #include "cli/recipe.h"
 #include "cli/seq2seq_gen.h"
 #include "peft/data.h"
+#include "peft/dist.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/metrics.h"
@@ -67,8 +72,45 @@ DataConfig data_config(nlohmann::json& r, const std::string& train, const std::s
   return c;
 }
 
-int run_train(Args& a) {
+// Keys of the local launcher, not of the run (the ranks do not see them).
+const std::vector<std::string> kLauncherKeys = {"nproc_per_node", "master_port", "master_addr"};
+
+int launch(Args& a) {
+  dist::LaunchOptions lo;
+  lo.nproc = a.get_int("nproc_per_node", 1);
+  lo.master_port = a.get_int("master_port", 0);
+  lo.master_addr = a.get("master_addr", lo.master_addr);
   nlohmann::json recipe = recipe_from_args(a, {"resume"});
+  lo.grace_s = recipe.value("ddp_timeout", TrainingArguments().ddp_timeout) + 30;
+  std::vector<std::string> argv = {"train"};
+  for (auto& [k, v] : a.options())
+    if (std::find(kLauncherKeys.begin(), kLauncherKeys.end(), k) == kLauncherKeys.end()) argv.push_back("--" + k + "=" + v);
+  for (auto& p : a.positionals()) argv.push_back(p);
+  return dist::launch_local(argv, lo);
+}
+
+int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* group);
+
+int run_train(Args& a) {
+  if (a.has("nproc_per_node") && a.get_int("nproc_per_node", 1) > 1) return launch(a);
+  const dist::Env env = dist::Env::from_environment();
+  std::shared_ptr<dist::Group> group;
+  if (!env.distributed()) return train_rank(a, env, &group);
+  try {
+    return train_rank(a, env, &group);
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    if (m.rfind("distributed: rank", 0) != 0) m = "rank " + std::to_string(env.rank) + ": " + m;
+    if (group) group->report_failure(m);
+    throw Error(m);
+  }
+}
+
+int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* group) {
+  const bool main = env.rank == 0;  // the other ranks print only errors
+  std::vector<std::string> skip = {"resume"};
+  skip.insert(skip.end(), kLauncherKeys.begin(), kLauncherKeys.end());
+  nlohmann::json recipe = recipe_from_args(a, skip);
   nlohmann::json saved = recipe;  // what run_config.json records
   nlohmann::json r = recipe;
   const bool resume = a.get_bool("resume", false);
@@ -96,7 +138,7 @@ int run_train(Args& a) {
   }
   DataConfig dc = data_config(r, train_file, eval_file, static_cast<uint64_t>(args.seed));
   DataSplits data = load_data(dc, *tok);
-  std::cerr << "data: " << data.train.size() << " training examples, " << data.eval.size() << " eval examples ("
+  if (main) std::cerr << "data: " << data.train.size() << " training examples, " << data.eval.size() << " eval examples ("
             << data_kind_name(data.train.kind) << ")\n";
 
   LoadOptions lo;
@@ -135,7 +177,7 @@ int run_train(Args& a) {
     PEFT_CHECK(defaults.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end(),
                "peft train: unknown option --", kv.key(), " (not a training, data or ", tuner->peft_type(), " key)");
   if (defaults.contains("total_step") && (!mcfg.contains("total_step") || mcfg["total_step"].is_null()))
-    mcfg["total_step"] = Trainer(pm, args, data.train, nullptr).total_steps();
+    mcfg["total_step"] = total_training_steps(args, static_cast<int64_t>(data.train.size()), env.world_size);
   if (lo.task && (!mcfg.contains("modules_to_save") || mcfg["modules_to_save"].is_null())) {
     auto roles = model->roles();  // a new classification head must train (peft does the same)
     if (roles.count("head")) mcfg["modules_to_save"] = {roles["head"]};
@@ -146,28 +188,53 @@ int run_train(Args& a) {
       !mcfg.contains("prompt_tuning_init_token_ids"))
     mcfg["prompt_tuning_init_token_ids"] = tok->encode(mcfg["prompt_tuning_init_text"].get<std::string>(), true);
   pm->add_adapter("default", mcfg);
-  std::cerr << pm->trainable_report().to_string() << "\n";
+  if (main) std::cerr << pm->trainable_report().to_string() << "\n";
 
   saved["method"] = method;
   Trainer trainer(pm, args, data.train, data.eval.size() ? &data.eval : nullptr, saved);
+  if (env.distributed()) {
+    // Every rank must run the same recipe on the same data with the same trainable layout.
+    std::vector<std::vector<int64_t>> ids;
+    for (auto& e : data.train.examples) ids.push_back(e.input_ids);
+    dist::GroupOptions go;
+    go.timeout_s = args.ddp_timeout;
+    go.backend = args.ddp_backend;
+    *group = dist::Group::join(env, go, dist::fingerprint(saved, pm->named_trainable_parameters(), ids));
+    trainer.set_process_group(*group);
+    if (main)
+      std::cerr << "distributed: " << env.world_size << " ranks joined (" << go.backend << ", store "
+                << env.master_addr << ":" << env.master_port << ", timeout " << go.timeout_s << " s)\n";
+  }
   if (gen && data.eval.size()) {
     const Dataset& ev = data.eval;
     const Tokenizer& tk = *tok;
     const int64_t bs = args.per_device_eval_batch_size;
-    trainer.set_eval_hook([&ev, &tk, model, pm, gopt, gen_examples, bs]() {
+    dist::Group* g = group->get();
+    trainer.set_eval_hook([&ev, &tk, model, pm, gopt, gen_examples, bs, g]() {
+      // Data-parallel: rank r generates for examples r, r + W, ...; rank 0 gathers the texts
+      // in dataset order and scores them (the trainer passes rank 0's record to every rank).
+      const size_t n = gen_examples > 0 ? std::min(ev.size(), static_cast<size_t>(gen_examples)) : ev.size();
+      const size_t rank = g ? static_cast<size_t>(g->rank()) : 0, world = g ? static_cast<size_t>(g->world_size()) : 1;
       std::vector<std::vector<int64_t>> src;
-      std::vector<std::vector<std::string>> refs;
-      for (auto& e : ev.examples) {
-        if (gen_examples > 0 && static_cast<int64_t>(src.size()) >= gen_examples) break;
-        src.push_back(e.input_ids);
-        refs.push_back({tk.decode(e.labels, /*skip_special=*/true)});
+      for (size_t i = rank; i < n; i += world) src.push_back(ev.examples[i].input_ids);
+      auto hyps = src.empty() ? std::vector<std::string>()
+                              : generate_texts(*model, tk, src, gopt, bs, [pm](const ModelInput& in) { return pm->forward(in); });
+      if (g) {
+        auto parts = g->all_gather_strings(nlohmann::json(hyps).dump(), "generated evaluation texts");
+        if (!g->is_main()) return nlohmann::json::object();
+        std::vector<std::vector<std::string>> per(world);
+        for (size_t r = 0; r < world; ++r) per[r] = nlohmann::json::parse(parts[r]).get<std::vector<std::string>>();
+        hyps.assign(n, "");
+        for (size_t i = 0; i < n; ++i) hyps[i] = per[i % world].at(i / world);
       }
-      auto hyps = generate_texts(*model, tk, src, gopt, bs, [pm](const ModelInput& in) { return pm->forward(in); });
+      std::vector<std::vector<std::string>> refs;
+      for (size_t i = 0; i < n; ++i) refs.push_back({tk.decode(ev.examples[i].labels, /*skip_special=*/true)});
       return nlohmann::json{{"eval_bleu", corpus_bleu(hyps, refs).score}, {"eval_chrf", corpus_chrf(hyps, refs).score},
                             {"eval_generated", static_cast<int64_t>(hyps.size())}};
     });
   }
   TrainResult res = trainer.train(resume);
+  if (!main) return 0;
   std::cout << "trained " << res.steps << " steps; final train loss " << res.train_loss << "\n";
   if (!res.final_eval.is_null()) std::cout << "eval: " << res.final_eval.dump() << "\n";
   std::cout << "adapter: " << args.output_dir << " (report: " << join_path(args.output_dir, "report.html") << ")\n";

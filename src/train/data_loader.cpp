@@ -91,28 +91,38 @@ std::vector<size_t> DataLoader::epoch_order(int64_t e) const {
   return data_detail::permutation(ds_.size(), g.next());
 }
 
+void DataLoader::shard(int64_t rank, int64_t world_size) {
+  PEFT_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "data loader: bad shard ", rank, " of ", world_size);
+  PEFT_CHECK(!drop_last_ || static_cast<int64_t>(ds_.size()) >= batch_size_ * world_size, ds_.source, ": ",
+             ds_.size(), " examples is fewer than one global batch of ", batch_size_, " x ", world_size, " ranks (drop_last)");
+  rank_ = rank;
+  world_ = world_size;
+}
+
 int64_t DataLoader::batches_per_epoch() const {
-  int64_t n = static_cast<int64_t>(ds_.size());
-  return drop_last_ ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
+  const int64_t n = static_cast<int64_t>(ds_.size()), g = batch_size_ * world_;
+  return drop_last_ ? n / g : (n + g - 1) / g;
 }
 
 Batch DataLoader::next_batch() {
-  int64_t n = static_cast<int64_t>(ds_.size());
-  if (position_ >= n || (drop_last_ && position_ + batch_size_ > n)) {
+  const int64_t n = static_cast<int64_t>(ds_.size()), global = batch_size_ * world_;
+  if (position_ >= n || (drop_last_ && position_ + global > n)) {
     ++epoch_;
     position_ = 0;
     order_ = epoch_order(epoch_);
   }
-  int64_t end = std::min(n, position_ + batch_size_);
-  std::vector<size_t> idx(order_.begin() + position_, order_.begin() + end);
+  const int64_t end = std::min(n, position_ + global);
+  std::vector<size_t> idx;
+  for (int64_t i = position_ + rank_; i < end; i += world_) idx.push_back(order_[static_cast<size_t>(i)]);
   position_ = end;
+  if (idx.empty()) return Batch();  // this rank's share of a short last batch
   return collate(ds_, idx);
 }
 
 nlohmann::json DataLoader::state() const {
   return {{"epoch", epoch_},           {"position", position_},         {"seed", seed_},
-          {"batch_size", batch_size_}, {"dataset_size", ds_.size()}, {"shuffle", shuffle_},
-          {"drop_last", drop_last_}};
+          {"batch_size", batch_size_}, {"world_size", world_},          {"dataset_size", ds_.size()},
+          {"shuffle", shuffle_},       {"drop_last", drop_last_}};
 }
 
 void DataLoader::restore(const nlohmann::json& s) {
@@ -125,7 +135,6 @@ void DataLoader::restore(const nlohmann::json& s) {
                mine.dump(), " (resume with the same data and settings)");
   };
   check("seed", seed_);
-  check("batch_size", batch_size_);
   check("dataset_size", ds_.size());
   check("shuffle", shuffle_);
   check("drop_last", drop_last_);

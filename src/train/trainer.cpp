@@ -8,6 +8,7 @@
 #include <iostream>
 #include <regex>
 
+#include "peft/dist.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/metrics.h"
@@ -61,6 +62,9 @@ TrainingArguments TrainingArguments::from_json(nlohmann::json& j) {
   take(j, "early_stopping_patience", a.early_stopping_patience);
   take(j, "eval_on_start", a.eval_on_start);
   take(j, "progress", a.progress);
+  take(j, "ddp_timeout", a.ddp_timeout);
+  take(j, "ddp_bucket_cap_mb", a.ddp_bucket_cap_mb);
+  take(j, "ddp_backend", a.ddp_backend);
   PEFT_CHECK(a.learning_rate > 0, "training option 'learning_rate' must be > 0");
   PEFT_CHECK(a.per_device_train_batch_size > 0 && a.per_device_eval_batch_size > 0,
              "training option 'per_device_*_batch_size' must be > 0");
@@ -84,7 +88,8 @@ nlohmann::json TrainingArguments::to_json() const {
           {"logging_steps", logging_steps}, {"save_total_limit", save_total_limit},
           {"metric_for_best_model", metric_for_best_model}, {"greater_is_better", greater_is_better},
           {"early_stopping_patience", early_stopping_patience}, {"eval_on_start", eval_on_start},
-          {"progress", progress}};
+          {"progress", progress}, {"ddp_timeout", ddp_timeout}, {"ddp_bucket_cap_mb", ddp_bucket_cap_mb},
+          {"ddp_backend", ddp_backend}};
 }
 
 std::vector<std::string> TrainingArguments::keys() {
@@ -92,6 +97,14 @@ std::vector<std::string> TrainingArguments::keys() {
   const nlohmann::json all = TrainingArguments().to_json();
   for (auto& kv : all.items()) k.push_back(kv.key());
   return k;
+}
+
+int64_t total_training_steps(const TrainingArguments& a, int64_t train_size, int64_t world_size) {
+  if (a.max_steps > 0) return a.max_steps;
+  const int64_t global = a.per_device_train_batch_size * std::max<int64_t>(1, world_size);
+  const int64_t per_epoch = (train_size + global - 1) / global;
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(a.num_train_epochs * static_cast<double>(per_epoch) /
+                                                             static_cast<double>(a.gradient_accumulation_steps))));
 }
 
 double lr_lambda(const std::string& type, int64_t step, int64_t warmup, int64_t total) {
@@ -113,53 +126,79 @@ static ModelInput model_input(const Batch& b) {
   return in;
 }
 
+double loss_units(const Dataset& ds, const Batch& b) {
+  if (b.size() == 0) return 0;
+  if (ds.is_causal_lm()) return (b.labels.slice(1, 1) != -100).sum().item<double>();
+  if (ds.kind == DataKind::Seq2Seq) return (b.labels != -100).sum().item<double>();
+  return static_cast<double>(b.size());
+}
+
 nlohmann::json evaluate_dataset(const std::function<ModelOutput(const ModelInput&)>& forward, const Dataset& ds,
-                                int64_t batch_size) {
+                                int64_t batch_size, dist::Group* group) {
+  PEFT_CHECK(batch_size > 0, "batch size must be > 0, got ", batch_size);
   torch::NoGradGuard ng;
   nlohmann::json r;
+  const size_t rank = group ? static_cast<size_t>(group->rank()) : 0;
+  const size_t world = group ? static_cast<size_t>(group->world_size()) : 1;
   double loss_sum = 0, weight = 0;
-  std::vector<int64_t> pred, gold;
-  std::vector<double> xs, ys;
-  for (auto& b : sequential_batches(ds, batch_size)) {
+  // (example index, prediction, gold): gathered over the ranks and put back in dataset order.
+  std::vector<std::tuple<int64_t, double, double>> rows;
+  const bool tokens = ds.is_causal_lm() || ds.kind == DataKind::Seq2Seq;
+  std::vector<size_t> mine;
+  for (size_t i = rank; i < ds.size(); i += world) mine.push_back(i);
+  for (size_t s = 0; s < mine.size(); s += static_cast<size_t>(batch_size)) {
+    std::vector<size_t> idx(mine.begin() + static_cast<std::ptrdiff_t>(s),
+                            mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), s + static_cast<size_t>(batch_size))));
+    Batch b = collate(ds, idx);
     auto out = forward(model_input(b));
-    if (ds.is_causal_lm() || ds.kind == DataKind::Seq2Seq) {
-      // Token-weighted mean over the whole set (a batch mean weights short batches too much).
-      // Causal LM labels are shifted inside the model; seq2seq labels are not (every label
-      // position is predicted from the decoder input before it).
-      auto counted = ds.is_causal_lm() ? b.labels.slice(1, 1) : b.labels;
-      auto n = (counted != -100).sum().item<double>();
-      loss_sum += out.loss.item<double>() * n;
-      weight += n;
-    } else {
-      loss_sum += out.loss.item<double>() * b.size();
-      weight += b.size();
-      if (ds.regression) {
-        auto p = out.logits.reshape({-1}).to(torch::kFloat64);
-        auto l = b.labels.to(torch::kFloat64);
-        for (int64_t i = 0; i < p.size(0); ++i) {
-          xs.push_back(p[i].item<double>());
-          ys.push_back(l[i].item<double>());
-        }
-      } else {
-        auto p = out.logits.argmax(-1);
-        for (int64_t i = 0; i < p.size(0); ++i) {
-          pred.push_back(p[i].item<int64_t>());
-          gold.push_back(b.labels[i].item<int64_t>());
-        }
-      }
+    // Token-weighted mean over the whole set (a batch mean weights short batches too much).
+    // Causal LM labels are shifted inside the model; seq2seq labels are not (every label
+    // position is predicted from the decoder input before it).
+    const double n = loss_units(ds, b);
+    loss_sum += out.loss.item<double>() * n;
+    weight += n;
+    if (tokens) continue;
+    auto p = ds.regression ? out.logits.reshape({-1}).to(torch::kFloat64) : out.logits.argmax(-1).to(torch::kFloat64);
+    auto l = b.labels.to(torch::kFloat64);
+    for (int64_t i = 0; i < p.size(0); ++i)
+      rows.emplace_back(static_cast<int64_t>(idx[static_cast<size_t>(i)]), p[i].item<double>(), l[i].item<double>());
+  }
+  if (group) {
+    auto sums = torch::tensor({loss_sum, weight}, torch::kFloat64);
+    group->all_reduce_sum({sums}, "evaluation loss");
+    loss_sum = sums[0].item<double>();
+    weight = sums[1].item<double>();
+    if (!tokens) {
+      nlohmann::json j = nlohmann::json::array();
+      for (auto& [i, p, g] : rows) j.push_back({i, p, g});
+      rows.clear();
+      for (auto& part : group->all_gather_strings(j.dump(), "evaluation predictions"))
+        for (auto& e : nlohmann::json::parse(part))
+          rows.emplace_back(e[0].get<int64_t>(), e[1].get<double>(), e[2].get<double>());
+      std::sort(rows.begin(), rows.end());
     }
   }
   PEFT_CHECK(weight > 0, "evaluation: the dataset has no examples with labels");
   double loss = loss_sum / weight;
   r["eval_loss"] = loss;
-  if (ds.is_causal_lm() || ds.kind == DataKind::Seq2Seq) r["eval_perplexity"] = perplexity(loss);
-  if (!pred.empty()) {
+  if (tokens) r["eval_perplexity"] = perplexity(loss);
+  if (!rows.empty() && !ds.regression) {
+    std::vector<int64_t> pred, gold;
+    for (auto& [i, p, g] : rows) {
+      pred.push_back(static_cast<int64_t>(p));
+      gold.push_back(static_cast<int64_t>(g));
+    }
     r["eval_accuracy"] = accuracy(pred, gold);
     r["eval_f1"] = ds.label_names.size() == 2 ? f1_score(pred, gold, "binary") : f1_score(pred, gold, "macro");
     r["eval_mcc"] = matthews_corrcoef(pred, gold);
   }
   if (ds.regression) r["eval_mse"] = loss;  // the loss of a regression head is the MSE
-  if (!xs.empty()) {
+  if (!rows.empty() && ds.regression) {
+    std::vector<double> xs, ys;
+    for (auto& [i, p, g] : rows) {
+      xs.push_back(p);
+      ys.push_back(g);
+    }
     r["eval_pearson"] = pearson(xs, ys);
     r["eval_spearman"] = spearman(xs, ys);
   }
@@ -173,11 +212,12 @@ Trainer::Trainer(PeftModelPtr model, TrainingArguments args, const Dataset& trai
     : pm_(std::move(model)), args_(std::move(args)), train_(train), eval_(eval), run_config_(std::move(run_config)) {
   PEFT_CHECK(!args_.output_dir.empty(), "training: output_dir is required");
   PEFT_CHECK(train_.size() > 0, "training: the training set is empty (", train_.source, ")");
-  int64_t per_epoch = (int64_t(train_.size()) + args_.per_device_train_batch_size - 1) / args_.per_device_train_batch_size;
-  total_steps_ = args_.max_steps > 0
-                     ? args_.max_steps
-                     : std::max<int64_t>(1, int64_t(std::ceil(args_.num_train_epochs * per_epoch /
-                                                              double(args_.gradient_accumulation_steps))));
+  total_steps_ = total_training_steps(args_, static_cast<int64_t>(train_.size()));
+}
+
+void Trainer::set_process_group(std::shared_ptr<dist::Group> group) {
+  group_ = std::move(group);
+  total_steps_ = total_training_steps(args_, static_cast<int64_t>(train_.size()), group_ ? group_->world_size() : 1);
 }
 
 nlohmann::json Trainer::evaluate() {
@@ -186,7 +226,7 @@ nlohmann::json Trainer::evaluate() {
   pm_->eval();
   auto pm = pm_;
   auto r = evaluate_dataset([pm](const ModelInput& in) { return pm->forward(in); }, *eval_,
-                            args_.per_device_eval_batch_size);
+                            args_.per_device_eval_batch_size, group_.get());
   pm_->train(was_training);
   return r;
 }
@@ -263,11 +303,25 @@ void Trainer::prune_checkpoints(const std::string& best) {
     if (fs::path(all[i].second).filename() != fs::path(best).filename()) fs::remove_all(all[i].second);
 }
 
+namespace {
+// Data-parallel ranks draw dropout masks for batches of their own shapes, so their generators
+// drift apart; anything random after the gradient sum (a tuner's step hooks) must still agree.
+// Every optimizer step therefore reseeds the CPU generator from (seed, step) on every rank.
+void align_rng(int64_t seed, int64_t step) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_current_seed(static_cast<uint64_t>(seed) ^ (0x9E3779B97F4A7C15ull * static_cast<uint64_t>(step + 1)));
+}
+}  // namespace
+
 TrainResult Trainer::train(bool resume) {
-  fs::create_directories(args_.output_dir);
+  dist::Group* g = group_.get();
+  const bool main = !g || g->is_main();  // rank 0 (or the only process) writes every file
+  if (main) fs::create_directories(args_.output_dir);
   torch::manual_seed(static_cast<uint64_t>(args_.seed));
   // Data-driven masks (FISH, Child-Tuning_D) are chosen before the first step from training
   // batches of their own loader; a resumed run reads the mask from its checkpoint instead.
+  // (Every rank computes the same mask from the same batches.)
   if (!resume && pm_->needs_calibration()) {
     DataLoader cal(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed) + 1);
     pm_->calibrate([&] { return pm_->forward(model_input(cal.next_batch())).loss; });
@@ -292,6 +346,7 @@ TrainResult Trainer::train(bool resume) {
   take_optimizer_reset(*pm_);  // a request left by steps taken outside this trainer does not apply
 
   DataLoader loader(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed));
+  if (g) loader.shard(g->rank(), g->world_size());
   // Learning rate at a step. A tuner that trains twice (LT-SFT, Ansell et al. 2022, sec. 3.1:
   // phase 2 is a second fine-tuning run) gets a schedule per run: warmup and decay over
   // [0, split) and again over [split, total), as two separate runs would.
@@ -307,47 +362,95 @@ TrainResult Trainer::train(bool resume) {
   int64_t step = 0;
   nlohmann::json tstate = {{"best_metric", nullptr}, {"best_checkpoint", ""}, {"bad_evals", 0}};
   if (resume) {
-    auto all = list_checkpoints(args_.output_dir);
-    PEFT_CHECK(!all.empty(), "--resume: no checkpoint-N folder with trainer_state.json in ", args_.output_dir);
+    // Rank 0 picks the checkpoint; every rank loads that one (the output directory must be
+    // shared, or copied to every node, for a multi-node resume).
+    std::string chosen;
+    if (main) {
+      auto all = list_checkpoints(args_.output_dir);
+      PEFT_CHECK(!all.empty(), "--resume: no checkpoint-N folder with trainer_state.json in ", args_.output_dir);
+      chosen = all.back().second;
+    }
+    if (g) chosen = g->broadcast_string(chosen, 0, "the checkpoint to resume from");
+    PEFT_CHECK(fs::exists(fs::path(chosen) / "trainer_state.json"), "--resume: rank ", g ? g->rank() : 0,
+               " cannot read ", chosen, " (rank 0 resumes from it): a multi-node run needs the output directory "
+               "on a shared file system, or copied to every node");
     nlohmann::json dstate;
-    step = restore_checkpoint(all.back().second, &dstate, &tstate);
+    step = restore_checkpoint(chosen, &dstate, &tstate);
+    const int64_t was_world = dstate.value("world_size", int64_t(1)), was_batch = dstate.value("batch_size", int64_t(0));
     loader.restore(dstate);
-    // The log keeps exactly the records up to the checkpoint, so curves have no duplicates.
-    std::vector<nlohmann::json> kept;
-    if (file_exists(log_path))
-      for (auto& r : read_jsonl(log_path))
-        if (r.value("step", int64_t(0)) <= step) kept.push_back(r);
-    std::string text;
-    for (auto& r : kept) text += r.dump() + "\n";
-    write_file_atomic(log_path, text);
-    std::cerr << "resumed from " << all.back().second << " (step " << step << ")\n";
-  } else if (file_exists(log_path)) {
+    if (main && (was_world != (g ? g->world_size() : 1) || was_batch != args_.per_device_train_batch_size))
+      std::cerr << "resume: the checkpoint was written with " << was_world << " rank(s) x batch " << was_batch
+                << ", this run has " << (g ? g->world_size() : 1) << " x " << args_.per_device_train_batch_size
+                << "; the data continues at example " << loader.position() << " of epoch " << loader.epoch()
+                << " (nothing skipped or repeated), with the new global batch\n";
+    if (main) {
+      // The log keeps exactly the records up to the checkpoint, so curves have no duplicates.
+      std::vector<nlohmann::json> kept;
+      if (file_exists(log_path))
+        for (auto& r : read_jsonl(log_path))
+          if (r.value("step", int64_t(0)) <= step) kept.push_back(r);
+      std::string text;
+      for (auto& r : kept) text += r.dump() + "\n";
+      write_file_atomic(log_path, text);
+      std::cerr << "resumed from " << chosen << " (step " << step << ")\n";
+    }
+  } else if (main && file_exists(log_path)) {
     fs::remove(log_path);
   }
-  write_json(join_path(args_.output_dir, "run_config.json"), run_config_);
-  JsonlLogger log(log_path);
+  if (main) write_json(join_path(args_.output_dir, "run_config.json"), run_config_);
+  std::unique_ptr<JsonlLogger> log;
+  if (main) log = std::make_unique<JsonlLogger>(log_path);
+  auto log_record = [&](const nlohmann::json& r) {
+    if (log) log->log(r);
+  };
   ProgressOptions popt;
-  if (!args_.progress) popt.every = 1 << 30;
+  if (!args_.progress || !main) popt.every = 1 << 30;
   ProgressBar bar(total_steps_, popt);
   TrainResult result;
   double window_loss = 0;
   int64_t window_n = 0;
   auto params = pm_->trainable_parameters();
   const bool has_eval = eval_ && eval_->size() > 0;
+  std::unique_ptr<dist::GradBuckets> buckets;
+  if (g) {
+    buckets = std::make_unique<dist::GradBuckets>(group_, params, args_.ddp_bucket_cap_mb);
+    buckets->broadcast_parameters();  // identical starting points, whatever each rank initialised
+  }
+  double reduce_seconds = 0;
 
-  auto do_eval_and_save = [&](bool save) {
+  // Every rank must hold the same adapter; checked whenever rank 0 is about to save it.
+  auto check_in_sync = [&] {
+    if (!g) return;
+    auto hashes = g->all_gather_strings(std::to_string(dist::tensor_hash(params)), "parameter check");
+    for (size_t r = 1; r < hashes.size(); ++r)
+      PEFT_CHECK(hashes[r] == hashes[0], "distributed: at step ", step, " the trainable parameters of rank ", r,
+                 " differ from rank 0's (a tuner drew random numbers or read data differently on the ranks)");
+  };
+  auto save = [&] {
+    check_in_sync();
+    if (!main) return;
+    save_checkpoint(step, loader.state(), tstate);
+    prune_checkpoints(tstate["best_checkpoint"].get<std::string>());
+  };
+  auto run_eval = [&] {
+    nlohmann::json ev = evaluate();
+    if (eval_hook_) {
+      bool was_training = pm_->is_training();
+      pm_->eval();
+      const nlohmann::json extra = eval_hook_();  // (items() of a temporary would dangle)
+      for (auto& kv : extra.items()) ev[kv.key()] = kv.value();
+      pm_->train(was_training);
+    }
+    // Rank 0's record (it holds the gathered generation metrics) decides for every rank.
+    if (g) ev = nlohmann::json::parse(g->broadcast_string(ev.dump(), 0, "evaluation record"));
+    return ev;
+  };
+  auto do_eval_and_save = [&](bool do_save) {
     nlohmann::json ev;
     if (has_eval) {
-      ev = evaluate();
-      if (eval_hook_) {
-        bool was_training = pm_->is_training();
-        pm_->eval();
-        const nlohmann::json extra = eval_hook_();  // (items() of a temporary would dangle)
-        for (auto& kv : extra.items()) ev[kv.key()] = kv.value();
-        pm_->train(was_training);
-      }
+      ev = run_eval();
       ev["step"] = step;
-      log.log(ev);
+      log_record(ev);
       result.final_eval = ev;
       if (ev.contains(args_.metric_for_best_model)) {
         double m = ev[args_.metric_for_best_model].get<double>();
@@ -362,38 +465,74 @@ TrainResult Trainer::train(bool resume) {
         }
       }
     }
-    if (save) {
-      save_checkpoint(step, loader.state(), tstate);
-      prune_checkpoints(tstate["best_checkpoint"].get<std::string>());
-    }
+    if (do_save) save();
   };
 
   if (args_.eval_on_start && has_eval && step == 0) {  // the starting point of the curve
-    auto ev = evaluate();
+    auto ev = run_eval();
     ev["step"] = 0;
-    log.log(ev);
+    log_record(ev);
   }
+  const int64_t accum = args_.gradient_accumulation_steps;
+  std::vector<Batch> micro(static_cast<size_t>(accum));
   while (step < total_steps_) {
     double step_loss = 0;
     int64_t tokens = 0;
-    for (int64_t micro = 0; micro < args_.gradient_accumulation_steps; ++micro) {
-      Batch b = loader.next_batch();
+    // Data-parallel: rank r's micro-batch k is a mean over its n_rk loss units (tokens or
+    // examples); scaling it by n_rk / sum_r n_rk before the gradient sum gives exactly the
+    // gradient of the mean over the global batch, as one process with the whole batch computes.
+    std::vector<double> units(static_cast<size_t>(accum), 1.0), total(static_cast<size_t>(accum), 1.0);
+    for (auto& b : micro) b = loader.next_batch();
+    if (g) {
+      for (size_t k = 0; k < micro.size(); ++k) units[k] = loss_units(train_, micro[k]);
+      auto t = torch::tensor(units, torch::kFloat64);
+      g->all_reduce_sum({t}, "loss weights");
+      for (size_t k = 0; k < micro.size(); ++k) total[k] = t[static_cast<int64_t>(k)].item<double>();
+    }
+    for (size_t k = 0; k < micro.size(); ++k) {
+      const Batch& b = micro[k];
+      if (g && (b.size() == 0 || units[k] == 0)) continue;  // nothing of this micro-batch here
       auto out = pm_->forward(model_input(b));
       double lv = out.loss.item<double>();
-      if (!std::isfinite(lv)) {
-        auto all = list_checkpoints(args_.output_dir);
-        fail("step ", step + 1, ": the loss is ", lv, " (NaN/Inf); training stopped. ",
-             all.empty() ? std::string("No checkpoint was written yet.")
-                         : "The last good checkpoint is " + all.back().second + " (resume with --resume).",
-             " Try a lower learning_rate or max_grad_norm.");
+      if (!g) {
+        if (!std::isfinite(lv)) {
+          auto all = list_checkpoints(args_.output_dir);
+          fail("step ", step + 1, ": the loss is ", lv, " (NaN/Inf); training stopped. ",
+               all.empty() ? std::string("No checkpoint was written yet.")
+                           : "The last good checkpoint is " + all.back().second + " (resume with --resume).",
+               " Try a lower learning_rate or max_grad_norm.");
+        }
+        (out.loss / double(accum)).backward();
+        step_loss += lv / accum;
+      } else {
+        const double w = units[k] / total[k];
+        (out.loss * (w / double(accum))).backward();
+        step_loss += w * lv / accum;
       }
-      (out.loss / double(args_.gradient_accumulation_steps)).backward();
-      step_loss += lv / args_.gradient_accumulation_steps;
       tokens += b.num_tokens;
     }
+    if (g) {
+      auto stats = torch::tensor({step_loss, static_cast<double>(tokens)}, torch::kFloat64);
+      buckets->reduce(stats);
+      reduce_seconds += buckets->last_seconds();
+      step_loss = stats[0].item<double>();
+      tokens = static_cast<int64_t>(stats[1].item<double>());
+      if (!std::isfinite(step_loss)) {  // the same sum on every rank: all stop together
+        std::string last;
+        if (main) {
+          auto all = list_checkpoints(args_.output_dir);
+          last = all.empty() ? std::string("No checkpoint was written yet.")
+                             : "The last good checkpoint is " + all.back().second + " (resume with --resume).";
+        }
+        fail("step ", step + 1, ": the loss is ", step_loss, " (NaN/Inf); training stopped. ", last,
+             " Try a lower learning_rate or max_grad_norm.");
+      }
+      align_rng(args_.seed, step);
+    }
     const double lr = lr_at(step);
-    for (auto& g : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    for (auto& pg : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(pg.options()).lr(lr);
     pm_->before_step(step);
+    // After the sum every rank holds the global gradient: the norm clipped is the global one.
     double gnorm = args_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(params, args_.max_grad_norm) : 0.0;
     opt_->step();
     pm_->after_step(step);
@@ -402,11 +541,14 @@ TrainResult Trainer::train(bool resume) {
     ++step;
     window_loss += step_loss;
     ++window_n;
-    bar.update(step, step_loss, tokens, str_cat("lr ", lr));
+    if (main) bar.update(step, step_loss, tokens, str_cat("lr ", lr));
     if (step % std::max<int64_t>(1, args_.logging_steps) == 0 || step == total_steps_) {
       result.train_loss = window_loss / window_n;
-      log.log({{"step", step}, {"loss", result.train_loss}, {"lr", lr}, {"grad_norm", gnorm},
-               {"epoch", double(loader.epoch()) + double(loader.position()) / double(train_.size())}});
+      nlohmann::json rec = {{"step", step}, {"loss", result.train_loss}, {"lr", lr}, {"grad_norm", gnorm},
+                            {"epoch", double(loader.epoch()) + double(loader.position()) / double(train_.size())}};
+      if (g) rec["allreduce_s"] = reduce_seconds / window_n;  // mean per step over the window
+      reduce_seconds = 0;
+      log_record(rec);
       window_loss = 0;
       window_n = 0;
     }
@@ -414,22 +556,23 @@ TrainResult Trainer::train(bool resume) {
     bool save_now = args_.save_steps > 0 && step % args_.save_steps == 0;
     if ((eval_now || save_now) && step < total_steps_) {
       if (eval_now) do_eval_and_save(save_now);
-      else {
-        save_checkpoint(step, loader.state(), tstate);
-        prune_checkpoints(tstate["best_checkpoint"].get<std::string>());
-      }
+      else save();
       if (args_.early_stopping_patience > 0 && tstate["bad_evals"].get<int64_t>() >= args_.early_stopping_patience) {
-        std::cerr << "\nearly stopping at step " << step << ": " << args_.metric_for_best_model << " did not improve in "
-                  << args_.early_stopping_patience << " evaluations\n";
+        if (main)
+          std::cerr << "\nearly stopping at step " << step << ": " << args_.metric_for_best_model
+                    << " did not improve in " << args_.early_stopping_patience << " evaluations\n";
         result.stopped_early = true;
         break;
       }
     }
   }
-  bar.finish();
+  if (main) bar.finish();
   do_eval_and_save(/*save=*/true);
-  pm_->save_adapter(args_.output_dir);
-  write_training_report(args_.output_dir, read_jsonl(log_path), "peft.cpp training report");
+  if (main) {
+    pm_->save_adapter(args_.output_dir);
+    write_training_report(args_.output_dir, read_jsonl(log_path), "peft.cpp training report");
+  }
+  if (g) g->barrier("end of training");  // no rank leaves (and closes the store) before rank 0 is done
   result.steps = step;
   result.best_checkpoint = tstate["best_checkpoint"].get<std::string>();
   pm_->eval();

@@ -74,3 +74,25 @@ TEST(BenchCli, StepBenchLoraMatchesClosedForm) {
   EXPECT_EQ(f.trainable, f.total);
   EXPECT_EQ(f.total + b.trainable, b.total);
 }
+
+// `peft bench --suites dist`: 1 rank vs 2 ranks x 1 thread, tokens/s, scaling efficiency, and the
+// all-reduce time per step of the 2-rank run (one bucket for the small model's LoRA gradients).
+TEST(BenchCli, DistSuiteReportsScalingAndAllReduceTime) {
+  std::string dir = test::temp_dir("bench_dist");
+  std::string out;
+  ASSERT_EQ(test::run_cli("bench --small --quiet --suites dist --repeats 1 --out " + dir + "/r.json", &out), 0) << out;
+  auto one = table_row(out, "1 x 1"), two = table_row(out, "2 x 1");
+  ASSERT_EQ(one.size(), 6u) << out;
+  ASSERT_EQ(two.size(), 6u) << out;
+  auto r = read_json(dir + "/r.json")["dist"];
+  EXPECT_GT(r["tokens_per_s_1"].get<double>(), 0);
+  EXPECT_GT(r["tokens_per_s_2"].get<double>(), 0);
+  EXPECT_GE(r["allreduce_s"].get<double>(), 0);
+  EXPECT_GE(r["wait_s"].get<double>(), 0);
+  EXPECT_NEAR(r["scaling_efficiency"].get<double>(),
+              r["tokens_per_s_2"].get<double>() / (2 * r["tokens_per_s_1"].get<double>()), 1e-9);
+  auto two_run = r["runs"][0]["two"];
+  EXPECT_EQ(two_run["ranks"].get<int64_t>(), 2);
+  EXPECT_EQ(two_run["buckets"].get<int64_t>(), 1);
+  EXPECT_EQ(two_run["trainable"], r["runs"][0]["one"]["trainable"]);
+}
