@@ -7,11 +7,13 @@
 #include <filesystem>
 #include <iostream>
 #include <regex>
+#include <sstream>
 
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/metrics.h"
 #include "peft/report.h"
+#include "io/files.h"
 #include "train/optimizer_reset.h"
 
 namespace fs = std::filesystem;
@@ -208,31 +210,51 @@ static std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::
 
 void Trainer::save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state) {
   // Everything goes into a temporary folder first; one rename publishes it, so a crash (even
-  // kill -9) never leaves a half-written checkpoint under its final name.
+  // kill -9) never leaves a half-written checkpoint under its final name. A failed write (disk
+  // full, quota, EIO) removes the temporary folder and reports the file; earlier checkpoints
+  // and the final adapter of an earlier run stay as they were.
   fs::path final_dir = fs::path(args_.output_dir) / ckpt_name(step);
   fs::path tmp = fs::path(args_.output_dir) / ("." + ckpt_name(step) + ".tmp");
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  pm_->save_adapter(tmp.string());
-  {
-    torch::serialize::OutputArchive ar;
-    opt_->save(ar);
-    ar.save_to((tmp / "optimizer.pt").string());
+  try {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    pm_->save_adapter(tmp.string());
+    {
+      // LibTorch's file writer finishes the zip archive in its destructor, where a failed write
+      // cannot be reported (std::terminate); serialising to memory first and writing through
+      // write_file_atomic turns a full disk into an ordinary error naming the file.
+      torch::serialize::OutputArchive ar;
+      opt_->save(ar);
+      std::ostringstream bytes;
+      ar.save_to(bytes);
+      write_file_atomic((tmp / "optimizer.pt").string(), bytes.str());
+    }
+    auto gen = at::detail::getDefaultCPUGenerator();
+    torch::Tensor rng;
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      rng = gen.get_state();
+    }
+    save_safetensors((tmp / "rng_state.safetensors").string(), {{"cpu", rng}});
+    nlohmann::json st = trainer_state;
+    st["global_step"] = step;
+    st["data"] = data_state;
+    write_json((tmp / "trainer_state.json").string(), st);
+    write_json((tmp / "run_config.json").string(), run_config_);
+    // A checkpoint of this step exists only when a resumed run re-saves it: move it aside first
+    // so that a failure between the two renames still leaves one complete copy.
+    fs::path old = fs::path(args_.output_dir) / ("." + ckpt_name(step) + ".old");
+    fs::remove_all(old);
+    if (fs::exists(final_dir)) fs::rename(final_dir, old);
+    fs::rename(tmp, final_dir);
+    fs::remove_all(old);
+    sync_directory(args_.output_dir);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fail("saving checkpoint ", final_dir.string(), " failed: ", e.what(),
+         " (earlier checkpoints are untouched; --resume continues from the last complete one)");
   }
-  auto gen = at::detail::getDefaultCPUGenerator();
-  torch::Tensor rng;
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    rng = gen.get_state();
-  }
-  save_safetensors((tmp / "rng_state.safetensors").string(), {{"cpu", rng}});
-  nlohmann::json st = trainer_state;
-  st["global_step"] = step;
-  st["data"] = data_state;
-  write_json((tmp / "trainer_state.json").string(), st);
-  write_json((tmp / "run_config.json").string(), run_config_);
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
 }
 
 int64_t Trainer::restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state) {
