@@ -208,6 +208,40 @@ static std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::
   return out;
 }
 
+// What an interrupted earlier run may have left: `.checkpoint-N.tmp` folders (a checkpoint being
+// written), write_file_atomic's `NAME.tmp.PID` files, and `.checkpoint-N.old` (a checkpoint
+// being replaced): the last one is put back when its replacement never got published.
+static void clean_leftovers(const std::string& dir) {
+  if (!fs::is_directory(dir)) return;
+  static const std::regex tmp_dir(R"(\.checkpoint-\d+\.tmp)"), old_dir(R"(\.(checkpoint-\d+)\.old)"),
+      tmp_file(R"(.+\.tmp\.\d+)");
+  std::vector<fs::path> remove;
+  std::vector<std::pair<fs::path, fs::path>> restore;
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
+    std::string n = it->path().filename().string();
+    std::smatch m;
+    if (it->is_directory() && std::regex_match(n, tmp_dir)) {
+      remove.push_back(it->path());
+      it.disable_recursion_pending();
+    } else if (it->is_directory() && std::regex_match(n, m, old_dir)) {
+      fs::path live = it->path().parent_path() / m[1].str();
+      it.disable_recursion_pending();
+      if (fs::exists(live)) remove.push_back(it->path());
+      else restore.emplace_back(it->path(), live);
+    } else if (it->is_regular_file() && std::regex_match(n, tmp_file)) {
+      remove.push_back(it->path());
+    }
+  }
+  for (auto& p : remove) {
+    std::cerr << "removing " << p.string() << " (left by an interrupted run)\n";
+    fs::remove_all(p);
+  }
+  for (auto& [from, to] : restore) {
+    std::cerr << "restoring " << to.string() << " from " << from.string() << " (its replacement was never completed)\n";
+    fs::rename(from, to);
+  }
+}
+
 void Trainer::save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state) {
   // Everything goes into a temporary folder first; one rename publishes it, so a crash (even
   // kill -9) never leaves a half-written checkpoint under its final name. A failed write (disk
@@ -325,6 +359,7 @@ TrainResult Trainer::train(bool resume) {
     return args_.learning_rate * lr_lambda(args_.lr_scheduler_type, s - begin, warmup, len);
   };
   const std::string log_path = join_path(args_.output_dir, "metrics.jsonl");
+  clean_leftovers(args_.output_dir);
   int64_t step = 0;
   nlohmann::json tstate = {{"best_metric", nullptr}, {"best_checkpoint", ""}, {"bad_evals", 0}};
   if (resume) {

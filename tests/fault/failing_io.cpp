@@ -4,8 +4,10 @@
 // $PEFT_FAULT_PREFIX — write(), pwrite(), writev(), fwrite(), fflush(), fsync(), fdatasync(),
 // rename(), ftruncate() — and makes operation number $PEFT_FAULT_AT (1-based) and every later
 // one fail with errno $PEFT_FAULT_ERRNO (default ENOSPC), as a disk that has just filled up.
+// PEFT_FAULT_MODE=short makes the first failing write() a short one instead (half of the bytes
+// written, the count returned), so the error surfaces on the next call: a disk filling up mid-file.
 // $PEFT_FAULT_COUNT_FILE, if set, receives the number of counted operations at exit (the size
-// of the matrix). Paths are remembered per descriptor at open()/openat()/fopen() time.
+// of the matrix) and their kinds, one letter each (w write, f flush / sync, t truncate, r rename). Paths are remembered per descriptor at open()/openat()/fopen() time.
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -32,6 +34,10 @@ std::unordered_map<int, bool>& tracked() {  // fd -> path has the prefix
   return *m;
 }
 std::atomic<long> counted{0};
+std::string& kinds() {  // one letter per counted operation, in order
+  static auto* k = new std::string();
+  return *k;
+}
 
 const char* prefix() {
   static const char* p = getenv("PEFT_FAULT_PREFIX");
@@ -58,9 +64,14 @@ bool is_tracked(int fd) {
   auto it = tracked().find(fd);
   return it != tracked().end() && it->second;
 }
-// True when this counted operation must fail (errno set).
-bool inject() {
+// True when this counted operation (kind: w write, f flush/sync, t truncate, r rename) must
+// fail (errno set).
+bool inject(char kind) {
   long n = ++counted;
+  {
+    std::lock_guard<std::mutex> g(mu());
+    kinds().push_back(kind);
+  }
   static long at = getenv("PEFT_FAULT_AT") ? atol(getenv("PEFT_FAULT_AT")) : 0;
   if (at <= 0 || n < at) return false;
   static int err = getenv("PEFT_FAULT_ERRNO") ? atoi(getenv("PEFT_FAULT_ERRNO")) : ENOSPC;
@@ -79,7 +90,7 @@ struct CountAtExit {
     if (!f) return;
     FILE* out = real<FILE* (*)(const char*, const char*)>("fopen")(f, "w");
     if (!out) return;
-    fprintf(out, "%ld\n", counted.load());
+    fprintf(out, "%ld %s\n", counted.load(), kinds().c_str());
     fclose(out);
   }
 } count_at_exit;
@@ -127,39 +138,45 @@ FILE* fopen64(const char* path, const char* mode) {
 }
 
 ssize_t write(int fd, const void* buf, size_t n) {
-  if (is_tracked(fd) && inject()) return -1;
-  return real<ssize_t (*)(int, const void*, size_t)>("write")(fd, buf, n);
+  static bool short_mode = getenv("PEFT_FAULT_MODE") && strcmp(getenv("PEFT_FAULT_MODE"), "short") == 0;
+  static std::atomic<bool> shortened{false};
+  auto w = real<ssize_t (*)(int, const void*, size_t)>("write");
+  if (is_tracked(fd) && inject('w')) {
+    if (short_mode && n > 1 && !shortened.exchange(true)) return w(fd, buf, n / 2);
+    return -1;
+  }
+  return w(fd, buf, n);
 }
 ssize_t pwrite64(int fd, const void* buf, size_t n, off_t off) {
-  if (is_tracked(fd) && inject()) return -1;
+  if (is_tracked(fd) && inject('w')) return -1;
   return real<ssize_t (*)(int, const void*, size_t, off_t)>("pwrite64")(fd, buf, n, off);
 }
 ssize_t writev(int fd, const struct iovec* iov, int cnt) {
-  if (is_tracked(fd) && inject()) return -1;
+  if (is_tracked(fd) && inject('w')) return -1;
   return real<ssize_t (*)(int, const struct iovec*, int)>("writev")(fd, iov, cnt);
 }
 size_t fwrite(const void* p, size_t size, size_t n, FILE* f) {
-  if (f && is_tracked(fileno(f)) && inject()) return 0;
+  if (f && is_tracked(fileno(f)) && inject('w')) return 0;
   return real<size_t (*)(const void*, size_t, size_t, FILE*)>("fwrite")(p, size, n, f);
 }
 int fflush(FILE* f) {
-  if (f && is_tracked(fileno(f)) && inject()) return EOF;
+  if (f && is_tracked(fileno(f)) && inject('f')) return EOF;
   return real<int (*)(FILE*)>("fflush")(f);
 }
 int fsync(int fd) {
-  if (is_tracked(fd) && inject()) return -1;
+  if (is_tracked(fd) && inject('f')) return -1;
   return real<int (*)(int)>("fsync")(fd);
 }
 int fdatasync(int fd) {
-  if (is_tracked(fd) && inject()) return -1;
+  if (is_tracked(fd) && inject('f')) return -1;
   return real<int (*)(int)>("fdatasync")(fd);
 }
 int ftruncate(int fd, off_t len) {
-  if (is_tracked(fd) && inject()) return -1;
+  if (is_tracked(fd) && inject('t')) return -1;
   return real<int (*)(int, off_t)>("ftruncate")(fd, len);
 }
 int rename(const char* from, const char* to) {
-  if (matches(to) && inject()) return -1;
+  if (matches(to) && inject('r')) return -1;
   return real<int (*)(const char*, const char*)>("rename")(from, to);
 }
 
