@@ -25,10 +25,16 @@ std::string join_path(const std::string& a, const std::string& b) {
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   PEFT_CHECK(f.good(), path, ": cannot open: ", std::strerror(errno));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  PEFT_CHECK(!f.bad(), path, ": read error");
-  return ss.str();
+  try {
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    PEFT_CHECK(!f.bad(), path, ": read error");
+    return ss.str();
+  } catch (const std::bad_alloc&) {
+    std::error_code ec;
+    fail(path, ": too large to read into memory (", std::filesystem::file_size(path, ec),
+         " bytes; files peft reads whole must fit in RAM)");
+  }
 }
 
 void sync_directory(const std::string& dir) {
