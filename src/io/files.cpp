@@ -29,6 +29,9 @@ std::string read_file(const std::string& path) {
     std::ostringstream ss;
     ss << f.rdbuf();
     PEFT_CHECK(!f.bad(), path, ": read error");
+    // operator<< swallows an exception while copying (std::bad_alloc included) into badbit on
+    // `ss`; an empty file only sets failbit.
+    PEFT_CHECK(!ss.bad(), path, ": cannot read it into memory (", std::filesystem::file_size(path), " bytes)");
     return ss.str();
   } catch (const std::bad_alloc&) {
     std::error_code ec;
