@@ -16,18 +16,25 @@
 
 namespace peft::fuzz {
 
-/// A private folder for this process (removed at exit), e.g. /tmp/peft_fuzz_1234.
+/// A private folder for this process (removed at exit), e.g. /tmp/peft_fuzz_1234. The name is
+/// never destroyed: the atexit handler that removes the folder runs after static destructors.
 inline const std::string& work_dir() {
-  static const std::string dir = [] {
-    auto d = std::filesystem::temp_directory_path() / ("peft_fuzz_" + std::to_string(getpid()));
+  static const std::string* dir = [] {
+    // Memory-backed where there is one: on this project's disks a file rewrite per execution
+    // costs ~4 ms of waiting (10x the work itself).
+    std::filesystem::path base = access("/dev/shm", W_OK) == 0 && !std::getenv("TMPDIR")
+                                     ? std::filesystem::path("/dev/shm")
+                                     : std::filesystem::temp_directory_path();
+    auto d = base / ("peft_fuzz_" + std::to_string(getpid()));
     std::filesystem::create_directories(d);
+    auto* s = new std::string(d.string());
     std::atexit([] {
       std::error_code ec;
       std::filesystem::remove_all(work_dir(), ec);
     });
-    return d.string();
+    return s;
   }();
-  return dir;
+  return *dir;
 }
 
 /// Writes the fuzz input to work_dir()/name and returns its path.

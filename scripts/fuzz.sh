@@ -36,7 +36,8 @@ if [ "$BUILD" = 1 ]; then
   cmake --build "$BUILD_DIR" -j"$(nproc)"
 fi
 B="$ROOT/$BUILD_DIR"
-[ -n "$TARGETS" ] || TARGETS=$(cd "$B" && ls fuzz_* | sed 's/^fuzz_//' | tr '\n' ',')
+all_targets() { find "$B" -maxdepth 1 -type f -executable -name 'fuzz_*' -printf '%f\n' | sed 's/^fuzz_//' | sort; }
+[ -n "$TARGETS" ] || TARGETS=$(all_targets | tr '\n' ',')
 python3 fuzz/make_seeds.py "$B/seeds"
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
 # LibTorch's own allocations are not leaks of ours; ASan's leak check at exit would report them.
@@ -47,7 +48,7 @@ report="["
 printf '%-20s %10s %8s %8s %9s\n' target execs exec/s cov findings
 for t in ${TARGETS//,/ }; do
   bin="$B/fuzz_$t"
-  [ -x "$bin" ] || { echo "fuzz.sh: no target $t (have: $(cd "$B" && ls fuzz_* | tr '\n' ' '))" >&2; exit 2; }
+  [ -x "$bin" ] || { echo "fuzz.sh: no target $t (have: $(all_targets | tr '\n' ' '))" >&2; exit 2; }
   corpus="$B/corpus/$t"; findings="$B/findings/$t"; reg="$ROOT/tests/fuzz/corpus/$t"
   mkdir -p "$corpus" "$findings" "$reg"
   dict=""; [ -f "$B/seeds/$t.dict" ] && dict="-dict=$B/seeds/$t.dict"
@@ -59,8 +60,8 @@ for t in ${TARGETS//,/ }; do
   "$bin" -max_total_time="$TIME" -timeout=25 -rss_limit_mb=6144 -malloc_limit_mb=6144 -max_len=65536 \
          -print_final_stats=1 -artifact_prefix="$findings/" $dict "$corpus" "$B/seeds/$t" >"$log" 2>&1
   set -e
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
-  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || echo 0)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo 0)
   n=0
   for f in "$findings"/crash-* "$findings"/leak-* "$findings"/timeout-* "$findings"/oom-*; do
