@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "io/files.h"
 #include "io/json_parse.h"
 #include "peft/error.h"
 #include "peft/io.h"
@@ -24,16 +25,37 @@ std::string join_path(const std::string& a, const std::string& b) {
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   PEFT_CHECK(f.good(), path, ": cannot open: ", std::strerror(errno));
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  PEFT_CHECK(!f.bad(), path, ": read error");
-  return ss.str();
+  try {
+    std::ostringstream ss;
+    ss << f.rdbuf();
+    PEFT_CHECK(!f.bad(), path, ": read error");
+    // operator<< swallows an exception while copying (std::bad_alloc included) into badbit on
+    // `ss`; an empty file only sets failbit.
+    PEFT_CHECK(!ss.bad(), path, ": cannot read it into memory (", std::filesystem::file_size(path), " bytes)");
+    return ss.str();
+  } catch (const std::bad_alloc&) {
+    std::error_code ec;
+    fail(path, ": too large to read into memory (", std::filesystem::file_size(path, ec),
+         " bytes; files peft reads whole must fit in RAM)");
+  }
+}
+
+void sync_directory(const std::string& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  PEFT_CHECK(fd >= 0, dir, ": cannot open the folder to sync it: ", std::strerror(errno));
+  int rc = ::fsync(fd), err = errno;
+  ::close(fd);
+  PEFT_CHECK(rc == 0 || err == EINVAL || err == EROFS, dir, ": cannot sync the folder: ", std::strerror(err));
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
   namespace fs = std::filesystem;
   fs::path p(path);
-  if (p.has_parent_path()) fs::create_directories(p.parent_path());
+  if (p.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(p.parent_path(), ec);
+    PEFT_CHECK(!ec, path, ": cannot create the folder ", p.parent_path().string(), ": ", ec.message());
+  }
   std::string tmp = path + ".tmp." + std::to_string(getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   PEFT_CHECK(fd >= 0, path, ": cannot create temporary file ", tmp, ": ", std::strerror(errno));
@@ -60,6 +82,7 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     ::unlink(tmp.c_str());
     fail(path, ": cannot rename temporary file into place: ", std::strerror(err));
   }
+  sync_directory(p.has_parent_path() ? p.parent_path().string() : ".");
 }
 
 nlohmann::json parse_json_limited(const char* begin, const char* end, const std::string& what) {

@@ -101,7 +101,10 @@ TensorMap load_safetensors(const std::string& path, Metadata* metadata) {
     uint64_t begin, end;
   };
   std::vector<Entry> entries;
-  for (auto& [name, info] : header.items()) {
+  for (auto& item : header.items()) {
+    // Named references, not a structured binding: C++17 lambdas (where() below) cannot capture those.
+    const std::string& name = item.key();
+    auto& info = item.value();
     if (name == "__metadata__") {
       PEFT_CHECK(info.is_object(), path, ": __metadata__ must be an object of strings");
       for (auto& [k, v] : info.items()) {

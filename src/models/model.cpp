@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "io/llama2c.h"
+#include "io/memory_budget.h"
 #include "peft/error.h"
 
 namespace peft {
@@ -113,7 +114,17 @@ ModelPtr load_model(const std::string& path, const LoadOptions& opts) {
     config = read_json(cfg_path);
     if (opts.load_weights) weights = load_checkpoint_dir(path);
   }
-  ModelPtr m = with_context(join_path(path, "config.json"), [&] { return create_model(config, opts); });
+  // The config alone decides how much create_model allocates; with weights on disk that is
+  // bounded by their size (io/memory_budget.h): a hostile config.json cannot take the machine.
+  uint64_t weight_bytes = 0;
+  for (auto& kv : weights) weight_bytes += kv.second.numel() * kv.second.element_size();
+  const std::string cfg_path = llama2c.empty() ? join_path(path, "config.json") : llama2c;
+  ModelPtr m = with_context(cfg_path, [&] {
+    if (!opts.load_weights) return create_model(config, opts);
+    MemoryBudget budget(MemoryBudget::cap(4 * weight_bytes + (1ull << 30)), cfg_path,
+                        "the model this config describes (cap: 4 x its weights + 1 GiB)");
+    return create_model(config, opts);
+  });
   m->name_or_path = path;
   if (opts.load_weights) {
     // A fresh task head (e.g. SeqCls on a causal-LM checkpoint) is not in the checkpoint.

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <unordered_map>
 
+#include "peft/io.h"
 #include "tokenizer/internal.h"
 #include "tokenizer/merge.h"
 #include "tokenizer/unicode.h"
@@ -267,10 +268,7 @@ void write_tokenizer_json_from_llama2c(const std::string& bin_path, const std::s
         {"merges", jm}}}};
   std::filesystem::create_directories(out_dir);
   std::string out = (std::filesystem::path(out_dir) / "tokenizer.json").string();
-  std::ofstream f(out, std::ios::binary);
-  PEFT_CHECK(f.good(), out, ": cannot write");
-  f << j.dump(1);
-  PEFT_CHECK(f.good(), out, ": write failed");
+  write_file_atomic(out, j.dump(1));
 }
 
 }  // namespace peft

@@ -86,9 +86,28 @@ struct RowError {
   std::string reason;
 };
 
+// Tokenizing a text costs memory and time in proportion to its bytes, whatever max_length keeps,
+// so one runaway row (a log line, a whole book in one field) must not take the machine: a text
+// over PEFT_MAX_ROW_BYTES (default 16 MiB; a paragraph in .txt whole-file mode) is a bad row.
+uint64_t max_row_bytes() {
+  const char* v = std::getenv("PEFT_MAX_ROW_BYTES");
+  if (!v || !*v) return uint64_t(16) << 20;
+  char* end = nullptr;
+  unsigned long long n = std::strtoull(v, &end, 10);
+  PEFT_CHECK(end && *end == '\0' && v[0] != '-' && n > 0, "PEFT_MAX_ROW_BYTES: expected a positive byte count, got '", v,
+             "'");
+  return static_cast<uint64_t>(n);
+}
+
+void check_row_bytes(size_t n, const std::string& what) {
+  if (n > max_row_bytes())
+    throw RowError{str_cat(what, ": ", n, " bytes, over the ", max_row_bytes(),
+                           "-byte cap on one text (PEFT_MAX_ROW_BYTES raises it)")};
+}
+
 // The string value of `col`; std::nullopt-like "" with *present=false when absent and optional.
 std::string field_text(const DataRecord& r, const std::string& col, bool required, bool allow_empty,
-                       bool* present = nullptr) {
+                       bool* present = nullptr, bool whole_file = false) {
   auto it = r.fields.find(col);
   if (it == r.fields.end() || (it->is_null() && !required)) {
     if (present) *present = false;
@@ -98,6 +117,7 @@ std::string field_text(const DataRecord& r, const std::string& col, bool require
   if (present) *present = true;
   if (!it->is_string()) throw RowError{str_cat("field '", col, "': expected a string, got ", it->type_name())};
   const std::string& s = it->get_ref<const std::string&>();
+  if (!whole_file) check_row_bytes(s.size(), "field '" + col + "'");
   if (tok::utf8_invalid_at(s) != std::string::npos) throw RowError{"field '" + col + "': invalid UTF-8"};
   if (!allow_empty && s.find_first_not_of(" \t\r\n") == std::string::npos)
     throw RowError{"field '" + col + "': empty text"};
@@ -194,6 +214,7 @@ void chunk_text(const std::string& text, const std::string& where, const Tokeniz
     std::string para = text.substr(pos, end - pos);
     pos = end + 2;
     if (para.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+    check_row_bytes(para.size(), "a paragraph");
     auto ids = tok.encode(para, true);
     stream.insert(stream.end(), ids.begin(), ids.end());
   }
@@ -243,7 +264,7 @@ Dataset tokenize_records(const std::vector<DataRecord>& rows, DataKind kind, con
     try {
       switch (kind) {
         case DataKind::Text: {
-          std::string t = field_text(r, f.text_column, true, false);
+          std::string t = field_text(r, f.text_column, true, false, nullptr, f.txt_whole_file);
           if (f.txt_whole_file) {
             chunk_text(t, r.where(), tok, o, ds.examples);
           } else {

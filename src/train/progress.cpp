@@ -1,7 +1,9 @@
 // ProgressBar and JsonlLogger.
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -82,13 +84,28 @@ JsonlLogger::~JsonlLogger() {
 void JsonlLogger::log(const nlohmann::json& record) {
   PEFT_CHECK(record.is_object(), path_, ": a log record must be a JSON object, got ", record.type_name());
   std::string s = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  PEFT_CHECK(std::fwrite(s.data(), 1, s.size(), f_) == s.size() && std::fflush(f_) == 0, path_,
-             ": write failed (disk full?)");
+  long before = std::ftell(f_);
+  if (std::fwrite(s.data(), 1, s.size(), f_) == s.size() && std::fflush(f_) == 0) return;
+  int err = errno;
+  // Cut a partly written record off again, so the log stays a sequence of whole lines.
+  std::clearerr(f_);
+  if (before >= 0 && ::ftruncate(fileno(f_), before) == 0) std::fseek(f_, before, SEEK_SET);
+  fail(path_, ": write failed: ", std::strerror(err), " (the records logged before are kept)");
 }
 
 std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   std::string bytes = read_file(path);
   std::vector<nlohmann::json> out;
+  // A run killed in the middle of an append leaves an unterminated last record: drop it.
+  if (!bytes.empty() && bytes.back() != '\n') {
+    size_t cut = bytes.rfind('\n');
+    cut = cut == std::string::npos ? 0 : cut + 1;
+    if (!nlohmann::json::accept(bytes.substr(cut))) {
+      std::cerr << "warning: " << path << ": dropping an incomplete last record (" << bytes.size() - cut
+                << " bytes, a run interrupted while logging)\n";
+      bytes.resize(cut);
+    }
+  }
   for_each_nonblank_line(bytes, [&](int64_t line, const std::string& s) {
     try {
       out.push_back(nlohmann::json::parse(s));

@@ -7,12 +7,14 @@
 #include <filesystem>
 #include <iostream>
 #include <regex>
+#include <sstream>
 
 #include "peft/dist.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/metrics.h"
 #include "peft/report.h"
+#include "io/files.h"
 #include "train/optimizer_reset.h"
 
 namespace fs = std::filesystem;
@@ -247,33 +249,87 @@ static std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::
   return out;
 }
 
+// What an interrupted earlier run may have left: `.checkpoint-N.tmp` folders (a checkpoint being
+// written), write_file_atomic's `NAME.tmp.PID` files, and `.checkpoint-N.old` (a checkpoint
+// being replaced): the last one is put back when its replacement never got published.
+static void clean_leftovers(const std::string& dir) {
+  if (!fs::is_directory(dir)) return;
+  static const std::regex tmp_dir(R"(\.checkpoint-\d+\.tmp)"), old_dir(R"(\.(checkpoint-\d+)\.old)"),
+      tmp_file(R"(.+\.tmp\.\d+)");
+  std::vector<fs::path> remove;
+  std::vector<std::pair<fs::path, fs::path>> restore;
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
+    std::string n = it->path().filename().string();
+    std::smatch m;
+    if (it->is_directory() && std::regex_match(n, tmp_dir)) {
+      remove.push_back(it->path());
+      it.disable_recursion_pending();
+    } else if (it->is_directory() && std::regex_match(n, m, old_dir)) {
+      fs::path live = it->path().parent_path() / m[1].str();
+      it.disable_recursion_pending();
+      if (fs::exists(live)) remove.push_back(it->path());
+      else restore.emplace_back(it->path(), live);
+    } else if (it->is_regular_file() && std::regex_match(n, tmp_file)) {
+      remove.push_back(it->path());
+    }
+  }
+  for (auto& p : remove) {
+    std::cerr << "removing " << p.string() << " (left by an interrupted run)\n";
+    fs::remove_all(p);
+  }
+  for (auto& [from, to] : restore) {
+    std::cerr << "restoring " << to.string() << " from " << from.string() << " (its replacement was never completed)\n";
+    fs::rename(from, to);
+  }
+}
+
 void Trainer::save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state) {
   // Everything goes into a temporary folder first; one rename publishes it, so a crash (even
-  // kill -9) never leaves a half-written checkpoint under its final name.
+  // kill -9) never leaves a half-written checkpoint under its final name. A failed write (disk
+  // full, quota, EIO) removes the temporary folder and reports the file; earlier checkpoints
+  // and the final adapter of an earlier run stay as they were.
   fs::path final_dir = fs::path(args_.output_dir) / ckpt_name(step);
   fs::path tmp = fs::path(args_.output_dir) / ("." + ckpt_name(step) + ".tmp");
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  pm_->save_adapter(tmp.string());
-  {
-    torch::serialize::OutputArchive ar;
-    opt_->save(ar);
-    ar.save_to((tmp / "optimizer.pt").string());
+  try {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    pm_->save_adapter(tmp.string());
+    {
+      // LibTorch's file writer finishes the zip archive in its destructor, where a failed write
+      // cannot be reported (std::terminate); serialising to memory first and writing through
+      // write_file_atomic turns a full disk into an ordinary error naming the file.
+      torch::serialize::OutputArchive ar;
+      opt_->save(ar);
+      std::ostringstream bytes;
+      ar.save_to(bytes);
+      write_file_atomic((tmp / "optimizer.pt").string(), bytes.str());
+    }
+    auto gen = at::detail::getDefaultCPUGenerator();
+    torch::Tensor rng;
+    {
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      rng = gen.get_state();
+    }
+    save_safetensors((tmp / "rng_state.safetensors").string(), {{"cpu", rng}});
+    nlohmann::json st = trainer_state;
+    st["global_step"] = step;
+    st["data"] = data_state;
+    write_json((tmp / "trainer_state.json").string(), st);
+    write_json((tmp / "run_config.json").string(), run_config_);
+    // A checkpoint of this step exists only when a resumed run re-saves it: move it aside first
+    // so that a failure between the two renames still leaves one complete copy.
+    fs::path old = fs::path(args_.output_dir) / ("." + ckpt_name(step) + ".old");
+    fs::remove_all(old);
+    if (fs::exists(final_dir)) fs::rename(final_dir, old);
+    fs::rename(tmp, final_dir);
+    fs::remove_all(old);
+    sync_directory(args_.output_dir);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fail("saving checkpoint ", final_dir.string(), " failed: ", e.what(),
+         " (earlier checkpoints are untouched; --resume continues from the last complete one)");
   }
-  auto gen = at::detail::getDefaultCPUGenerator();
-  torch::Tensor rng;
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    rng = gen.get_state();
-  }
-  save_safetensors((tmp / "rng_state.safetensors").string(), {{"cpu", rng}});
-  nlohmann::json st = trainer_state;
-  st["global_step"] = step;
-  st["data"] = data_state;
-  write_json((tmp / "trainer_state.json").string(), st);
-  write_json((tmp / "run_config.json").string(), run_config_);
-  fs::remove_all(final_dir);
-  fs::rename(tmp, final_dir);
 }
 
 int64_t Trainer::restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state) {
@@ -359,6 +415,7 @@ TrainResult Trainer::train(bool resume) {
     return args_.learning_rate * lr_lambda(args_.lr_scheduler_type, s - begin, warmup, len);
   };
   const std::string log_path = join_path(args_.output_dir, "metrics.jsonl");
+  clean_leftovers(args_.output_dir);
   int64_t step = 0;
   nlohmann::json tstate = {{"best_metric", nullptr}, {"best_checkpoint", ""}, {"bad_evals", 0}};
   if (resume) {

@@ -8,6 +8,7 @@
 #include "peft/io.h"
 #include "peft/tuner.h"
 #include "io/adapter_config.h"
+#include "io/memory_budget.h"
 #include "tuners/config_parts.h"
 #include "tuners/default_targets.h"
 
@@ -565,7 +566,13 @@ void PeftModel::load_adapter(const std::string& dir, const std::string& name, bo
   auto tensors = load_safetensors(weights);
   loading_ = true;
   try {
-    with_context(join_path(dir, "adapter_config.json"), [&] { add_adapter(name, cfg); });
+    // What the config asks to allocate is bounded by what is on disk (io/memory_budget.h).
+    uint64_t base_bytes = 0, file_bytes = std::filesystem::file_size(weights);
+    for (auto& p : model->parameters()) base_bytes += p.numel() * p.element_size();
+    const std::string cfg_path = join_path(dir, "adapter_config.json");
+    MemoryBudget budget(MemoryBudget::cap(2 * base_bytes + 8 * file_bytes + (256ull << 20)), cfg_path,
+                        "the adapter this config describes (cap: 2 x the base model + 8 x " + weights + " + 256 MiB)");
+    with_context(cfg_path, [&] { add_adapter(name, cfg); });
   } catch (...) {
     loading_ = false;
     throw;

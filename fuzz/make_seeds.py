@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Seed corpora and dictionaries for the fuzz targets (scripts/fuzz.sh), made from the
+repository's own fixtures and assets: OUT/<target>/ (one file per seed) and OUT/<target>.dict
+(libFuzzer dictionary: JSON punctuation plus every key and short string found in the seeds).
+Seeds are kept small (a few KiB where possible): the fuzzer mutates them many times a second."""
+import json, os, struct, sys
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+out = sys.argv[1]
+
+
+def rd(rel):
+    with open(os.path.join(root, rel), "rb") as f:
+        return f.read()
+
+
+def put(target, name, data):
+    d = os.path.join(out, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+words = set()
+
+
+def collect(obj):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            words.add(k)
+            collect(v)
+    elif isinstance(obj, list):
+        for v in obj[:50]:
+            collect(v)
+    elif isinstance(obj, str) and len(obj) < 40:
+        words.add(obj)
+
+
+def dict_file(target, extra=()):
+    toks = ['{', '}', '[', ']', ':', ',', '"', 'true', 'false', 'null', '0', '-1', '1e308', '4294967296',
+            '9223372036854775808', '\\u0000', '\\ud800'] + list(extra)
+    lines = []
+    for w in sorted(words | set(toks)):
+        if not w or len(w) > 64:
+            continue
+        esc = ''.join(c if 32 <= ord(c) < 127 and c not in '"\\' else '\\x%02x' % ord(c) if ord(c) < 256 else ''
+                      for c in w)
+        if esc:
+            lines.append('"%s"' % esc)
+    with open(os.path.join(out, target + ".dict"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def json_seed(target, name, obj, prefix=b""):
+    collect(obj)
+    put(target, name, prefix + json.dumps(obj, indent=1).encode())
+
+
+# safetensors: the small fixture files, plus hand-made edge cases.
+n = 0
+for dirpath, _, files in os.walk(os.path.join(root, "tests/fixtures")):
+    for fn in sorted(files):
+        p = os.path.join(dirpath, fn)
+        if fn.endswith(".safetensors") and os.path.getsize(p) < 64 * 1024 and n < 12:
+            put("safetensors", "fixture_%d" % n, open(p, "rb").read())
+            n += 1
+hdr = json.dumps({"__metadata__": {"format": "pt"}, "a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]},
+                  "b": {"dtype": "BF16", "shape": [3], "data_offsets": [16, 22]}}).encode()
+put("safetensors", "small", struct.pack("<Q", len(hdr)) + hdr + bytes(22))
+collect(json.loads(hdr))
+dict_file("safetensors", ["F16", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "data_offsets"])
+
+# tokenizer.json: the small unigram one, and shrunken BPE / WordPiece ones.
+words.clear()
+json_seed("tokenizer_json", "unigram", json.loads(rd("tests/fixtures/tokenizers/unigram/tokenizer.json")))
+for name, rel in [("gpt2_bpe", "tests/fixtures/tokenizers/gpt2/tokenizer.json"),
+                  ("bert_wordpiece", "tests/fixtures/tokenizers/bert-base-uncased/tokenizer.json")]:
+    t = json.loads(rd(rel))
+    m = t["model"]
+    vocab = dict(sorted(m["vocab"].items(), key=lambda kv: kv[1])[:300])
+    m["vocab"] = vocab
+    if "merges" in m:
+        keep = []
+        for mg in m["merges"]:
+            a, b = mg.split(" ") if isinstance(mg, str) else mg
+            if a in vocab and b in vocab and a + b in vocab:
+                keep.append(mg)
+        m["merges"] = keep
+    t["added_tokens"] = [a for a in t.get("added_tokens", []) if a["id"] < 300]
+    json_seed("tokenizer_json", name, t)
+dict_file("tokenizer_json", ["BPE", "WordPiece", "Unigram", "ByteLevel", "Metaspace", "Sequence", "NFC", "NFKC",
+                             "Replace", "Prepend", "Strip", "ByteFallback", "Fuse", "TemplateProcessing",
+                             "BertProcessing", "RobertaProcessing", "BertPreTokenizer", "Whitespace", "Split"])
+
+# SentencePiece .model and llama2.c tokenizer.bin / checkpoints.
+put("sentencepiece", "stories260K", rd("assets/stories260K/tok512.model"))
+put("sentencepiece", "unigram", rd("tests/fixtures/tokenizers/unigram/spiece.model"))
+put("llama2c_tokenizer", "stories260K", rd("assets/stories260K/tok512.bin"))
+ck = rd("assets/stories260K/stories260K.bin")
+put("llama2c_checkpoint", "stories260K", ck)
+dim, hid, nl, nh, nkv, vocab, seq = struct.unpack("<7i", ck[:28])
+# A one-layer, tiny-vocabulary checkpoint of the same layout (fast to mutate).
+d, h, v, s = 8, 16, 12, 8
+floats = v * d + d + d * d * 2 + d * d * 2 + d + h * d * 3 + d + s * (d // 2)  # loose upper bound
+put("llama2c_checkpoint", "tiny", struct.pack("<7i", d, h, 1, 2, 2, v, s) + bytes(4 * floats))
+
+# Datasets: the first byte picks the format (0 jsonl, 1 json, 2 csv, 3 tsv, 4 txt; +8 skip bad
+# rows, +16 txt as one stream).
+def first_lines(rel, n=6):
+    return b"".join(rd(rel).splitlines(keepends=True)[:n])
+put("dataset", "e2e_jsonl", b"\x00" + first_lines("assets/e2e/train.jsonl"))
+put("dataset", "alpaca_jsonl", b"\x08" + first_lines("assets/alpaca/alpaca_gpt4_sample.jsonl", 3))
+put("dataset", "mt_jsonl", b"\x00" + first_lines("assets/mt/tatoeba-en-ro/train.jsonl"))
+put("dataset", "array_json", b"\x01" + json.dumps([{"prompt": "a b", "completion": " c"}, {"prompt": "d", "completion": "e"}]).encode())
+put("dataset", "sst2_tsv", b"\x03" + first_lines("assets/glue/SST-2/train.tsv"))
+put("dataset", "stsb_tsv", b"\x0b" + first_lines("assets/glue/STS-B/train.tsv"))
+put("dataset", "cls_csv", b"\x02" + b'text,label\n"a, b",1\nc,0\n')
+put("dataset", "stories_txt", b"\x14" + first_lines("assets/tinystories/valid_sample.txt", 8))
+words.clear()
+for k in ["text", "label", "prompt", "completion", "instruction", "input", "output", "source", "target", "text_pair",
+          "sentence", "sentence1", "sentence2", "translation", "en", "ro"]:
+    words.add(k)
+dict_file("dataset", ["\\t", "\\n", "\\r\\n", "\"\""])
+
+# Recipes: first byte 0 = JSON, 1 = YAML.
+words.clear()
+for fn in sorted(os.listdir(os.path.join(root, "recipes"))):
+    if fn.endswith(".json"):
+        obj = json.loads(rd("recipes/" + fn))
+        json_seed("recipe", fn, obj, b"\x00")
+        put("recipe", fn + ".yaml", b"\x01" + "".join("%s: %s\n" % (k, json.dumps(v)) for k, v in obj.items()).encode())
+dict_file("recipe", ["#", ": ", "- ", "\\n"])
+
+# config.json per family and adapter_config.json per method (first byte = the fixture index
+# of fuzz/adapter_config_fuzz.cpp's kMethods).
+for fam in ["llama", "gpt2", "bert_cls", "t5"]:
+    words.clear()
+    json_seed("config_" + fam, "fixture", json.loads(rd("tests/fixtures/hf/models/%s/config.json" % fam)))
+    if fam == "t5":
+        json_seed("config_" + fam, "v1_1", json.loads(rd("tests/fixtures/hf/models/t5_v1_1/config.json")))
+    dict_file("config_" + fam, ["silu", "gelu", "gelu_new", "relu", "gated-gelu", "rope_scaling", "linear", "dynamic"])
+methods = ["lora", "rslora", "dora", "ia3", "loha", "lokr", "lokr_decomposed", "adalora", "prompt_tuning", "p_tuning",
+           "prefix_tuning"]
+words.clear()
+for i, m in enumerate(methods):
+    json_seed("adapter_config", m, json.loads(rd("tests/fixtures/peft/adapters/llama/%s/adapter_config.json" % m)),
+              bytes([i]))
+dict_file("adapter_config", ["LORA", "IA3", "LOHA", "LOKR", "ADALORA", "VERA", "PROMPT_TUNING", "P_TUNING",
+                             "PREFIX_TUNING", "all-linear", "lora_only", "all", "none"])
