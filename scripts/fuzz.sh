@@ -28,7 +28,11 @@ esac
 BUILD_DIR=${BUILD_DIR:-build-fuzz}
 if [ "$BUILD" = 1 ]; then
   bash scripts/setup.sh
-  command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ missing (apt-get install clang libclang-rt-14-dev)" >&2; exit 1; }
+  if ! command -v clang++ >/dev/null || ! dpkg-query -W -f='${Status}' libclang-rt-14-dev 2>/dev/null | grep -q "ok installed"; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get install -y --no-install-recommends clang libclang-rt-14-dev ||
+      { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends clang libclang-rt-14-dev; }
+  fi
   export CCACHE_BASEDIR="$PWD" CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
   # -O1: the usual fuzzing trade-off (OSS-Fuzz builds -O1), and half the compile time of -O3.
   cmake -S . -B "$BUILD_DIR" -DCMAKE_CXX_COMPILER=clang++ -DPEFT_FUZZ=ON -DPEFT_BUILD_TESTS=OFF \

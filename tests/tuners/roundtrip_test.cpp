@@ -56,8 +56,6 @@ std::string skip_reason(const Fixture& f) {
       return std::string("Qwen2 base (q/k/v biases without o_proj.bias) is the model side's: ") + e.what();
     }
   }
-  if (f.base == "t5" && f.adapter == "prefix_tuning") return "T5 prefix-tuning layout (peft's) is the model side's";
-  if (f.base == "roberta_reg") return "RoBERTa regression labels are the model side's";
   return "";
 }
 
