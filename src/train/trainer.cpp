@@ -7,6 +7,10 @@
 #include <filesystem>
 #include <iostream>
 #include <regex>
+
+#include <signal.h>
+#include <unistd.h>
+#include <cerrno>
 #include <sstream>
 
 #include "peft/dist.h"
@@ -251,11 +255,23 @@ static std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::
 
 // What an interrupted earlier run may have left: `.checkpoint-N.tmp` folders (a checkpoint being
 // written), write_file_atomic's `NAME.tmp.PID` files, and `.checkpoint-N.old` (a checkpoint
-// being replaced): the last one is put back when its replacement never got published.
+// being replaced): the last one is put back when its replacement never got published. Only
+// rank 0 cleans (it is the only writer), and a `NAME.tmp.PID` whose process is still alive is
+// someone's write in progress, not a leftover.
+static bool process_alive(const std::string& pid_text) {
+  try {
+    const long pid = std::stol(pid_text);
+    if (pid <= 0 || pid == static_cast<long>(::getpid())) return false;  // ours: nothing in flight here
+    return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 static void clean_leftovers(const std::string& dir) {
   if (!fs::is_directory(dir)) return;
   static const std::regex tmp_dir(R"(\.checkpoint-\d+\.tmp)"), old_dir(R"(\.(checkpoint-\d+)\.old)"),
-      tmp_file(R"(.+\.tmp\.\d+)");
+      tmp_file(R"(.+\.tmp\.(\d+))");
   std::vector<fs::path> remove;
   std::vector<std::pair<fs::path, fs::path>> restore;
   for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
@@ -269,7 +285,7 @@ static void clean_leftovers(const std::string& dir) {
       it.disable_recursion_pending();
       if (fs::exists(live)) remove.push_back(it->path());
       else restore.emplace_back(it->path(), live);
-    } else if (it->is_regular_file() && std::regex_match(n, tmp_file)) {
+    } else if (it->is_regular_file() && std::regex_match(n, m, tmp_file) && !process_alive(m[1].str())) {
       remove.push_back(it->path());
     }
   }
@@ -415,7 +431,7 @@ TrainResult Trainer::train(bool resume) {
     return args_.learning_rate * lr_lambda(args_.lr_scheduler_type, s - begin, warmup, len);
   };
   const std::string log_path = join_path(args_.output_dir, "metrics.jsonl");
-  clean_leftovers(args_.output_dir);
+  if (main) clean_leftovers(args_.output_dir);
   int64_t step = 0;
   nlohmann::json tstate = {{"best_metric", nullptr}, {"best_checkpoint", ""}, {"bad_evals", 0}};
   if (resume) {

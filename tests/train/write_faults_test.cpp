@@ -6,6 +6,7 @@
 // RLIMIT_FSIZE (EFBIG), as the issue that asked for this saw it.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -135,10 +136,15 @@ TEST_P(WriteFaults, EveryWriteFailingInTurnIsAClearErrorAndResumable) {
     // What a run killed at the same moment would leave; the next start cleans it up.
     fs::create_directories(out + "/.checkpoint-99.tmp");
     peft::write_file_atomic(out + "/.checkpoint-99.tmp/optimizer.pt", "partial");
-    { std::ofstream(out + "/adapter_model.safetensors.tmp.12345") << "partial"; }
+    { std::ofstream(out + "/adapter_model.safetensors.tmp.99999999") << "partial"; }
+    // A write in progress by a live process (another rank, another run) is not a leftover.
+    const std::string live = out + "/notes.txt.tmp." + std::to_string(::getppid());
+    { std::ofstream(live) << "being written"; }
     ASSERT_EQ(r.train(out, 0, &log, " --resume"), 0) << log;
+    EXPECT_TRUE(fs::exists(live)) << "removed a live process's temporary file";
+    fs::remove(live);
     EXPECT_FALSE(fs::exists(out + "/.checkpoint-99.tmp"));
-    EXPECT_FALSE(fs::exists(out + "/adapter_model.safetensors.tmp.12345"));
+    EXPECT_FALSE(fs::exists(out + "/adapter_model.safetensors.tmp.99999999"));
     EXPECT_TRUE(peft::read_file(out + "/adapter_model.safetensors") == ref_tree.at("adapter_model.safetensors"))
         << "resumed from " << last_ckpt;
   }
