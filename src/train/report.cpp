@@ -66,6 +66,7 @@ std::vector<Chart> build_charts(const std::vector<nlohmann::json>& records) {
   std::map<std::string, Series> by_key;
   std::vector<std::string> order;
   for (auto& r : records) {
+    if (r.contains("train_tokens_per_second")) continue;  // the end-of-run summary, not a curve point
     if (!r.is_object() || !r.contains("step") || !r["step"].is_number()) continue;
     double step = r["step"].get<double>();
     for (auto& [k, v] : r.items()) {

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -548,7 +549,12 @@ TrainResult Trainer::train(bool resume) {
   }
   const int64_t accum = args_.gradient_accumulation_steps;
   std::vector<Batch> micro(static_cast<size_t>(accum));
+  // Throughput of the optimizer steps alone (evaluation and checkpoints excluded), for the
+  // summary record at the end (as Trainer's train_runtime / train_samples_per_second).
+  double step_seconds = 0;
+  int64_t run_tokens = 0, run_steps = 0;
   while (step < total_steps_) {
+    const auto step_t0 = std::chrono::steady_clock::now();
     double step_loss = 0;
     int64_t tokens = 0;
     // Data-parallel: rank r's micro-batch k is a mean over its n_rk loss units (tokens or
@@ -612,6 +618,9 @@ TrainResult Trainer::train(bool resume) {
     opt_->zero_grad();
     if (take_optimizer_reset(*pm_)) opt_->state().clear();  // a tuner's phase boundary (LT-SFT)
     ++step;
+    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0).count();
+    run_tokens += tokens;
+    ++run_steps;
     window_loss += step_loss;
     ++window_n;
     if (main) bar.update(step, step_loss, tokens, str_cat("lr ", lr));
@@ -640,6 +649,18 @@ TrainResult Trainer::train(bool resume) {
     }
   }
   if (main) bar.finish();
+  {
+    const auto rep = pm_->trainable_report();
+    nlohmann::json summary = {{"step", step},
+                              {"train_steps_run", run_steps},
+                              {"train_step_seconds", step_seconds},
+                              {"train_tokens", run_tokens},
+                              {"train_tokens_per_second", step_seconds > 0 ? run_tokens / step_seconds : 0.0},
+                              {"trainable_params", rep.trainable},
+                              {"all_params", rep.total}};
+    if (g) summary["world_size"] = g->world_size();
+    log_record(summary);
+  }
   do_eval_and_save(/*save=*/true);
   if (main) {
     pm_->save_adapter(args_.output_dir);

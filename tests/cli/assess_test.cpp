@@ -1,0 +1,115 @@
+// `peft assess` end to end on the bundled model: a 2-method, tiny-budget matrix whose table
+// numbers must equal what the per-method `peft train` / `peft eval` runs give on their own,
+// resumed after a lost cell (only that cell reruns), and its refusals.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+
+#include "peft/io.h"
+#include "peft/report.h"
+#include "test_util.h"
+
+using peft::test::run_cli;
+using peft::test::source_path;
+using peft::test::temp_dir;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The first n rows of a JSON Lines file.
+std::string head_rows(const std::string& src, const std::string& dst, int n) {
+  std::ifstream in(src);
+  std::ofstream out(dst);
+  std::string line;
+  for (int i = 0; i < n && std::getline(in, line); ++i) out << line << "\n";
+  return dst;
+}
+
+const nlohmann::json* row_of(const nlohmann::json& rows, const std::string& label) {
+  for (auto& r : rows)
+    if (r["label"] == label) return &r;
+  return nullptr;
+}
+
+}  // namespace
+
+TEST(AssessCli, TableEqualsPerMethodRunsAndResumes) {
+  const auto dir = temp_dir("assess");
+  const std::string model = source_path("assets/stories260K");
+  const std::string train = head_rows(source_path("assets/e2e/train.jsonl"), dir + "/train.jsonl", 48);
+  const std::string eval = head_rows(source_path("assets/e2e/validation.jsonl"), dir + "/eval.jsonl", 8);
+  const std::string common = " --model " + model + " --task nlg --train " + train + " --eval " + eval +
+                             " --budget-steps 6 --batch 4 --max-length 96 --max-new-tokens 8 --gen-examples 4";
+  std::string log;
+  ASSERT_EQ(run_cli("assess" + common + " --methods lora,ia3 --out " + dir + "/out", &log), 0) << log;
+  auto rep = peft::read_json(dir + "/out/assessment.json");
+  const auto& rows = rep["rows"];
+  ASSERT_EQ(rows.size(), 3u) << rows.dump();  // full + lora + ia3
+  for (const char* f : {"assessment.md", "assessment.csv", "assessment.html"})
+    EXPECT_TRUE(fs::exists(dir + "/out/" + f)) << f;
+  EXPECT_NE(peft::read_file(dir + "/out/assessment.html").find("<svg"), std::string::npos);
+
+  // The LoRA row against an independent `peft train` + `peft eval` with the preset's keys.
+  const auto* lora = row_of(rows, "lora");
+  ASSERT_TRUE(lora);
+  const auto cell = peft::read_json(dir + "/out/cells/lora/seed42/result.json");
+  std::string keys;
+  for (auto& kv : cell["train_keys"].items()) keys += " --" + kv.key() + " " + (kv.value().is_string() ? kv.value().get<std::string>() : kv.value().dump());
+  const std::string solo = dir + "/solo";
+  ASSERT_EQ(run_cli("train --model " + model + " --train " + train + " --eval " + eval + " --method lora --output-dir " +
+                        solo + " --max_steps 6 --seed 42 --per_device_train_batch_size 4 --max_length 96 --save_steps 0"
+                        " --eval_steps 0 --progress false" + keys,
+                    &log),
+            0)
+      << log;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(log, m, std::regex(R"(trainable params: (\d+) \|\| all params: (\d+))"))) << log;
+  EXPECT_EQ((*lora)["trainable_params"]["mean"].get<double>(), std::stod(m[1].str()));
+  EXPECT_NEAR((*lora)["trainable_pct"]["mean"].get<double>(), 100.0 * std::stod(m[1].str()) / std::stod(m[2].str()), 1e-9);
+  double solo_eval_loss = -1;
+  for (auto& r : peft::read_jsonl(solo + "/metrics.jsonl"))
+    if (r.contains("eval_loss")) solo_eval_loss = r["eval_loss"].get<double>();
+  EXPECT_DOUBLE_EQ((*lora)["eval_loss"]["mean"].get<double>(), solo_eval_loss);  // training is deterministic
+  ASSERT_EQ(run_cli("eval --model " + model + " --adapter " + solo + " --data " + eval +
+                        " --metrics bleu,chrf,rouge_l --max_new_tokens 8 --max_examples 4 --show 0 --out " + solo + "/gen.json",
+                    &log),
+            0)
+      << log;
+  auto gen = peft::read_json(solo + "/gen.json");
+  for (const char* k : {"bleu", "chrf", "rouge_l"}) EXPECT_DOUBLE_EQ((*lora)[k]["mean"].get<double>(), gen[k].get<double>()) << k;
+  for (auto& r : rows) {
+    EXPECT_GT(r["peak_rss_mib"]["mean"].get<double>(), 10.0) << r.dump();
+    EXPECT_GT(r["tokens_per_s"]["mean"].get<double>(), 0.0) << r.dump();
+  }
+  // The full fine-tuning reference trains more than either method.
+  EXPECT_GT((*row_of(rows, "full"))["trainable_params"]["mean"].get<double>(), (*lora)["trainable_params"]["mean"].get<double>());
+  EXPECT_LT((*row_of(rows, "ia3"))["trainable_params"]["mean"].get<double>(), (*lora)["trainable_params"]["mean"].get<double>());
+
+  // Lose one cell (as an interrupted run does) and rerun: only that one runs again.
+  const auto ia3_log = peft::read_file(dir + "/out/cells/ia3/seed42/log.txt");
+  fs::remove(dir + "/out/cells/lora/seed42/result.json");
+  ASSERT_EQ(run_cli("assess" + common + " --methods lora,ia3 --out " + dir + "/out", &log), 0) << log;
+  EXPECT_NE(log.find("1 to run (2 finished earlier)"), std::string::npos) << log;
+  EXPECT_EQ(peft::read_file(dir + "/out/cells/ia3/seed42/log.txt"), ia3_log);  // not rerun
+  auto rep2 = peft::read_json(dir + "/out/assessment.json");
+  EXPECT_DOUBLE_EQ((*row_of(rep2["rows"], "lora"))["eval_loss"]["mean"].get<double>(), solo_eval_loss);
+}
+
+TEST(AssessCli, BadInputIsAClearError) {
+  const auto dir = temp_dir("assess_bad");
+  const std::string model = source_path("assets/stories260K");
+  const std::string data = source_path("assets/e2e/validation.jsonl");
+  std::string log;
+  EXPECT_EQ(run_cli("assess --model " + model + " --task nlg --train " + data + " --eval " + data +
+                        " --methods lora,nosuch --out " + dir + "/o",
+                    &log),
+            1);
+  EXPECT_NE(log.find("unknown method 'nosuch'"), std::string::npos) << log;
+  EXPECT_EQ(run_cli("assess --model " + model + " --task poetry --train " + data + " --eval " + data + " --out " + dir + "/o", &log), 1);
+  EXPECT_NE(log.find("--task"), std::string::npos) << log;
+  EXPECT_EQ(run_cli("assess --model " + model + " --task nlg --train " + dir + "/missing.jsonl --eval " + data + " --out " + dir + "/o", &log), 1);
+  EXPECT_NE(log.find("missing.jsonl"), std::string::npos) << log;
+}
