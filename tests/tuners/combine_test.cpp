@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <iostream>
+
 #include "peft/combine.h"
 #include "peft/io.h"
 #include "peft/model.h"
@@ -98,14 +101,17 @@ TEST_P(CombineFixture, MatchesPeft) {
   auto theirs = load_safetensors(dir + "/adapter_model.safetensors");
   auto ours = pm->adapter_state_dict("w");
   ASSERT_EQ(ours.size(), theirs.size());
+  double worst = 0;  // largest factor (or B @ A) difference, reported below
   for (auto& [k, t] : theirs) {
     ASSERT_TRUE(ours.count(k)) << k;
     ASSERT_EQ(ours.at(k).sizes(), t.sizes()) << k;
     if (!is_svd_type(key)) {
+      worst = std::max(worst, max_diff(ours.at(k), t));
       EXPECT_LE(max_diff(ours.at(k), t), 1e-6) << key << " " << k;
     } else if (k.find("lora_A.weight") != std::string::npos) {
       auto kb = k.substr(0, k.size() - std::string("lora_A.weight").size()) + "lora_B.weight";
       auto want = theirs.at(kb).matmul(t), got = ours.at(kb).matmul(ours.at(k));
+      worst = std::max(worst, max_diff(got, want));
       EXPECT_LE(max_diff(got, want), 1e-5) << key << " B@A " << k;
     }
   }
@@ -114,6 +120,8 @@ TEST_P(CombineFixture, MatchesPeft) {
   pm->set_adapter("w");
   auto ref = load_safetensors(dir + "/reference.safetensors");
   expect_reference_outputs(*pm, "llama", ref, "", key);
+  std::cout << "[ combine  ] " << key << ": max |" << (is_svd_type(key) ? "B@A" : "factor") << " diff| " << worst
+            << ", max |logit diff| " << max_diff(logits(*pm, wave2_input("llama")), ref.at("logits")) << "\n";
 
   // Saved as a normal folder: peft's config fields, and it reloads to the same logits.
   auto tmp = temp_dir("combine_" + key);
