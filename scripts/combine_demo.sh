@@ -22,11 +22,11 @@ loss() {  # loss of the model (+ adapter $2 if given) on data file $1
   local extra=()
   [ -n "${2:-}" ] && extra=(--adapter "$2")
   rm -f "$OUT/tmp.json"
-  $BIN eval --model $M "${extra[@]}" --data "$1" --metrics loss --max-length 384 --out "$OUT/tmp.json" >/dev/null
+  $BIN eval --model $M "${extra[@]}" --data "$1" --metrics loss --max-length 384 --out "$OUT/tmp.json" >/dev/null 2>>"$OUT/eval.log"
   python3 -c "import json; print('%.3f' % json.load(open('$OUT/tmp.json'))['loss'])"
 }
-row() { printf '%-34s %10s %10s\n' "$1" "$(loss assets/e2e/validation.jsonl "$2")" "$(loss "$OUT/alpaca_heldout.jsonl" "$2")"; }
-printf '%-34s %10s %10s\n' "adapter" "E2E loss" "Alpaca loss"
+row() { printf '%-58s %9s %12s\n' "$1" "$(loss assets/e2e/validation.jsonl "$2")" "$(loss "$OUT/alpaca_heldout.jsonl" "$2")"; }
+printf '%-58s %9s %12s\n' "adapter" "E2E loss" "Alpaca loss"
 row "base stories260K" ""
 row "e2e adapter" "$OUT/e2e"
 row "alpaca adapter" "$OUT/alpaca"
