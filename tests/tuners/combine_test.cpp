@@ -291,3 +291,78 @@ TEST(Combine, SvdRankAndClamp) {
     EXPECT_TRUE(torch::equal(c.at(kb), u.at(kb).clamp(-hi, hi))) << kb;
   }
 }
+
+namespace {
+/// Σ_i w_i ΔW_i at every module of `layers` (ΔW from each layer's own delta_weight: s_i B_i A_i).
+void expect_delta_is_weighted_sum(PeftModel& pm, const std::string& combined, const std::vector<std::string>& names,
+                                  const std::vector<double>& w, double tol) {
+  torch::NoGradGuard ng;
+  int checked = 0;
+  for (auto& [path, layer] : pm.tuner_layers()) {
+    if (!layer->has_adapter(combined)) continue;
+    torch::Tensor want;
+    for (size_t i = 0; i < names.size(); ++i) {
+      if (!layer->has_adapter(names[i])) continue;
+      auto d = w[i] * layer->delta_weight(names[i]);
+      want = want.defined() ? want + d : d;
+    }
+    EXPECT_LE(max_diff(layer->delta_weight(combined), want), tol) << combined << " " << path;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+}  // namespace
+
+TEST(Combine, Conv1dLayoutAndRsloraScaling) {
+  // GPT-2's Conv1D c_attn (weight [in, out]): peft's delta there is [in, out]; the combined
+  // adapter must still be the plain lora_A [r, in], lora_B [out, r] of any LoRA.
+  auto m = load_model(wave2_path("models/gpt2"));
+  m->eval();
+  auto pm = std::make_shared<PeftModel>(m);
+  pm->add_adapter("x", method_config("lora", {{"r", 4}, {"lora_alpha", 8}, {"target_modules", {"c_attn"}}}));
+  pm->add_adapter("y", method_config("rslora", {{"r", 4}, {"lora_alpha", 6}, {"target_modules", {"c_attn", "c_fc"}}}));
+  pm->set_adapter(std::vector<std::string>{"x", "y"});
+  randomize(*pm, 0.1);
+  CombineOptions o;
+  o.combination_type = "cat";  // B A = Σ w_i s_i B_i A_i exactly
+  add_weighted_adapter(*pm, {"y", "x"}, {0.6, -0.4}, "c", o);
+  // The first adapter (y) has use_rslora: we keep the combined scaling 1 with alpha = sqrt(r).
+  EXPECT_DOUBLE_EQ(pm->adapter("c").config["lora_alpha"].get<double>(), std::sqrt(8.0));
+  expect_delta_is_weighted_sum(*pm, "c", {"y", "x"}, {0.6, -0.4}, 1e-6);
+  // svd at full rank (8 >= rank of the sum) keeps Σ v_i D_i with v_i = w_i s_i (s_i twice, as peft).
+  o.combination_type = "svd";
+  o.svd_rank = 8;
+  add_weighted_adapter(*pm, {"x", "y"}, {0.6, 0.4}, "s", o);
+  const double sx = 8.0 / 4.0, sy = 6.0 / std::sqrt(4.0);
+  expect_delta_is_weighted_sum(*pm, "s", {"x", "y"}, {0.6 * sx, 0.4 * sy}, 1e-5);
+  // DARE on an svd type draws each mask over peft's [in, out] delta of a Conv1D.
+  o.combination_type = "dare_linear_svd";
+  o.svd_rank.reset();  // the largest input rank, 4
+  o.density = 0.5;
+  o.seed = 1;
+  auto res = add_weighted_adapter(*pm, {"x", "y"}, {0.6, 0.4}, "d", o);
+  ASSERT_FALSE(res.masks.empty());
+  EXPECT_EQ(res.masks[0].module, "transformer.h.0.attn.c_attn");
+  EXPECT_EQ(res.masks[0].shape, (std::vector<int64_t>{64, 192}));
+  for (auto& kv : pm->adapter_state_dict("d"))
+    if (kv.first.find("c_attn.lora_A") != std::string::npos) EXPECT_EQ(kv.second.sizes(), (c10::IntArrayRef{4, 64}));
+}
+
+TEST(Combine, RegexTargetsAreAlternatedAndMixedKindsRefused) {
+  auto pm = wave2_peft_model("llama");
+  pm->add_adapter("p", method_config("lora", {{"r", 2}, {"target_modules", ".*layers\\.0\\.self_attn\\.q_proj"}}));
+  pm->add_adapter("q", method_config("lora", {{"r", 2}, {"target_modules", ".*layers\\.1\\.mlp\\.up_proj"}}));
+  pm->add_adapter("l", method_config("lora", {{"r", 2}, {"target_modules", {"k_proj"}}}));
+  pm->set_adapter(std::vector<std::string>{"p", "q", "l"});
+  randomize(*pm, 0.1);
+  CombineOptions o;
+  o.combination_type = "linear";
+  auto res = add_weighted_adapter(*pm, {"p", "q"}, {1.0, 1.0}, "pq", o);
+  EXPECT_EQ(pm->adapter("pq").config["target_modules"],
+            "(.*layers\\.0\\.self_attn\\.q_proj)|(.*layers\\.1\\.mlp\\.up_proj)");
+  EXPECT_EQ(res.modules, (std::vector<std::string>{"model.layers.0.self_attn.q_proj", "model.layers.1.mlp.up_proj"}));
+  // One adapter per module: linear with c = sqrt(w s) on both factors gives w s B A there.
+  expect_delta_is_weighted_sum(*pm, "pq", {"p", "q"}, {1.0, 1.0}, 1e-6);
+  auto err = error_of([&] { add_weighted_adapter(*pm, {"p", "l"}, {1.0, 1.0}, "pl", o); });
+  EXPECT_NE(err.find("mix of list/set and string is not supported"), std::string::npos) << err;
+}
