@@ -15,6 +15,7 @@
 #include "peft/tuner.h"
 #include "test_util.h"
 #include "tuners/tuner_test_util.h"
+#include "tuners/merge_ops.h"
 #include "tuners/wave2_util.h"
 
 using namespace peft;
@@ -365,4 +366,21 @@ TEST(Combine, RegexTargetsAreAlternatedAndMixedKindsRefused) {
   expect_delta_is_weighted_sum(*pm, "pq", {"p", "q"}, {1.0, 1.0}, 1e-6);
   auto err = error_of([&] { add_weighted_adapter(*pm, {"p", "l"}, {1.0, 1.0}, "pl", o); });
   EXPECT_NE(err.find("mix of list/set and string is not supported"), std::string::npos) << err;
+}
+
+TEST(Combine, TiesSignElectionByHand) {
+  // density 1 (no trimming), weights 1: total elects sign(Σ X) = (-, -, +); frequency elects
+  // sign(Σ sign X) = (0, 0, 2) -> all + (a tie counts as +); the mean runs over agreeing entries.
+  std::vector<torch::Tensor> X = {torch::tensor({1.0f, -2.0f, 0.5f}), torch::tensor({-3.0f, 1.0f, 0.5f})};
+  auto w = torch::tensor({1.0f, 1.0f});
+  merge_ops::Spec s{"ties", 1.0, "total", false};
+  EXPECT_TRUE(torch::equal(merge_ops::merge(X, w, s), torch::tensor({-3.0f, -2.0f, 0.5f})));
+  s.sign_method = "frequency";
+  EXPECT_TRUE(torch::equal(merge_ops::merge(X, w, s), torch::tensor({1.0f, 1.0f, 0.5f})));
+  // Trimming at density 0.5 keeps int(0.5 * 3) = 1 entry each (the largest |x|): (0, -2, 0) and
+  // (-3, 0, 0); a trimmed 0 never agrees, so nothing is averaged with it.
+  s = {"ties", 0.5, "total", false};
+  EXPECT_TRUE(torch::equal(merge_ops::merge(X, torch::tensor({0.5f, 2.0f}), s), torch::tensor({-6.0f, -1.0f, 0.0f})));
+  s = {"magnitude_prune", 0.5, "total", false};
+  EXPECT_TRUE(torch::equal(merge_ops::merge(X, torch::tensor({0.5f, 2.0f}), s), torch::tensor({-6.0f, -1.0f, 0.0f})));
 }
