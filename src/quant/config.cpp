@@ -32,7 +32,12 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
     PEFT_CHECK(j[k].is_boolean(), field(k), ": expected true/false, got ", j[k].dump());
     return j[k].get<bool>();
   };
-  std::string method = j.value("quant_method", std::string("bitsandbytes"));
+  auto str = [&](const char* k, const std::string& dflt) {
+    if (!j.contains(k) || j[k].is_null()) return dflt;
+    PEFT_CHECK(j[k].is_string(), field(k), ": expected a string, got ", j[k].dump());
+    return j[k].get<std::string>();
+  };
+  std::string method = str("quant_method", "bitsandbytes");
   PEFT_CHECK(method == "bitsandbytes", field("quant_method"), " = '", method,
              "': only bitsandbytes checkpoints (4-bit nf4/fp4, 8-bit) are supported");
   bool b4 = boolean("load_in_4bit", boolean("_load_in_4bit", false));
@@ -40,7 +45,7 @@ QuantConfig QuantConfig::from_json(const nlohmann::json& j, const std::string& s
   PEFT_CHECK(b4 != b8, where, ": exactly one of load_in_4bit and load_in_8bit must be true");
   QuantConfig c;
   if (b4) {
-    std::string t = j.value("bnb_4bit_quant_type", std::string("fp4"));
+    std::string t = str("bnb_4bit_quant_type", "fp4");
     PEFT_CHECK(t == "nf4" || t == "fp4", field("bnb_4bit_quant_type"), ": unknown quant type '", t, "' (nf4, fp4)");
     c.type = quant_type_from_name(t);
     c.double_quant = boolean("bnb_4bit_use_double_quant", false);

@@ -117,8 +117,11 @@ Quant4bit read_4bit(const TensorMap& w, const std::string& key, const std::strin
   PEFT_CHECK(get("dtype").is_string(), qwhere, ": field 'dtype' must be a string");
   q.dtype = dtype_from_torch_name(j["dtype"].get<std::string>(), qwhere + ": field 'dtype'");
   PEFT_CHECK(get("shape").is_array(), qwhere, ": field 'shape' must be a list of sizes");
+  int64_t total = 1;
   for (auto& s : j["shape"]) {
     PEFT_CHECK(s.is_number_integer() && s.get<int64_t>() > 0, qwhere, ": field 'shape' must hold positive integers");
+    PEFT_CHECK(s.get<int64_t>() <= (int64_t(1) << 48) / total, qwhere, ": field 'shape' is implausibly large");
+    total *= s.get<int64_t>();
     q.shape.push_back(s.get<int64_t>());
   }
   auto tensor = [&](const std::string& k) {
