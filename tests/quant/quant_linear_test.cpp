@@ -280,3 +280,46 @@ TEST(QuantCheckpoint, CorruptFilesNameTheFileAndTensor) {
   auto d5 = corrupt("quant_data", [&](TensorMap& m) { m[key] = m[key].slice(0, 0, 100).clone(); });
   expect_error([&] { load_model(d5); }, {d5, key, "packed bytes"});
 }
+
+// Every family: the quantized model computes what the float model computes with each quantized
+// Linear's weight replaced by its dequantization (GPT-2's Conv1D transposed back to [in, out]),
+// and the task head stays in float.
+class QuantFamilies : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(QuantFamilies, EqualsTheFloatModelWithDequantizedWeights) {
+  const std::string dir = test::source_path("tests/fixtures/hf/models/" + GetParam());
+  ModelInput in;
+  in.input_ids = torch::tensor({{1, 2, 3, 4, 5}}, torch::kLong);
+  for (auto t : {QuantType::NF4, QuantType::Int8}) {
+    auto m = load_model_quantized(dir, cfg(t, t == QuantType::NF4));
+    if (m->is_encoder_decoder()) in.decoder_input_ids = torch::tensor({{0, 1, 2}}, torch::kLong);
+    auto f = load_model(dir);
+    auto roles = f->roles();
+    int64_t quantized = 0;
+    {
+      torch::NoGradGuard ng;
+      auto mods = m->named_modules();
+      for (auto& item : f->named_modules()) {
+        auto* lin = dynamic_cast<Linear*>(item.value().get());
+        if (!lin || !mods.contains(item.key())) continue;
+        auto* q = as_quantized(dynamic_cast<Layer*>(mods[item.key()].get()));
+        if (roles.count("head") && item.key().find(roles["head"]) != std::string::npos)
+          EXPECT_EQ(q, nullptr) << "head " << item.key() << " was quantized";
+        if (!q) continue;
+        ++quantized;
+        auto W = q->dequantized_weight(torch::kFloat32);
+        lin->weight.set_data(lin->conv1d ? W.t().contiguous() : W);
+      }
+    }
+    EXPECT_GT(quantized, 0);
+    auto a = m->forward(in).logits, b = f->forward(in).logits;
+    auto saved = test::temp_dir("quant_fam");
+    m->save_pretrained(saved);  // the bitsandbytes layout reloads to the same model
+    EXPECT_TRUE(torch::equal(load_model(saved)->forward(in).logits, a)) << GetParam();
+    EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-5)) << GetParam() << " " << quant_type_name(t) << " max diff "
+                                                   << (a - b).abs().max().item<double>();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, QuantFamilies,
+                         ::testing::Values("llama", "gpt2", "bert_cls", "roberta_cls", "t5", "t5_v1_1"));
