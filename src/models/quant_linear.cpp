@@ -3,12 +3,14 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <iomanip>
 #include <set>
 #include <sstream>
 
 #include "models/load_hook.h"
 #include "peft/error.h"
+#include "peft/io.h"
 
 namespace peft {
 namespace {
@@ -110,6 +112,26 @@ std::vector<std::pair<SlotRef, Linear*>> eligible(PretrainedModel& m, const quan
     out.emplace_back(ref, lin);
   }
   return out;
+}
+
+// The file holding tensor `key` of checkpoint folder `source` (for errors): the shard named by
+// model.safetensors.index.json, else model.safetensors; `source` itself when it is no folder.
+std::string file_of(const std::string& source, const std::string& key) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(source, ec)) return source;
+  const std::string idx = join_path(source, "model.safetensors.index.json");
+  if (file_exists(idx)) {
+    try {
+      auto j = read_json(idx);
+      if (j.contains("weight_map") && j["weight_map"].is_object() && j["weight_map"].contains(key) &&
+          j["weight_map"][key].is_string())
+        return join_path(source, j["weight_map"][key].get<std::string>());
+    } catch (const std::exception&) {
+    }
+  }
+  const std::string single = join_path(source, "model.safetensors");
+  return file_exists(single) ? single : source;
 }
 
 void count(QuantizeReport* rep, const QuantLinear& q) {
@@ -274,13 +296,13 @@ void prepare_quantized_slots(PretrainedModel& m, const quant::QuantConfig& cfg, 
     const bool b4 = quant::has_4bit(weights, key), b8 = quant::has_int8(weights, ref.path);
     if (!b4 && !b8) {
       auto it = weights.find(key);
-      PEFT_CHECK(it == weights.end() || it->second.is_floating_point(), source, ": tensor '", key, "' is ",
+      PEFT_CHECK(it == weights.end() || it->second.is_floating_point(), file_of(source, key), ": tensor '", key, "' is ",
                  it->second.scalar_type(), " but has no quantization constants ('", key, ".absmax', '",
                  key, ".quant_state.bitsandbytes__nf4' or '", ref.path, ".SCB')");
       continue;
     }
-    PEFT_CHECK(!(b4 && b8), source, ": tensor '", key, "' has both 4-bit and int8 constants");
-    PEFT_CHECK(b4 == cfg.is_4bit(), source, ": tensor '", key, "' is stored ", b4 ? "4-bit" : "int8",
+    PEFT_CHECK(!(b4 && b8), file_of(source, key), ": tensor '", key, "' has both 4-bit and int8 constants");
+    PEFT_CHECK(b4 == cfg.is_4bit(), file_of(source, key), ": tensor '", key, "' is stored ", b4 ? "4-bit" : "int8",
                " but quantization_config says ", cfg.is_4bit() ? "load_in_4bit" : "load_in_8bit");
     quant::QuantConfig c = cfg;
     ref.parent->replace_slot(ref.name, std::make_shared<QuantLinear>(lin->in_features, lin->out_features,
@@ -297,15 +319,16 @@ TensorMap load_quantized_layers(PretrainedModel& m, const TensorMap& weights, co
     const std::string& p = item.key();
     if (targets) targets->erase(p + ".weight");
     const std::string key = p + ".weight";
+    const std::string file = file_of(source, key);
     if (quant::has_4bit(weights, key)) {
-      q->set_4bit(quant::read_4bit(weights, key, source), source + ": tensor '" + key + "'");
+      q->set_4bit(quant::read_4bit(weights, key, file), file + ": tensor '" + key + "'");
       for (auto& k : quant::keys_4bit(weights, key)) rest.erase(k);
     } else if (quant::has_int8(weights, p)) {
-      q->set_int8(quant::read_int8(weights, p, source), source + ": tensor '" + key + "'");
+      q->set_int8(quant::read_int8(weights, p, file), file + ": tensor '" + key + "'");
       for (auto& k : quant::keys_int8(weights, p)) rest.erase(k);
     } else if (!q->loaded()) {
       auto it = weights.find(key);
-      PEFT_CHECK(it == weights.end(), source, ": tensor '", key, "' (", it->second.scalar_type(),
+      PEFT_CHECK(it == weights.end(), file, ": tensor '", key, "' (", it->second.scalar_type(),
                  ") has no quantization constants: missing '", key, ".quant_state.bitsandbytes__nf4' (or fp4) / '",
                  key, ".absmax', or '", p, ".SCB' for int8");
       fail(source, ": tensor '", key, "' missing from the checkpoint (a quantized layer)");

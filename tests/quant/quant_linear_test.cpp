@@ -264,21 +264,21 @@ TEST(QuantCheckpoint, CorruptFilesNameTheFileAndTensor) {
     return dir;
   };
   auto d1 = corrupt("quant_absmax", [&](TensorMap& m) { m[key + ".absmax"] = m[key + ".absmax"].slice(0, 0, 10).clone(); });
-  expect_error([&] { load_model(d1); }, {d1, key, "absmax has 10 values, expected"});
+  expect_error([&] { load_model(d1); }, {d1 + "/model.safetensors", key, "absmax has 10 values, expected"});
   auto d2 = corrupt("quant_noqs", [&](TensorMap& m) { m.erase(key + ".quant_state.bitsandbytes__nf4"); });
-  expect_error([&] { load_model(d2); }, {d2, key, "quant_state"});
+  expect_error([&] { load_model(d2); }, {d2 + "/model.safetensors", key, "quant_state"});
   auto d3 = corrupt("quant_type", [&](TensorMap& m) {
     auto t = m[key + ".quant_state.bitsandbytes__nf4"];
     m.erase(key + ".quant_state.bitsandbytes__nf4");
     m[key + ".quant_state.bitsandbytes__int4"] = t;
   });
-  expect_error([&] { load_model(d3); }, {d3, key + ".quant_state.bitsandbytes__int4", "unknown quant type 'int4'"});
+  expect_error([&] { load_model(d3); }, {d3 + "/model.safetensors", key + ".quant_state.bitsandbytes__int4", "unknown quant type 'int4'"});
   auto d4 = corrupt("quant_json", [&](TensorMap& m) {
     m[key + ".quant_state.bitsandbytes__nf4"] = json_bytes("{\"quant_type\": \"af4\", \"blocksize\": 64}");
   });
-  expect_error([&] { load_model(d4); }, {d4, key, "unknown quant type 'af4'"});
+  expect_error([&] { load_model(d4); }, {d4 + "/model.safetensors", key, "unknown quant type 'af4'"});
   auto d5 = corrupt("quant_data", [&](TensorMap& m) { m[key] = m[key].slice(0, 0, 100).clone(); });
-  expect_error([&] { load_model(d5); }, {d5, key, "packed bytes"});
+  expect_error([&] { load_model(d5); }, {d5 + "/model.safetensors", key, "packed bytes"});
 }
 
 // Every family: the quantized model computes what the float model computes with each quantized
