@@ -88,6 +88,24 @@ TEST(QuantLinear, Bfloat16ComputeDtypeStaysCloseAndKeepsTheInputDtype) {
   EXPECT_TRUE(torch::equal(b16.dequantized_weight(torch::kBFloat16), f32.dequantized_weight(torch::kFloat32).to(torch::kBFloat16)));
 }
 
+TEST(QuantLinear, CloneIsADeepCopyAndDtypeChangesLeaveTheStoredWeight) {
+  torch::manual_seed(2);
+  auto W = torch::randn({16, 32}) * 0.1;
+  for (auto t : {QuantType::FP4, QuantType::Int8}) {
+    QuantLinear q(32, 16, W, false, torch::randn({16}), cfg(t, t == QuantType::FP4));
+    auto c = std::dynamic_pointer_cast<QuantLinear>(q.clone_layer());
+    ASSERT_TRUE(c);
+    auto x = torch::randn({3, 32});
+    EXPECT_TRUE(torch::equal(c->forward(x), q.forward(x)));
+    if (t == QuantType::FP4) EXPECT_NE(c->q4.packed.data_ptr(), q.q4.packed.data_ptr());
+    else EXPECT_NE(c->q8.CB.data_ptr(), q.q8.CB.data_ptr());
+    auto before = q.dequantized_weight(torch::kFloat32);
+    q.to(torch::kFloat64);  // a model-wide dtype change converts the bias, not the stored weight
+    EXPECT_EQ(q.bias.scalar_type(), torch::kFloat64);
+    EXPECT_TRUE(torch::equal(q.dequantized_weight(torch::kFloat32), before));
+  }
+}
+
 TEST(QuantModel, QuantizesEveryLinearButTheHeadAndLoraWrapsIt) {
   auto m = load_model(llama_fixture());
   auto ref = m->forward(ids_input()).logits;
