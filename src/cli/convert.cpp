@@ -2,13 +2,19 @@
 // load_model() accepts (a Hugging Face folder, a llama2.c checkpoint) -> a Hugging Face folder
 // (config.json, model.safetensors or shards + index, tokenizer files) that transformers and
 // `peft` load alike.
+// `peft quantize --model PATH --out DIR --quant nf4|fp4|int8 [--double_quant B] [--compute_dtype D]`:
+// the same, with the Linear layers stored as bitsandbytes writes them through transformers
+// (docs/QUANTIZATION.md): a folder that `peft` and transformers + bitsandbytes load directly.
 #include <torch/torch.h>
 
 #include <filesystem>
 #include <iostream>
 
 #include "cli/command.h"
+#include "cli/quant_args.h"
+#include "cli/recipe.h"
 #include "io/llama2c.h"
+#include "models/quant_linear.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/model.h"
@@ -82,8 +88,20 @@ std::vector<std::string> write_llama2c_tokenizer(const fs::path& src_dir, const 
   return written;
 }
 
-int run_convert(Args& a) {
-  a.reject_unknown({"model", "out", "dtype", "max_shard_size"});
+int convert(Args& a, bool quantize) {
+  std::vector<std::string> known = {"model", "out", "dtype", "max_shard_size"};
+  std::optional<quant::QuantConfig> qc;
+  if (quantize) {
+    for (const char* k : {"quant", "double_quant", "compute_dtype"}) known.push_back(k);
+    nlohmann::json r = {{"quantize", a.get("quant")}};
+    const bool four = a.get("quant") != "int8";
+    // Double quantization by default for the 4-bit types (QLoRA's setting: ~4.13 bits per weight).
+    if (four) r["double_quant"] = parse_cli_value("double_quant", a.get("double_quant", "true"));
+    else if (a.has("double_quant")) r["double_quant"] = parse_cli_value("double_quant", a.get("double_quant"));
+    if (a.has("compute_dtype")) r["compute_dtype"] = a.get("compute_dtype");
+    qc = pop_quant_config(r);
+  }
+  a.reject_unknown(known);
   std::string src = a.get("model"), out = a.get("out");
   torch::Dtype dtype = parse_dtype(a.get("dtype", "float32"));
   int64_t max_shard = a.get_int("max_shard_size", 0);
@@ -93,7 +111,8 @@ int run_convert(Args& a) {
 
   LoadOptions opts;
   opts.dtype = dtype;
-  ModelPtr m = load_model(src, opts);
+  QuantizeReport rep;
+  ModelPtr m = qc ? load_model_quantized(src, *qc, opts, &rep) : load_model(src, opts);
   if (dtype != torch::kFloat32) m->config["torch_dtype"] = dtype_name(dtype);
   fs::create_directories(out);
   // As save_pretrained, but through the sharded writer, which also removes the weight files
@@ -116,8 +135,9 @@ int run_convert(Args& a) {
       extra.push_back(f);
     }
   }
-  int64_t n = 0;
+  int64_t n = rep.params;
   for (auto& p : m->parameters()) n += p.numel();
+  if (qc) std::cout << rep.to_string() << "\n";
   std::cout << "converted " << src << " (" << m->model_type() << ", " << n << " parameters, " << dtype_name(dtype)
             << ") -> " << out << "\n  config.json, " << (max_shard > 0 ? "sharded weights" : "model.safetensors");
   for (auto& f : extra) std::cout << ", " << f;
@@ -125,6 +145,13 @@ int run_convert(Args& a) {
   return 0;
 }
 
+int run_convert(Args& a) { return convert(a, false); }
+int run_quantize(Args& a) { return convert(a, true); }
+
+PEFT_REGISTER_COMMAND("quantize",
+                      "--model PATH --out DIR --quant nf4|fp4|int8 [--double_quant true|false] "
+                      "[--compute_dtype float32|bfloat16]: write a bitsandbytes-format quantized checkpoint",
+                      run_quantize);
 PEFT_REGISTER_COMMAND("convert",
                       "--model PATH --out DIR [--dtype float32|bfloat16|float16] [--max-shard-size BYTES]: "
                       "write a Hugging Face folder (llama2.c checkpoints included)",

@@ -4,6 +4,8 @@
 
 #include <iostream>
 
+#include "cli/quant_args.h"
+#include "models/quant_linear.h"
 #include "peft/error.h"
 #include "peft/io.h"
 
@@ -69,7 +71,13 @@ LoadedModel load_model_from_args(Args& a) {
     if (arch.find("ForSequenceClassification") == std::string::npos)
       classifier_from_adapter(parse_adapter_arg(adapters[0]).first, &opts);
   }
-  lm.model = load_model(a.get("model"), opts);
+  if (auto qc = quant_config_from_args(a)) {  // --quantize: a quantized frozen base (docs/QUANTIZATION.md)
+    QuantizeReport rep;
+    lm.model = load_model_quantized(a.get("model"), *qc, opts, &rep);
+    std::cerr << rep.to_string() << "\n";
+  } else {
+    lm.model = load_model(a.get("model"), opts);
+  }
   if (adapters.empty()) {
     auto m = lm.model;
     lm.forward = [m](const ModelInput& in) { return m->forward(in); };

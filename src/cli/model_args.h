@@ -15,7 +15,8 @@ struct LoadedModel {
   std::function<ModelOutput(const ModelInput&)> forward;
 };
 
-/// --model DIR, --dtype float32|bfloat16|float16, --adapter DIR[:SCALE] (repeatable).
+/// --model DIR, --dtype float32|bfloat16|float16, --adapter DIR[:SCALE] (repeatable),
+/// --quantize nf4|fp4|int8 [--double_quant B] [--compute_dtype D] (cli/quant_args.h).
 LoadedModel load_model_from_args(Args& a);
 /// Whether a config.json describes a regression head: problem_type "regression", or one label
 /// (transformers infers regression from num_labels == 1).

@@ -1,5 +1,5 @@
 // `peft train --model DIR --train FILE [--eval FILE] --method NAME --output-dir DIR
-//             [--config RECIPE] [--resume] [--key value]...`
+//             [--config RECIPE] [--resume] [--quantize nf4|fp4|int8] [--key value]...`
 // One command from a data file to a trained adapter. Keys: training keys as in Hugging Face's
 // TrainingArguments, method keys as in the peft configs (r, lora_alpha, target_modules, ...),
 // data keys (max_length, format, columns, eval_fraction, pack, bad_rows). The merged recipe is
@@ -15,8 +15,10 @@
 
 #include "cli/command.h"
 #include "cli/model_args.h"
+#include "cli/quant_args.h"
 #include "cli/recipe.h"
 #include "cli/seq2seq_gen.h"
+#include "models/quant_linear.h"
 #include "peft/data.h"
 #include "peft/dist.h"
 #include "peft/error.h"
@@ -122,6 +124,8 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   PEFT_CHECK(!model_dir.empty(), "peft train: --model DIR is required");
   PEFT_CHECK(!train_file.empty(), "peft train: --train FILE is required");
   PEFT_CHECK(dtype == "float32", "peft train: --dtype ", dtype, " is not supported for training yet (use float32)");
+  // --quantize / load_in_4bit ...: a quantized frozen base (QLoRA; docs/QUANTIZATION.md).
+  const auto qcfg = pop_quant_config(r);
 
   TrainingArguments args = TrainingArguments::from_json(r);
   PEFT_CHECK(!args.output_dir.empty(), "peft train: --output-dir DIR is required");
@@ -146,7 +150,14 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
     lo.task = TaskType::SeqCls;
     lo.num_labels = data.train.regression ? 1 : static_cast<int64_t>(data.train.label_names.size());
   }
-  auto model = load_model(model_dir, lo);
+  ModelPtr model;
+  if (qcfg) {
+    QuantizeReport rep;
+    model = load_model_quantized(model_dir, *qcfg, lo, &rep);
+    if (main) std::cerr << rep.to_string() << "\n";
+  } else {
+    model = load_model(model_dir, lo);
+  }
   if (lo.task) {  // the head is new: record the labels so the saved config reads back
     nlohmann::json id2label = nlohmann::json::object();
     for (size_t i = 0; i < data.train.label_names.size(); ++i) id2label[std::to_string(i)] = data.train.label_names[i];

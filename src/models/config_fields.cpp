@@ -2,6 +2,7 @@
 
 #include "peft/error.h"
 #include "peft/module.h"
+#include "peft/quant.h"
 
 namespace peft {
 
@@ -25,9 +26,10 @@ void refuse_common_fields(const nlohmann::json& c) {
   refuse_field(
       c, "pruned_heads", [](const nlohmann::json& v) { return !(v.is_object() && v.empty()); },
       "pruned attention heads are not supported (the checkpoint's projections would have other shapes)");
-  refuse_field(
-      c, "quantization_config", [](const nlohmann::json&) { return true; },
-      "quantized checkpoints are not supported (load the float weights)");
+  // bitsandbytes 4-bit (nf4/fp4) and 8-bit checkpoints load as QuantLinear (models/quant_linear.h);
+  // any other quantization method or an unsupported bitsandbytes option is refused, naming the field.
+  if (c.is_object() && c.contains("quantization_config") && !c["quantization_config"].is_null())
+    quant::QuantConfig::from_json(c["quantization_config"], "config.json");
 }
 
 void check_activation_field(const std::string& key, const std::string& value) {

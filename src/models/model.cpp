@@ -7,6 +7,8 @@
 
 #include "io/llama2c.h"
 #include "io/memory_budget.h"
+#include "models/load_hook.h"
+#include "models/quant_linear.h"
 #include "peft/error.h"
 
 namespace peft {
@@ -100,7 +102,9 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
   return m;
 }
 
-ModelPtr load_model(const std::string& path, const LoadOptions& opts) {
+ModelPtr load_model(const std::string& path, const LoadOptions& opts) { return load_model_with_hook(path, opts, nullptr); }
+
+ModelPtr load_model_with_hook(const std::string& path, const LoadOptions& opts, const LoadHook& hook_in) {
   namespace fs = std::filesystem;
   PEFT_CHECK(fs::exists(path), path, ": no such file or folder");
   nlohmann::json config;
@@ -117,8 +121,15 @@ ModelPtr load_model(const std::string& path, const LoadOptions& opts) {
   // The config alone decides how much create_model allocates; with weights on disk that is
   // bounded by their size (io/memory_budget.h): a hostile config.json cannot take the machine.
   uint64_t weight_bytes = 0;
-  for (auto& kv : weights) weight_bytes += kv.second.numel() * kv.second.element_size();
+  for (auto& kv : weights)  // a quantized (integer) tensor stands for up to 8x its bytes in float32
+    weight_bytes += kv.second.numel() * kv.second.element_size() * (kv.second.is_floating_point() ? 1 : 8);
   const std::string cfg_path = llama2c.empty() ? join_path(path, "config.json") : llama2c;
+  // A bitsandbytes checkpoint (quantization_config): its quantized Linears load as QuantLinear.
+  LoadHook hook = hook_in;
+  if (!hook && config.is_object() && config.contains("quantization_config") && !config["quantization_config"].is_null()) {
+    auto qc = quant::QuantConfig::from_json(config["quantization_config"], cfg_path);
+    hook = [qc](PretrainedModel& m, TensorMap& w, const std::string& src) { prepare_quantized_slots(m, qc, w, src); };
+  }
   ModelPtr m = with_context(cfg_path, [&] {
     if (!opts.load_weights) return create_model(config, opts);
     MemoryBudget budget(MemoryBudget::cap(4 * weight_bytes + (1ull << 30)), cfg_path,
@@ -127,6 +138,7 @@ ModelPtr load_model(const std::string& path, const LoadOptions& opts) {
   });
   m->name_or_path = path;
   if (opts.load_weights) {
+    if (hook) hook(*m, weights, path);
     // A fresh task head (e.g. SeqCls on a causal-LM checkpoint) is not in the checkpoint.
     m->load_weights(weights, path, /*strict=*/true);
   }
@@ -134,11 +146,14 @@ ModelPtr load_model(const std::string& path, const LoadOptions& opts) {
   return m;
 }
 
-void PretrainedModel::load_weights(const TensorMap& weights, const std::string& source, bool strict) {
+void PretrainedModel::load_weights(const TensorMap& weights_in, const std::string& source, bool strict) {
   torch::NoGradGuard ng;
   std::map<std::string, torch::Tensor> targets;
   for (auto& p : named_parameters()) targets[p.key()] = p.value();
   for (auto& b : named_buffers()) targets[b.key()] = b.value();
+  // Quantized Linears (models/quant_linear.h) read their bitsandbytes tensors themselves.
+  const TensorMap rest = load_quantized_layers(*this, weights_in, source, &targets);
+  const TensorMap& weights = rest;
   // Names as transformers resolves them: legacy LayerNorm gamma/beta, and a checkpoint of the
   // bare encoder (`embeddings...`) loaded into a task model (`bert.embeddings...`) or the other
   // way round (base_model_prefix).
@@ -196,6 +211,7 @@ TensorMap PretrainedModel::state_dict() const {
   TensorMap out;
   for (auto& p : named_parameters()) out[p.key()] = p.value();
   for (auto& b : named_buffers()) out[b.key()] = b.value();
+  add_quantized_state(*this, &out);  // bitsandbytes' layout for quantized Linears
   return out;
 }
 

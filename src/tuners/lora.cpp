@@ -22,6 +22,7 @@
 #include <regex>
 
 #include "peft/error.h"
+#include "models/quant_linear.h"
 #include "peft/tuner.h"
 #include "tuners/lora_bias.h"
 #include "tuners/patterns.h"
@@ -52,6 +53,12 @@ class LoraLinear : public TunerLayer {
   void add(const std::string& a, const LoraOptions& o, bool loading) {
     opt[a] = o;
     Linear& lin = base_linear();
+    // A quantized base (models/quant_linear.h) has no float weight to decompose, normalise or update.
+    if (auto* q = as_quantized(&lin))
+      PEFT_CHECK(!((o.init == "pissa" || o.init == "olora") && !loading) && !o.dora && o.delta_lambda <= 0,
+                 o.dora ? "DoRA" : o.delta_lambda > 0 ? "Delta-LoRA" : o.init == "pissa" ? "PiSSA" : "OLoRA",
+                 " needs the float base weight; the base is quantized (", quant::quant_type_name(q->type),
+                 "): use plain LoRA (or rsLoRA, LoRA-FA, DyLoRA) on a quantized base, or load it in float");
     const int64_t in = lin.in_features, out = lin.out_features, r = o.r;
     auto W = lin.weight_out_in();
     auto dt = W.scalar_type();

@@ -9,6 +9,7 @@
 #include "peft/tuner.h"
 #include "io/adapter_config.h"
 #include "io/memory_budget.h"
+#include "models/quant_linear.h"
 #include "tuners/config_parts.h"
 #include "tuners/default_targets.h"
 
@@ -275,6 +276,10 @@ TrainableReport PeftModel::trainable_report() const {
     r.total += p.numel();
     if (p.requires_grad()) r.trainable += p.numel();
   }
+  // A quantized Linear's weight is not a parameter tensor; it counts with its logical size (as
+  // peft counts a Params4bit twice its packed bytes).
+  for (auto& m : model->modules(/*include_self=*/false))
+    if (auto* q = as_quantized(dynamic_cast<const Layer*>(m.get()))) r.total += q->numel();
   for (auto& kv : tuner_layers())
     for (auto& a : active_) {
       int64_t dense = 0, counted = kv.second->trainable_numel(a);
@@ -419,6 +424,15 @@ void PeftModel::merge() {
                ns_note(e.input ? e.input->key_namespace : ""), " changes the model input and cannot be merged");
   }
   // Checked for every layer first, so a refusal leaves nothing half merged.
+  for (auto& kv : tuner_layers()) {
+    Layer* inner = kv.second->base_layer.get();
+    while (auto* t = dynamic_cast<TunerLayer*>(inner)) inner = t->base_layer.get();
+    if (auto* q = as_quantized(inner))
+      for (auto& a : active_)
+        PEFT_CHECK(!kv.second->has_adapter(a), kv.second->method(), " adapter '", a, "' at ", kv.first,
+                   ": merging into a quantized base (", quant::quant_type_name(q->type),
+                   ") is not implemented; load the float model (without --quantize / quantization_config) to merge");
+  }
   for (auto& kv : tuner_layers())
     for (auto& a : active_)
       PEFT_CHECK(!kv.second->has_adapter(a) || kv.second->can_merge(), kv.second->method(), " adapter '", a, "'",

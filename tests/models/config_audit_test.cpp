@@ -55,7 +55,9 @@ std::vector<Refused> refused() {
   // Shared by every family (PretrainedConfig).
   for (const auto& f : {llama, mistral, qwen2, gpt2, bert, roberta, t5}) {
     r.push_back({f, "pruned_heads", {{"0", {1}}}});
-    r.push_back({f, "quantization_config", {{"quant_method", "bitsandbytes"}, {"load_in_8bit", true}}});
+    // bitsandbytes 4/8-bit loads (tests/quant); other methods and unsupported options are refused.
+    r.push_back({f, "quantization_config", {{"quant_method", "gptq"}, {"bits", 4}}});
+    r.push_back({f, "quantization_config", {{"quant_method", "bitsandbytes"}, {"load_in_8bit", true}, {"llm_int8_has_fp16_weight", true}}});
   }
   return r;
 }
