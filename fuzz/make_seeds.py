@@ -147,3 +147,45 @@ for i, m in enumerate(methods):
               bytes([i]))
 dict_file("adapter_config", ["LORA", "IA3", "LOHA", "LOKR", "ADALORA", "VERA", "PROMPT_TUNING", "P_TUNING",
                              "PREFIX_TUNING", "all-linear", "lora_only", "all", "none"])
+
+# bitsandbytes quantization state (fuzz/bnb_state_fuzz.cpp): tiny 4-bit layers in transformers'
+# layout (plain and double-quantized), an 8-bit layer, and a quantization_config.
+def safetensors_bytes(tensors):  # [(name, dtype, shape, bytes)]
+    hdr, off, blob = {}, 0, b""
+    for name, dt, shape, data in tensors:
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+        blob += data
+    h = json.dumps(hdr).encode()
+    collect(hdr)
+    return struct.pack("<Q", len(h)) + h + blob
+
+
+nf4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0]
+f32 = lambda xs: struct.pack("<%df" % len(xs), *xs)
+words.clear()
+for nested in (False, True):
+    state = {"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [4, 32]}
+    if nested:
+        state.update({"nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.5})
+    st = json.dumps(state).encode()
+    collect(state)
+    ts = [("l.weight", "U8", [64, 1], bytes((i * 37) % 256 for i in range(64))),
+          ("l.weight.absmax", "U8" if nested else "F32", [2], bytes([3, 200]) if nested else f32([0.5, 1.25])),
+          ("l.weight.quant_map", "F32", [16], f32(nf4)),
+          ("l.weight.quant_state.bitsandbytes__nf4", "U8", [len(st)], st)]
+    if nested:
+        ts += [("l.weight.nested_absmax", "F32", [1], f32([0.75])),
+               ("l.weight.nested_quant_map", "F32", [256], f32([(i - 128) / 128.0 for i in range(256)]))]
+    put("bnb_state", "nf4_nested" if nested else "nf4", safetensors_bytes(ts))
+put("bnb_state", "int8", safetensors_bytes([("m.weight", "I8", [2, 4], bytes([1, 255, 7, 128, 0, 3, 127, 9])),
+                                            ("m.SCB", "F32", [2], f32([127.0, 2.5])),
+                                            ("m.weight_format", "U8", [], bytes([0]))]))
+json_seed("bnb_state", "quantization_config", {"quantization_config": {
+    "quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False, "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_storage": "uint8",
+    "llm_int8_skip_modules": None, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False}})
+dict_file("bnb_state", ["quant_state.bitsandbytes__nf4", "quant_state.bitsandbytes__fp4", "absmax", "quant_map",
+                        "nested_absmax", "nested_quant_map", "SCB", "weight_format", "fp4", "nf4", "U8", "I8"])
