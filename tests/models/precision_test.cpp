@@ -211,7 +211,7 @@ TEST(PrecisionBf16, LoraTrainableStateIsFloat32) {
     opt.step();
     if (exp_avg)
       for (auto& p : ps) {
-        auto& st = static_cast<torch::optim::AdamWParamState&>(*opt.state().at(p.unsafeGetTensorImpl()));
+        auto& st = static_cast<torch::optim::AdamWParamState&>(*opt.state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
         exp_avg->push_back(st.exp_avg());
       }
     return loss.item<double>();
