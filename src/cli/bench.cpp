@@ -6,6 +6,7 @@
 //   peft bench --threads-table          # + LoRA step under OMP_WAIT_POLICY / thread counts
 //   peft bench --compare-python         # + the same step in plain PyTorch (bench/pytorch_lora_step.py)
 //   peft bench --small --out r.json     # tiny model, one repeat: seconds
+//   peft bench --dtype bfloat16         # full and LoRA on a float32 and a bfloat16 base, side by side
 //   peft bench --suites dist --medium   # LoRA step data-parallel: 2 ranks x 1 thread vs 1 (c10d Gloo)
 //
 // Every measurement runs in a fresh child process (`peft bench --worker METHOD ...`), so peak

@@ -110,7 +110,8 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
   // explicit dtype (rotary frequencies in float32) keep it.
   ModelPtr m;
   {
-    DefaultDtypeGuard dg(opts.dtype == torch::kBFloat16 || opts.dtype == torch::kFloat16 ? opts.dtype : torch::kFloat32);
+    std::optional<DefaultDtypeGuard> dg;
+    if (opts.dtype == torch::kBFloat16 || opts.dtype == torch::kFloat16) dg.emplace(opts.dtype);
     m = chosen->factory(cfg);
   }
   m->config = cfg;
