@@ -6,6 +6,7 @@
 //   peft bench --threads-table          # + LoRA step under OMP_WAIT_POLICY / thread counts
 //   peft bench --compare-python         # + the same step in plain PyTorch (bench/pytorch_lora_step.py)
 //   peft bench --small --out r.json     # tiny model, one repeat: seconds
+//   peft bench --dtype bfloat16         # full and LoRA on a float32 and a bfloat16 base, side by side
 //   peft bench --suites dist --medium   # LoRA step data-parallel: 2 ranks x 1 thread vs 1 (c10d Gloo)
 //
 // Every measurement runs in a fresh child process (`peft bench --worker METHOD ...`), so peak
@@ -111,10 +112,11 @@ std::string shape_args(const BenchShape& s) {
 int run_worker(const Args& a) {
   const std::string method = a.get("worker");
   const BenchShape s = shape_from_args(a);
+  const torch::Dtype dtype = parse_dtype_name(a.get("dtype", "float32"), "bench: option --dtype", false);
   const int64_t warmup = a.get_int("warmup", 1), steps = a.get_int("steps", 3);
   if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads", 1)));
   Rss start = read_rss();
-  StepBench b(s, method, warmup + steps);
+  StepBench b(s, method, warmup + steps, dtype);
   Rss before = read_rss();
   bool reset = reset_peak_rss();
   Rss base = read_rss();  // after a reset VmHWM == VmRSS; otherwise the construction peak stays
@@ -132,6 +134,7 @@ int run_worker(const Args& a) {
   PEFT_CHECK(std::isfinite(last_loss), "bench: the loss of ", method, " is ", last_loss);
   const double step_s = median(times);
   nlohmann::json r = {{"method", method},
+                      {"dtype", dtype_name(dtype)},
                       {"trainable", b.trainable},
                       {"total", b.total},
                       {"targeted_modules", b.targeted_modules},
@@ -189,10 +192,14 @@ struct Driver {
   std::string exe;
   bool quiet = false;
 
-  std::string worker_cmd(const std::string& method, const std::string& env = "", int64_t threads = 0) const {
+  // `method` may carry a dtype: "lora@bfloat16" (the --dtype rows).
+  std::string worker_cmd(const std::string& method_at, const std::string& env = "", int64_t threads = 0) const {
     std::string c = env.empty() ? "" : "env " + env + " ";
+    const auto at = method_at.find('@');
+    const std::string method = method_at.substr(0, at);
     c += quote(exe) + " bench --worker " + quote(method) + shape_args(shape) + " --warmup " + std::to_string(warmup) +
          " --steps " + std::to_string(steps);
+    if (at != std::string::npos) c += " --dtype " + quote(method_at.substr(at + 1));
     if (threads > 0) c += " --threads " + std::to_string(threads);
     return c;
   }
@@ -321,6 +328,33 @@ nlohmann::json methods_suite(const Driver& d, const std::vector<std::string>& me
   return {{"rows", rows}, {"runs", rounds}};
 }
 
+// Each method on the half base against itself in float32, per round (docs/PRECISION.md).
+nlohmann::json precision_table(const nlohmann::json& suite, const std::vector<std::string>& methods,
+                               const std::string& dtype, std::ostream& os) {
+  nlohmann::json out = nlohmann::json::object();
+  std::vector<std::vector<std::string>> t;
+  for (size_t i = 0; i < methods.size(); ++i) {
+    const auto at = methods[i].find('@');
+    if (at == std::string::npos) continue;
+    const std::string base = methods[i].substr(0, at);
+    const size_t j = std::find(methods.begin(), methods.end(), base) - methods.begin();
+    if (j == methods.size()) continue;
+    std::vector<double> speed, peak, model;
+    for (auto& round : suite["runs"]) {
+      speed.push_back(round[i]["tokens_per_s"].get<double>() / round[j]["tokens_per_s"].get<double>());
+      peak.push_back(round[i]["peak_rss_mib"].get<double>() / round[j]["peak_rss_mib"].get<double>());
+      model.push_back(round[i]["rss_model_mib"].get<double>() / round[j]["rss_model_mib"].get<double>());
+    }
+    out[base] = {{"speed_ratio", median(speed)}, {"peak_rss_ratio", median(peak)}, {"model_rss_ratio", median(model)}};
+    t.push_back({base, fixed(median(speed), 2), fixed(median(peak), 2), fixed(median(model), 2)});
+  }
+  os << "\n## " << dtype << " base vs float32, same method (medians of per-round ratios)\n\n";
+  print_table(os, {"method", "tokens/s " + dtype + " / float32", "peak RSS ratio", "model RSS ratio"}, t);
+  os << "\n" << dtype << ": frozen weights stored and multiplied in " << dtype
+     << "; trainable tensors, gradients, AdamW state and activations in float32 (full: float32 master weights).\n";
+  return out;
+}
+
 struct ThreadConfig {
   std::string label, env;
   int64_t threads;
@@ -433,7 +467,7 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
 int run_bench(Args& a) {
   a.reject_unknown({"worker", "dist_worker", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
-                    "python_script", "out", "quiet"});
+                    "python_script", "out", "quiet", "dtype"});
   if (a.has("worker")) return run_worker(a);
   if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);
@@ -472,6 +506,20 @@ int run_bench(Args& a) {
       if (m == "full" || std::find(known.begin(), known.end(), m) != known.end()) methods.push_back(m);
   }
 
+  // --dtype bfloat16: each method also runs on a bfloat16 base ("lora@bfloat16"), next to its
+  // float32 row in every round (full and LoRA when no --methods).
+  const torch::Dtype dtype = parse_dtype_name(a.get("dtype", "float32"), "bench: option --dtype", false);
+  check_compute_dtype(dtype, torch::kCPU, "bench --dtype");
+  if (dtype != torch::kFloat32) {
+    if (mlist.empty()) methods = {"full", "lora"};
+    std::vector<std::string> both;
+    for (auto& m : methods) {
+      both.push_back(m);
+      both.push_back(m + "@" + dtype_name(dtype));
+    }
+    methods = both;
+  }
+
   const nlohmann::json cfg = d.shape.config();
   int64_t params = 0;
   {
@@ -505,6 +553,8 @@ int run_bench(Args& a) {
     std::cout << part.str() << std::flush;
   };
   if (has_suite("methods")) emit([&](std::ostream& o) { return methods_suite(d, methods, o); }, "methods");
+  if (has_suite("methods") && dtype != torch::kFloat32)
+    emit([&](std::ostream& o) { return precision_table(report["methods"], methods, dtype_name(dtype), o); }, "precision");
   if (has_suite("threads")) emit([&](std::ostream& o) { return threads_suite(d, o); }, "threads");
   if (has_suite("python")) emit([&](std::ostream& o) { return python_suite(d, a, o); }, "python");
   if (has_suite("dist")) emit([&](std::ostream& o) { return dist_suite(d, o); }, "dist");

@@ -58,9 +58,13 @@ nlohmann::json bench_method_config(const std::string& method, int64_t total_step
   return method_config(method, over);
 }
 
-StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps) {
+StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps, torch::Dtype dtype) {
   torch::manual_seed(0);
-  model_ = create_model(shape.config());
+  check_compute_dtype(dtype, torch::kCPU, "bench --dtype");
+  LoadOptions lo;
+  lo.dtype = dtype;
+  model_ = create_model(shape.config(), lo);
+  if (is_half_dtype(dtype)) matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(dtype);
   std::vector<std::pair<std::string, torch::Tensor>> named;
   if (method == "full") {
     for (auto& p : model_->named_parameters()) {
@@ -69,6 +73,7 @@ StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t
       trainable += p.value().numel();
     }
     total = trainable;
+    promote_trainable_to_float32(*model_);  // float32 master weights, bfloat16 products
   } else {
     pm_ = std::make_shared<PeftModel>(model_);
     adapter_config = bench_method_config(method, total_steps);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "peft/model.h"
+#include "peft/precision.h"
 #include "peft/tuner.h"
 
 namespace peft::cli {
@@ -40,7 +41,10 @@ class StepBench {
  public:
   /// Builds the model (seeded), the adapter ("full": every parameter trains), the optimizer
   /// (AdamW, lr 1e-4, weight decay 0.01) and one random batch (labels = input ids).
-  StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps = 1000);
+  /// dtype bfloat16: the frozen base in bfloat16, trainable tensors (all of them for "full":
+  /// mixed precision) in float32, Linear products in bfloat16 (docs/PRECISION.md).
+  StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps = 1000,
+            torch::Dtype dtype = torch::kFloat32);
   /// One optimizer step; returns the loss.
   double step();
   /// Called between backward and the optimizer step (the data-parallel gradient sum).
@@ -57,6 +61,7 @@ class StepBench {
   std::unique_ptr<torch::optim::AdamW> opt_;
   ModelInput in_;
   int64_t step_ = 0;
+  std::unique_ptr<MatmulDtypeGuard> matmul_dtype_;
 };
 
 /// Current and peak resident set size of this process in KiB (/proc/self/status VmRSS, VmHWM).

@@ -8,16 +8,9 @@
 #include "models/quant_linear.h"
 #include "peft/error.h"
 #include "peft/io.h"
+#include "peft/precision.h"
 
 namespace peft::cli {
-
-static torch::Dtype parse_dtype(const std::string& s) {
-  if (s == "float32" || s == "fp32") return torch::kFloat32;
-  if (s == "bfloat16" || s == "bf16") return torch::kBFloat16;
-  if (s == "float16" || s == "fp16") return torch::kFloat16;
-  if (s == "float64" || s == "fp64") return torch::kFloat64;
-  fail("option --dtype: expected float32, bfloat16, float16 or float64, got '", s, "'");
-}
 
 bool regression_head(const nlohmann::json& c) {
   if (!c.is_object()) return false;
@@ -56,8 +49,11 @@ static void classifier_from_adapter(const std::string& dir, LoadOptions* opts) {
 
 LoadedModel load_model_from_args(Args& a) {
   LoadOptions opts;
-  opts.dtype = parse_dtype(a.get("dtype", "float32"));
+  opts.dtype = parse_dtype_name(a.get("dtype", "float32"), "option --dtype");
+  check_compute_dtype(opts.dtype, torch::kCPU, "option --dtype");
   LoadedModel lm;
+  // Full-precision Linear weights (modules_to_save copies of an adapter) compute in the same dtype.
+  if (is_half_dtype(opts.dtype)) lm.matmul_dtype = std::make_shared<MatmulDtypeGuard>(opts.dtype);
   auto adapters = a.get_all("adapter");
   if (!adapters.empty()) {
     std::string cfg_path = join_path(a.get("model"), "config.json");

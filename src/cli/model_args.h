@@ -4,6 +4,7 @@
 
 #include "cli/command.h"
 #include "peft/model.h"
+#include "peft/precision.h"
 #include "peft/tuner.h"
 
 namespace peft::cli {
@@ -13,10 +14,13 @@ struct LoadedModel {
   PeftModelPtr peft;  // set when --adapter was given
   /// Forward through whatever wraps the base (adapters); the base model's forward if none.
   std::function<ModelOutput(const ModelInput&)> forward;
+  /// Set for --dtype bfloat16|float16: Linear products in that dtype while the model is in use.
+  std::shared_ptr<MatmulDtypeGuard> matmul_dtype;
 };
 
-/// --model DIR, --dtype float32|bfloat16|float16, --adapter DIR[:SCALE] (repeatable),
-/// --quantize nf4|fp4|int8 [--double_quant B] [--compute_dtype D] (cli/quant_args.h).
+/// --model DIR, --dtype float32|bfloat16|float16|float64 (float16 refused on CPU; docs/PRECISION.md),
+/// --adapter DIR[:SCALE] (repeatable), --quantize nf4|fp4|int8 [--double_quant B] [--compute_dtype D]
+/// (cli/quant_args.h).
 LoadedModel load_model_from_args(Args& a);
 /// Whether a config.json describes a regression head: problem_type "regression", or one label
 /// (transformers infers regression from num_labels == 1).

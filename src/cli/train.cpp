@@ -23,6 +23,7 @@
 #include "peft/dist.h"
 #include "peft/error.h"
 #include "peft/io.h"
+#include "peft/precision.h"
 #include "peft/metrics.h"
 #include "peft/tokenizer.h"
 #include "peft/trainer.h"
@@ -108,6 +109,28 @@ int run_train(Args& a) {
   }
 }
 
+// The base model's dtype from --dtype, or the recipe keys transformers uses: `torch_dtype`
+// (from_pretrained) and `bf16` / `fp16` (TrainingArguments); conflicting ones are an error.
+torch::Dtype training_dtype(nlohmann::json& r) {
+  std::vector<std::pair<std::string, torch::Dtype>> said;
+  for (const char* k : {"dtype", "torch_dtype"}) {
+    if (!r.contains(k)) continue;
+    PEFT_CHECK(r[k].is_string(), "peft train: option ", k, " must be a string (float32, bfloat16, float16), got ", r[k].dump());
+    said.emplace_back(k, parse_dtype_name(r[k].get<std::string>(), std::string("peft train: option ") + k, false));
+    r.erase(k);
+  }
+  for (auto [k, t] : {std::pair<const char*, torch::Dtype>{"bf16", torch::kBFloat16}, {"fp16", torch::kFloat16}}) {
+    if (!r.contains(k)) continue;
+    PEFT_CHECK(r[k].is_boolean(), "peft train: option ", k, " must be true or false, got ", r[k].dump());
+    if (r[k].get<bool>()) said.emplace_back(k, t);
+    r.erase(k);
+  }
+  for (auto& s : said)
+    PEFT_CHECK(s.second == said[0].second, "peft train: options ", said[0].first, " (", dtype_name(said[0].second), ") and ",
+               s.first, " (", dtype_name(s.second), ") disagree");
+  return said.empty() ? torch::kFloat32 : said[0].second;
+}
+
 int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* group) {
   const bool main = env.rank == 0;  // the other ranks print only errors
   std::vector<std::string> skip = {"resume"};
@@ -120,10 +143,13 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   std::string train_file = pop<std::string>(r, "train", "");
   std::string eval_file = pop<std::string>(r, "eval", "");
   std::string method = pop<std::string>(r, "method", "lora");
-  std::string dtype = pop<std::string>(r, "dtype", "float32");
+  const torch::Dtype dtype = training_dtype(r);
   PEFT_CHECK(!model_dir.empty(), "peft train: --model DIR is required");
   PEFT_CHECK(!train_file.empty(), "peft train: --train FILE is required");
-  PEFT_CHECK(dtype == "float32", "peft train: --dtype ", dtype, " is not supported for training yet (use float32)");
+  check_compute_dtype(dtype, torch::kCPU, "peft train --dtype " + dtype_name(dtype));
+  // Frozen base in `dtype`, trainable tensors in float32, Linear products in `dtype`
+  // (docs/PRECISION.md); nothing changes for float32.
+  MatmulDtypeGuard matmul_dtype(is_half_dtype(dtype) ? std::optional<torch::ScalarType>(dtype) : std::nullopt);
   // --quantize / load_in_4bit ...: a quantized frozen base (QLoRA; docs/QUANTIZATION.md).
   const auto qcfg = pop_quant_config(r);
 
@@ -146,6 +172,7 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
             << data_kind_name(data.train.kind) << ")\n";
 
   LoadOptions lo;
+  lo.dtype = dtype;
   if (data.train.kind == DataKind::Classification) {
     lo.task = TaskType::SeqCls;
     lo.num_labels = data.train.regression ? 1 : static_cast<int64_t>(data.train.label_names.size());

@@ -18,6 +18,7 @@
 #include "models/decoder_common.h"
 #include "peft/error.h"
 #include "peft/model.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -87,7 +88,7 @@ class BertEmbeddings : public Module {
   }
 
   torch::Tensor forward(const ModelInput& in, int64_t past) {
-    torch::Tensor x = in.inputs_embeds.defined() ? in.inputs_embeds : word_embeddings->forward(in.input_ids);
+    torch::Tensor x = to_activation(in.inputs_embeds.defined() ? in.inputs_embeds : word_embeddings->forward(in.input_ids));
     const int64_t B = x.size(0), T = x.size(1);
     auto dev = x.device();
     torch::Tensor pos = in.position_ids.defined() ? in.position_ids.to(dev) : default_positions(in, B, T, past, dev);
@@ -98,7 +99,7 @@ class BertEmbeddings : public Module {
                            : torch::zeros({B, T}, torch::TensorOptions().dtype(torch::kLong).device(dev));
     PEFT_CHECK(tt.sizes() == torch::IntArrayRef({B, T}), "token_type_ids has shape ", tt.sizes(), ", expected [", B,
                ", ", T, "]");
-    x = x + token_type_embeddings->forward(tt) + position_embeddings->forward(pos);
+    x = x + to_activation(token_type_embeddings->forward(tt)) + to_activation(position_embeddings->forward(pos));
     return LayerNorm_->forward(x);
   }
 };
@@ -345,7 +346,7 @@ class BertPretrained : public PretrainedModel {
     return out;
   }
   torch::Tensor embed_tokens(const torch::Tensor& ids) override {
-    return core.embeddings->word_embeddings->forward(ids);
+    return to_activation(core.embeddings->word_embeddings->forward(ids));
   }
   ModelDims dims() const override {
     ModelDims d;

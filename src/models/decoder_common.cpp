@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include "peft/error.h"
+#include "peft/precision.h"
 
 namespace peft {
 
@@ -37,7 +38,7 @@ void decoder_head_output(ModelOutput& out, const torch::Tensor& h, const ModelIn
     if (in.labels.defined()) out.loss = seq_cls_loss(out.logits, in.labels);
     return;
   }
-  out.logits = lm_head ? lm_head->forward(h) : torch::matmul(h, tied_embedding.t());
+  out.logits = lm_head ? lm_head->forward(h) : tied_head_logits(h, tied_embedding);
   if (in.labels.defined()) out.loss = causal_lm_loss(out.logits, in.labels);
 }
 

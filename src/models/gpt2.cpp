@@ -11,6 +11,7 @@
 #include "models/decoder_common.h"
 #include "peft/error.h"
 #include "peft/model.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -150,7 +151,7 @@ class GPT2Model : public Module {
     if (!in.inputs_embeds.defined() && in.input_ids.numel() > 0)
       PEFT_CHECK(in.input_ids.min().item<int64_t>() >= 0 && in.input_ids.max().item<int64_t>() < c.vocab,
                  "gpt2: input_ids must lie in [0, vocab_size = ", c.vocab, ")");
-    torch::Tensor x = in.inputs_embeds.defined() ? in.inputs_embeds : wte->forward(in.input_ids);
+    torch::Tensor x = to_activation(in.inputs_embeds.defined() ? in.inputs_embeds : wte->forward(in.input_ids));
     const int64_t B = x.size(0), T = x.size(1);
     KVCache* cache = in.cache;
     if (cache && cache->k.size() != (size_t)c.n_layers) {
@@ -171,7 +172,7 @@ class GPT2Model : public Module {
       pos = torch::arange(past, past + T, torch::TensorOptions().dtype(torch::kLong).device(dev)).unsqueeze(0);
     }
     x = x + wpe->forward(pos).to(x.scalar_type());
-    if (in.token_type_ids.defined()) x = x + wte->forward(in.token_type_ids.to(dev));  // as GPT2Model
+    if (in.token_type_ids.defined()) x = x + to_activation(wte->forward(in.token_type_ids.to(dev)));  // as GPT2Model
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
     for (int64_t i = 0; i < c.n_layers; ++i) {
@@ -209,7 +210,7 @@ class GPT2LMHeadModel : public PretrainedModel {
     decoder_head_output(out, h, in, task_, score, lm_head, transformer->wte->weight);
     return out;
   }
-  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return transformer->wte->forward(ids); }
+  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(transformer->wte->forward(ids)); }
   ModelDims dims() const override {
     ModelDims d;
     d.hidden_size = c.hidden;

@@ -20,6 +20,7 @@
 #include "models/decoder_common.h"
 #include "peft/error.h"
 #include "peft/model.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -234,7 +235,7 @@ class LlamaModel : public Module {
 
   // Returns the final hidden state (after norm); fills `hs` in transformers' convention.
   torch::Tensor forward(const ModelInput& in, std::vector<torch::Tensor>* hs) {
-    torch::Tensor x = in.inputs_embeds.defined() ? in.inputs_embeds : embed_tokens->forward(in.input_ids);
+    torch::Tensor x = to_activation(in.inputs_embeds.defined() ? in.inputs_embeds : embed_tokens->forward(in.input_ids));
     const int64_t B = x.size(0), T = x.size(1);
     KVCache* cache = in.cache;
     if (cache && cache->k.size() != (size_t)c.n_layers) {
@@ -288,7 +289,7 @@ class LlamaForCausalLM : public PretrainedModel {
     decoder_head_output(out, h, in, task_, score, lm_head, model->embed_tokens->weight);
     return out;
   }
-  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return model->embed_tokens->forward(ids); }
+  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(model->embed_tokens->forward(ids)); }
   ModelDims dims() const override {
     ModelDims d;
     d.hidden_size = c.hidden;

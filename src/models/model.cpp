@@ -13,6 +13,17 @@
 
 namespace peft {
 
+namespace {
+// Sets LibTorch's default floating dtype for the guard's lifetime (torch.set_default_dtype).
+struct DefaultDtypeGuard {
+  caffe2::TypeMeta prev;
+  explicit DefaultDtypeGuard(torch::Dtype d) : prev(c10::get_default_dtype()) {
+    c10::set_default_dtype(caffe2::TypeMeta::fromScalarType(d));
+  }
+  ~DefaultDtypeGuard() { c10::set_default_dtype(prev); }
+};
+}  // namespace
+
 std::string task_type_name(TaskType t) {
   switch (t) {
     case TaskType::CausalLM: return "CAUSAL_LM";
@@ -96,9 +107,17 @@ ModelPtr create_model(const nlohmann::json& config, const LoadOptions& opts) {
     for (int64_t i = 0; i < opts.num_labels; ++i) id2label[std::to_string(i)] = "LABEL_" + std::to_string(i);
     cfg["id2label"] = id2label;
   }
-  ModelPtr m = chosen->factory(cfg);
+  // Built directly in the target dtype (parameters and buffers allocated as `opts.dtype`), so a
+  // half-precision model never holds a float32 copy of itself; tensors a family creates with an
+  // explicit dtype (rotary frequencies in float32) keep it.
+  ModelPtr m;
+  {
+    std::optional<DefaultDtypeGuard> dg;
+    if (opts.dtype == torch::kBFloat16 || opts.dtype == torch::kFloat16) dg.emplace(opts.dtype);
+    m = chosen->factory(cfg);
+  }
   m->config = cfg;
-  if (opts.dtype != torch::kFloat32) m->to(opts.dtype);
+  if (opts.dtype != torch::kFloat32) m->to(opts.dtype);  // anything built with an explicit float32
   return m;
 }
 

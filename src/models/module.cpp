@@ -6,6 +6,7 @@
 
 #include "peft/error.h"
 #include "peft/model.h"
+#include "peft/precision.h"
 
 namespace peft {
 
@@ -20,6 +21,12 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias, bool conv1d_)
 }
 
 torch::Tensor Linear::forward(const torch::Tensor& x) {
+  // A half-precision weight, or an input / bias of another dtype (a float32 activation on a
+  // bfloat16 base, a trainable float32 bias): the product in the compute dtype, the result in
+  // x's dtype (peft/precision.h). Same-dtype float32 / float64 keeps the plain path below.
+  const auto cd = linear_compute_dtype(weight.scalar_type());
+  if (cd != weight.scalar_type() || x.scalar_type() != cd || (bias.defined() && bias.scalar_type() != cd))
+    return frozen_linear(x, weight, bias, conv1d, cd);
   if (conv1d) {
     auto y = torch::matmul(x, weight);
     return bias.defined() ? y + bias : y;
@@ -121,7 +128,11 @@ LayerNorm::LayerNorm(int64_t dim_, double eps_) : eps(eps_), dim(dim_) {
   bias = register_parameter("bias", torch::zeros({dim}));
 }
 
-torch::Tensor LayerNorm::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
+torch::Tensor LayerNorm::forward(const torch::Tensor& x) {
+  if (weight.scalar_type() != x.scalar_type())  // a bfloat16 base's norm on a float32 activation
+    return torch::layer_norm(x, {dim}, weight.to(x.scalar_type()), bias.to(x.scalar_type()), eps);
+  return torch::layer_norm(x, {dim}, weight, bias, eps);
+}
 
 // transformers 4.37's ACT2FN, every entry.
 static const char* kActivations[] = {"silu",  "swish",   "gelu",    "gelu_new",   "gelu_pytorch_tanh", "gelu_fast",

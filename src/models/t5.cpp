@@ -15,6 +15,7 @@
 #include "models/config_fields.h"
 #include "peft/error.h"
 #include "peft/model.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -251,7 +252,7 @@ class T5Stack : public Module {
                         const torch::Tensor& enc, const torch::Tensor& enc_mask, KVCache* cache,
                         std::vector<torch::Tensor>* hs, const AttentionPrefix* prefix = nullptr,
                         const PrefixGate* gate = nullptr) {
-    torch::Tensor x = embeds.defined() ? embeds : embed_tokens->forward(ids);
+    torch::Tensor x = to_activation(embeds.defined() ? embeds : embed_tokens->forward(ids));
     const int64_t B = x.size(0), T = x.size(1), n = (int64_t)blocks.size();
     auto dev = x.device();
     auto dt = x.scalar_type();
@@ -353,7 +354,7 @@ class T5ForConditionalGeneration : public PretrainedModel {
                               in.prefix_gate.get());
     if (c.tie) {
       h = h * std::pow(static_cast<double>(c.d_model), -0.5);
-      out.logits = torch::matmul(h, shared->weight.t());
+      out.logits = tied_head_logits(h, shared->weight);
     } else {
       out.logits = lm_head->forward(h);
     }
@@ -365,7 +366,7 @@ class T5ForConditionalGeneration : public PretrainedModel {
     return out;
   }
 
-  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return shared->forward(ids); }
+  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(shared->forward(ids)); }
   ModelDims dims() const override {
     ModelDims d;
     d.hidden_size = c.d_model;

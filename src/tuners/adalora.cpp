@@ -14,6 +14,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -27,7 +28,7 @@ class AdaLoraLinear : public TunerLayer {
 
   void add(const std::string& a, int64_t r, double lora_alpha, double drop, double orth, bool init_weights) {
     auto& l = base_linear();
-    auto dt = l.weight.scalar_type();
+    auto dt = trainable_dtype(l.weight.scalar_type());
     alpha[a] = lora_alpha;
     ranknum[a] = static_cast<double>(r);
     dropout[a] = drop;

@@ -34,6 +34,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/bottleneck.h"
 #include "tuners/export.h"
 
@@ -50,7 +51,7 @@ class AdaMixLayer : public TunerLayer {
     act[a] = activation_name;
     auto& lin = base_linear();
     const int64_t d = lin.out_features;
-    auto dt = lin.weight.scalar_type();
+    auto dt = trainable_dtype(lin.weight.scalar_type());
     std::vector<torch::Tensor> dw, db, uw;
     for (int64_t m = 0; m < M; ++m) {  // each copy initialised as its own nn.Linear
       dw.push_back(kaiming_uniform({b, d}, d));

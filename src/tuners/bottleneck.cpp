@@ -38,6 +38,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/bottleneck.h"
 
 namespace peft {
@@ -60,7 +61,7 @@ class BottleneckLayer : public TunerLayer {
     int64_t din = o.parallel ? in : out;
     auto dt = torch::kFloat32;
     for (auto& p : base_layer->parameters()) {
-      dt = p.scalar_type();
+      dt = trainable_dtype(p.scalar_type());
       break;
     }
     add_param(a, "adapter_down.weight", kaiming_uniform({b, din}, din).to(dt));

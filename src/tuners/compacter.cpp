@@ -26,6 +26,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/bottleneck.h"
 #include "tuners/shared.h"
 
@@ -130,7 +131,7 @@ class CompacterTuner : public Tuner {
     if (!c["shared_phm_rule"].get<bool>()) return;
     auto dt = torch::kFloat32;
     for (auto& p : pm.model->parameters()) {
-      dt = p.scalar_type();
+      dt = trainable_dtype(p.scalar_type());
       break;
     }
     pm.set_input_adapter(name, std::make_shared<CompacterShared>(c["phm_dim"].get<int64_t>(), dt));
@@ -148,7 +149,7 @@ class CompacterTuner : public Tuner {
                  out, ") at ", slot.path);
     auto dt = torch::kFloat32;
     for (auto& p : cur->parameters()) {
-      dt = p.scalar_type();
+      dt = trainable_dtype(p.scalar_type());
       break;
     }
     layer->opts[name] = {parallel, c["scaling"].get<double>(), c["non_linearity"].get<std::string>(),

@@ -15,6 +15,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -88,7 +89,7 @@ class HadamardTuner : public Tuner {
     auto layer = std::dynamic_pointer_cast<HadamardLayer>(cur);
     if (!layer) layer = std::make_shared<HadamardLayer>(cur);
     auto& lin = layer->base_linear();  // errors naming the slot when it is not a Linear
-    layer->add(name, lin.out_features, lin.weight.scalar_type(), c["init_weights"].get<bool>());
+    layer->add(name, lin.out_features, trainable_dtype(lin.weight.scalar_type()), c["init_weights"].get<bool>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
 };

@@ -11,6 +11,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/default_targets.h"
 
 namespace peft {
@@ -27,7 +28,7 @@ class IA3Linear : public TunerLayer {
     feedforward[a] = ff;
     auto shape = ff ? std::vector<int64_t>{1, l.in_features} : std::vector<int64_t>{l.out_features, 1};
     auto v = init_ones ? torch::ones(shape) : torch::randn(shape);  // peft: N(0, 1) unless init_ia3_weights
-    add_param(a, "ia3_l", v.to(l.weight.scalar_type()));
+    add_param(a, "ia3_l", v.to(trainable_dtype(l.weight.scalar_type())));
   }
   // The scaling vector of the adapter, blended with the identity by the user scale s: 1 + s (l − 1).
   torch::Tensor vec(const std::string& a) {

@@ -24,6 +24,7 @@
 #include "peft/error.h"
 #include "models/quant_linear.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/lora_bias.h"
 #include "tuners/patterns.h"
 
@@ -61,7 +62,7 @@ class LoraLinear : public TunerLayer {
                  "): use plain LoRA (or rsLoRA, LoRA-FA, DyLoRA) on a quantized base, or load it in float");
     const int64_t in = lin.in_features, out = lin.out_features, r = o.r;
     auto W = lin.weight_out_in();
-    auto dt = W.scalar_type();
+    auto dt = trainable_dtype(W.scalar_type());  // adapters in float32 on a half base
     torch::NoGradGuard ng;
     torch::Tensor A, B;
     if (!loading && (o.init == "pissa" || o.init == "olora")) {
@@ -135,7 +136,9 @@ class LoraLinear : public TunerLayer {
         auto norm = row_norm(W + s * B.matmul(A)).detach();
         auto mag = param(a, "lora_magnitude_vector") / norm;  // [out]
         // (m/n)(x W^T) + (m/n) s x A^T B^T + b, written as a correction of base(x) = x W^T + b.
-        y = y + (mag - 1) * torch::nn::functional::linear(xd, W) + mag * lora;
+        y = y + (mag - 1) * (W.scalar_type() == xd.scalar_type() ? torch::nn::functional::linear(xd, W)
+                                                                     : frozen_linear(xd, W, {}, false, W.scalar_type())) +
+            mag * lora;
       } else {
         y = y + lora;
       }

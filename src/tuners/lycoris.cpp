@@ -12,6 +12,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/patterns.h"
 
 namespace peft {
@@ -41,7 +42,7 @@ class LohaLinear : public DeltaLinear {
   std::string method() const override { return "loha"; }
   void add(const std::string& a, int64_t r, double alpha, double drop, bool init_weights) {
     auto& l = base_linear();
-    auto dt = l.weight.scalar_type();
+    auto dt = trainable_dtype(l.weight.scalar_type());
     const int64_t in = l.in_features, out = l.out_features;
     scaling[a] = alpha / r;
     dropout[a] = drop;
@@ -83,7 +84,7 @@ class LokrLinear : public DeltaLinear {
   void add(const std::string& a, int64_t r, double alpha, double drop, bool init_weights, bool decompose_both,
            int64_t factor) {
     auto& l = base_linear();
-    auto dt = l.weight.scalar_type();
+    auto dt = trainable_dtype(l.weight.scalar_type());
     const int64_t in = l.in_features, out = l.out_features;
     auto [om, on] = factorization(out, factor);
     auto [im, in_n] = factorization(in, factor);

@@ -32,6 +32,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/partial_common.h"
 
 namespace peft {
@@ -274,7 +275,7 @@ class SparseDeltaLayer : public TunerLayer {
       idx = torch::randperm(n, gen, torch::kLong).slice(0, 0, k);
     }
     indices_[a] = std::get<0>(idx.sort());
-    add_param(a, "sparse_values", torch::zeros({k}, W.scalar_type()));
+    add_param(a, "sparse_values", torch::zeros({k}, trainable_dtype(W.scalar_type())));
   }
   torch::Tensor delta(const std::string& a) {
     auto& l = base_linear();

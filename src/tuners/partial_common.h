@@ -7,6 +7,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace partial {
@@ -17,7 +18,7 @@ inline Layer* innermost(Layer* l) {
   return l;
 }
 inline torch::ScalarType dtype_of(Layer& l) {
-  for (auto& p : l.parameters()) return p.scalar_type();
+  for (auto& p : l.parameters()) return trainable_dtype(p.scalar_type());
   return torch::kFloat32;
 }
 inline nlohmann::json common_defaults(const std::string& type) {

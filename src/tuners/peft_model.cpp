@@ -7,6 +7,7 @@
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "io/adapter_config.h"
 #include "io/memory_budget.h"
 #include "models/quant_linear.h"
@@ -27,7 +28,7 @@ class ModulesToSave : public TunerLayer {
     if (copies.count(a)) return;
     auto c = base_layer->clone_layer();
     auto params = base_layer->parameters();
-    if (!params.empty()) c->to(params[0].device(), params[0].scalar_type());
+    if (!params.empty()) c->to(params[0].device(), trainable_dtype(params[0].scalar_type()));  // float32 on a half base
     copies[a] = copies_->register_module(a, c);
     adapters_.insert(a);
   }
@@ -242,6 +243,9 @@ void PeftModel::disable_adapters(bool d) {
 void PeftModel::refresh_trainable() {
   for (auto& p : parameters()) p.set_requires_grad(false);
   for (auto& t : trainable_parameters()) t.set_requires_grad(true);
+  // Trainable tensors of a half-precision base (BitFit's biases, modules_to_save copies, prompt
+  // tables) train in float32, with float32 gradients and optimizer state.
+  promote_trainable_to_float32(*this);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> PeftModel::named_trainable_parameters() const {

@@ -32,6 +32,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/bottleneck.h"
 
 namespace peft {
@@ -230,7 +231,7 @@ class ProPetlTuner : public Tuner {
     auto layer = std::dynamic_pointer_cast<ProPetlLayer>(cur);
     if (!layer) layer = std::make_shared<ProPetlLayer>(cur);
     auto& lin = layer->base_linear();
-    auto dt = lin.weight.scalar_type();
+    auto dt = trainable_dtype(lin.weight.scalar_type());
     const bool adapter = c["prototype"] == "adapter";
     ProPetlLayer::Opts o{adapter, {}, 1.0, 1.0 - c["mask_sparsity"].get<double>(), c["non_linearity"].get<std::string>()};
     if (adapter) {

@@ -51,6 +51,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 
 namespace peft {
 namespace {
@@ -235,7 +236,7 @@ class LstTuner : public Tuner {
                              ? std::max<int64_t>(1, static_cast<int64_t>(d / c["reduction_factor"].get<double>()))
                              : c["side_dim"].get<int64_t>();
       auto dt = torch::kFloat32;
-      for (auto& p : cur->parameters()) dt = p.scalar_type();
+      for (auto& p : cur->parameters()) dt = trainable_dtype(p.scalar_type());
       head->add(name, st, st->num_layers, d, ds, c["gate_temperature"].get<double>(), c["init_weights"].get<bool>(), dt);
       if (head != cur) slot.parent->replace_slot(slot.name, head);
     } else {

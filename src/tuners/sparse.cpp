@@ -47,6 +47,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "train/optimizer_reset.h"
 #include "tuners/partial_common.h"
 
@@ -77,8 +78,8 @@ class SparseFtLayer : public TunerLayer {
 
   void add(const std::string& a, const SparseRule& rule) {
     auto W = base_linear().weight_out_in();
-    add_param(a, "delta_weight", torch::zeros(W.sizes(), W.scalar_type()));
-    if (rule.gated) add_param(a, "diff_alpha", torch::full(W.sizes(), rule.alpha_init, W.scalar_type()));
+    add_param(a, "delta_weight", torch::zeros(W.sizes(), trainable_dtype(W.scalar_type())));
+    if (rule.gated) add_param(a, "diff_alpha", torch::full(W.sizes(), rule.alpha_init, trainable_dtype(W.scalar_type())));
     rules_[a] = rule;
   }
   const SparseRule& rule(const std::string& a) const { return rules_.at(a); }

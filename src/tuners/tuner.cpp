@@ -8,6 +8,7 @@
 #include <regex>
 
 #include "peft/error.h"
+#include "peft/precision.h"
 #include "tuners/default_targets.h"
 
 namespace peft {
@@ -261,6 +262,8 @@ Linear& TunerLayer::base_linear() const {
 
 torch::Tensor TunerLayer::add_param(const std::string& adapter, const std::string& key, torch::Tensor value,
                                     bool trainable) {
+  // Adapter tensors are float32 on a half-precision base (peft's autocast_adapter_dtype).
+  if (is_half_dtype(value.scalar_type())) value = value.to(torch::kFloat32);
   auto dot = key.find('.');
   std::string head = key.substr(0, dot);
   auto& cont = containers_[head];

@@ -11,6 +11,7 @@
 
 #include "peft/error.h"
 #include "peft/tuner.h"
+#include "peft/precision.h"
 #include "tuners/shared.h"
 
 namespace peft {
@@ -60,7 +61,7 @@ class VeraLinear : public TunerLayer {
   /// init_weights (peft's): b = 0, d = d_initial; false leaves peft's raw init b = 1, d ~ N(0, 1).
   void add(const std::string& a, std::shared_ptr<VeraShared> s, double d_init, double drop, bool init_weights) {
     auto& l = base_linear();
-    auto dt = l.weight.scalar_type();
+    auto dt = trainable_dtype(l.weight.scalar_type());
     shared[a] = s;
     dropout[a] = drop;
     const int64_t r = s->A.size(0);
