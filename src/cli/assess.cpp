@@ -22,6 +22,7 @@
 
 #include "cli/assess_run.h"
 #include "cli/command.h"
+#include "cli/process.h"
 #include "cli/recipe.h"
 #include "peft/error.h"
 #include "peft/io.h"
@@ -34,22 +35,6 @@ namespace peft::cli {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-std::string self_exe() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  PEFT_CHECK(!ec, "assess: cannot find the peft binary (/proc/self/exe)");
-  return p.string();
-}
 
 std::string value_text(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
 
@@ -73,7 +58,7 @@ struct Setup {
 /// The methods to run: `all` = every method of the catalog that can be built on this model
 /// (tried, as `peft methods` does); the full fine-tuning row first.
 std::vector<std::string> resolve_methods(const std::string& spec, const std::string& model_dir) {
-  std::vector<std::string> names = spec == "all" ? assessment_methods() : split_list(spec);
+  std::vector<std::string> names = spec == "all" ? assessment_methods() : split_commas(spec);
   PEFT_CHECK(!names.empty(), "option --methods: empty list");
   std::vector<std::string> out = {kFullFineTuning};
   for (auto& n : names) {
@@ -177,7 +162,7 @@ int run_assess(Args& a) {
              "assess: --budget-steps, --batch and --seeds must be positive");
   for (auto& [k, v] : a.options())
     if (std::find(kOwn.begin(), kOwn.end(), k) == kOwn.end()) s.passthrough.emplace_back(k, v);
-  s.exe = self_exe();
+  s.exe = self_exe("assess");
   {
     auto m = load_model(s.model);
     s.num_layers = m->dims().num_layers;

@@ -1,15 +1,8 @@
 // Child processes and reports of `peft assess` (src/cli/assess.cpp).
 #include "cli/assess_run.h"
 
-#include <fcntl.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <chrono>
 #include <cmath>
 #include <iomanip>
 #include <map>
@@ -20,37 +13,6 @@
 #include "peft/tuner.h"
 
 namespace peft::cli {
-
-ChildRun run_child(const std::vector<std::string>& argv, const std::string& log_path) {
-  PEFT_CHECK(!argv.empty(), "run_child: empty command");
-  const int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  PEFT_CHECK(fd >= 0, log_path, ": cannot open for writing: ", std::strerror(errno));
-  std::vector<char*> cargv;
-  for (auto& s : argv) cargv.push_back(const_cast<char*>(s.c_str()));
-  cargv.push_back(nullptr);
-  const auto t0 = std::chrono::steady_clock::now();
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    ::close(fd);
-    PEFT_CHECK(false, "assess: fork failed: ", std::strerror(errno));
-  }
-  if (pid == 0) {
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    ::execv(cargv[0], cargv.data());
-    _exit(127);
-  }
-  ::close(fd);
-  int status = 0;
-  struct rusage ru {};
-  while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
-  }
-  ChildRun r;
-  r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  r.peak_rss_mib = ru.ru_maxrss / 1024.0;  // KiB on Linux
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 nlohmann::json aggregate_rows(const std::vector<std::string>& labels, const std::vector<nlohmann::json>& cells) {
   nlohmann::json rows = nlohmann::json::array();

@@ -1,5 +1,5 @@
-// Pieces of `peft assess` (src/cli/assess.cpp): running one cell of the matrix in child
-// processes, and turning the finished cells into the table, JSON, CSV and HTML report.
+// Pieces of `peft assess` (src/cli/assess.cpp): turning the finished cells into the table,
+// JSON, CSV and HTML report.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -7,16 +7,6 @@
 #include <vector>
 
 namespace peft::cli {
-
-/// A child process's exit status, wall time and peak resident set (wait4's ru_maxrss).
-struct ChildRun {
-  int status = -1;  // exit code; 128 + signal when killed
-  double wall_s = 0;
-  double peak_rss_mib = 0;
-};
-
-/// Runs argv[0] with `argv`, stdout and stderr appended to `log_path`; waits for it.
-ChildRun run_child(const std::vector<std::string>& argv, const std::string& log_path);
 
 /// Per-row aggregates over seeds: for each numeric key of the cells' results, mean and sample
 /// standard deviation (0 with one seed). `cells` holds every finished cell's result.json.

@@ -29,6 +29,7 @@
 #include "cli/bench_dist.h"
 #include "cli/bench_step.h"
 #include "cli/command.h"
+#include "cli/process.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/tuner.h"
@@ -46,15 +47,6 @@ double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
 }
 
 std::string quote(const std::string& s) {
@@ -156,15 +148,8 @@ int run_worker(const Args& a) {
 
 // ---- driver ------------------------------------------------------------------------------------
 
-std::string self_exe() {
-  std::error_code ec;
-  auto p = fs::read_symlink("/proc/self/exe", ec);
-  PEFT_CHECK(!ec, "bench: cannot find the peft binary (/proc/self/exe)");
-  return p.string();
-}
-
 // Runs `cmd` through the shell; returns the last stdout line that parses as a JSON object.
-nlohmann::json run_child(const std::string& cmd, const std::string& what) {
+nlohmann::json run_json_child(const std::string& cmd, const std::string& what) {
   FILE* p = popen(cmd.c_str(), "r");
   PEFT_CHECK(p, "bench: cannot start ", what);
   std::string out;
@@ -275,9 +260,9 @@ nlohmann::json dist_suite(const Driver& d, std::ostream& os) {
   };
   for (int64_t r = 0; r < d.repeats; ++r) {
     d.progress("dist round " + std::to_string(r + 1) + ": 1 rank");
-    auto one = run_child("env OMP_NUM_THREADS=1 " + cmd(1), "1-rank LoRA step");
+    auto one = run_json_child("env OMP_NUM_THREADS=1 " + cmd(1), "1-rank LoRA step");
     d.progress("dist round " + std::to_string(r + 1) + ": 2 ranks");
-    auto two = run_child("env OMP_NUM_THREADS=1 " + cmd(2), "2-rank LoRA step");
+    auto two = run_json_child("env OMP_NUM_THREADS=1 " + cmd(2), "2-rank LoRA step");
     t1.push_back(one["tokens_per_s"].get<double>());
     t2.push_back(two["tokens_per_s"].get<double>());
     s1.push_back(one["step_s"].get<double>());
@@ -307,7 +292,7 @@ nlohmann::json methods_suite(const Driver& d, const std::vector<std::string>& me
     std::vector<nlohmann::json> round;
     for (auto& m : methods) {
       d.progress("round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + m);
-      round.push_back(run_child(d.worker_cmd(m), "the " + m + " step"));
+      round.push_back(run_json_child(d.worker_cmd(m), "the " + m + " step"));
     }
     rounds.push_back(round);
   }
@@ -378,7 +363,7 @@ nlohmann::json threads_suite(const Driver& d, std::ostream& os) {
     std::vector<nlohmann::json> round;
     for (auto& c : cfgs) {
       d.progress("threads round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + c.label);
-      round.push_back(run_child(d.worker_cmd("lora", c.env, c.threads), "the lora step (" + c.label + ")"));
+      round.push_back(run_json_child(d.worker_cmd("lora", c.env, c.threads), "the lora step (" + c.label + ")"));
     }
     rounds.push_back(round);
   }
@@ -398,7 +383,7 @@ std::string find_python_script(const Args& a) {
   if (a.has("python_script")) return a.get("python_script");
   std::vector<fs::path> cands;
   if (const char* src = std::getenv("PEFT_SOURCE_DIR")) cands.push_back(fs::path(src) / "bench/pytorch_lora_step.py");
-  fs::path exe_dir = fs::path(self_exe()).parent_path();
+  fs::path exe_dir = fs::path(self_exe("bench")).parent_path();
   cands.push_back(exe_dir / "../bench/pytorch_lora_step.py");
   cands.push_back(exe_dir / "../../bench/pytorch_lora_step.py");
   cands.push_back("bench/pytorch_lora_step.py");
@@ -429,11 +414,11 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
     std::vector<nlohmann::json> round;
     for (const char* m : {"lora", "full"}) {
       d.progress("python round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + m);
-      round.push_back(run_child(d.worker_cmd(m), std::string("the peft.cpp ") + m + " step"));
+      round.push_back(run_json_child(d.worker_cmd(m), std::string("the peft.cpp ") + m + " step"));
       std::string cmd = quote(py) + " " + quote(script) + " --method " + m + shape_args(d.shape) + " --warmup " +
                         std::to_string(d.warmup) + " --steps " + std::to_string(d.steps) + " --threads " +
                         std::to_string(nthreads) + " --json";
-      round.push_back(run_child(cmd, std::string("the PyTorch ") + m + " step"));
+      round.push_back(run_json_child(cmd, std::string("the PyTorch ") + m + " step"));
     }
     rounds.push_back(round);
   }
@@ -476,11 +461,11 @@ int run_bench(Args& a) {
   d.warmup = a.get_int("warmup", 1);
   d.steps = a.get_int("steps", small ? 2 : 3);
   d.repeats = a.get_int("repeats", small ? 1 : 3);
-  d.exe = self_exe();
+  d.exe = self_exe("bench");
   d.quiet = a.get_bool("quiet", false);
   PEFT_CHECK(d.warmup >= 0 && d.steps > 0 && d.repeats > 0, "bench: --steps and --repeats must be > 0");
 
-  std::vector<std::string> suites = split(a.get("suites", "methods"));
+  std::vector<std::string> suites = split_commas(a.get("suites", "methods"));
   if (a.get_bool("threads_table", false)) suites.push_back("threads");
   if (a.get_bool("compare_python", false)) suites.push_back("python");
   if (std::find(suites.begin(), suites.end(), "all") != suites.end()) suites = {"methods", "threads", "python", "dist"};
@@ -496,7 +481,7 @@ int run_bench(Args& a) {
     methods = {"full"};
     for (auto& m : known) methods.push_back(m);
   } else if (!mlist.empty()) {
-    methods = split(mlist);
+    methods = split_commas(mlist);
     if (std::find(methods.begin(), methods.end(), "full") == methods.end()) methods.insert(methods.begin(), "full");
     for (auto& m : methods)
       PEFT_CHECK(m == "full" || std::find(known.begin(), known.end(), m) != known.end(), "bench: unknown method '", m,

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "peft/error.h"
+#include "peft/quant.h"
 
 namespace peft {
 
@@ -62,15 +63,7 @@ torch::ScalarType parse_dtype_name(const std::string& s, const std::string& fiel
   fail(field, ": expected float32, bfloat16 or float16", allow_double ? " (or float64)" : "", ", got '", s, "'");
 }
 
-std::string dtype_name(torch::ScalarType t) {
-  switch (t) {
-    case torch::kFloat32: return "float32";
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    case torch::kFloat64: return "float64";
-    default: return c10::toString(t);
-  }
-}
+std::string dtype_name(torch::ScalarType t) { return quant::dtype_name(t); }  // one naming for both
 
 int64_t promote_trainable_to_float32(torch::nn::Module& m) {
   int64_t n = 0;

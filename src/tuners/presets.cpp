@@ -21,13 +21,12 @@
 namespace peft {
 namespace {
 
-double family_rate(const std::string& method, const std::string& family) {
+double family_rate(const std::string& method) {
   if (method == "vera") return 4e-2;
   if (method == "ia3") return 1e-2;
   if (method == "prompt-tuning" || method == "p-tuning" || method == "prefix-tuning" || method == "p-tuning-v2")
     return 3e-2;
-  (void)family;  // every other family: 4e-3 (see the table above)
-  return 4e-3;
+  return 4e-3;  // every other family (see the table above)
 }
 
 // Methods that need a choice the registry leaves open, or a budget the small presets do not
@@ -64,7 +63,7 @@ AssessmentPreset assessment_preset(const std::string& name, int64_t num_layers) 
   PEFT_CHECK(card, "assess: unknown method '", name, "' (see `peft methods`)");
   p.method = name;
   p.keys = method_keys(name);
-  p.keys["learning_rate"] = family_rate(name, card->family);
+  p.keys["learning_rate"] = family_rate(name);
   return p;
 }
 

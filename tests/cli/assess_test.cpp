@@ -11,22 +11,15 @@
 #include "peft/io.h"
 #include "peft/report.h"
 #include "test_util.h"
+#include "cli/method_runs.h"
 
 using peft::test::run_cli;
 using peft::test::source_path;
 using peft::test::temp_dir;
+using peft::test::head_lines;
 namespace fs = std::filesystem;
 
 namespace {
-
-// The first n rows of a JSON Lines file.
-std::string head_rows(const std::string& src, const std::string& dst, int n) {
-  std::ifstream in(src);
-  std::ofstream out(dst);
-  std::string line;
-  for (int i = 0; i < n && std::getline(in, line); ++i) out << line << "\n";
-  return dst;
-}
 
 const nlohmann::json* row_of(const nlohmann::json& rows, const std::string& label) {
   for (auto& r : rows)
@@ -39,8 +32,8 @@ const nlohmann::json* row_of(const nlohmann::json& rows, const std::string& labe
 TEST(AssessCli, TableEqualsPerMethodRunsAndResumes) {
   const auto dir = temp_dir("assess");
   const std::string model = source_path("assets/stories260K");
-  const std::string train = head_rows(source_path("assets/e2e/train.jsonl"), dir + "/train.jsonl", 48);
-  const std::string eval = head_rows(source_path("assets/e2e/validation.jsonl"), dir + "/eval.jsonl", 8);
+  const std::string train = head_lines(source_path("assets/e2e/train.jsonl"), dir + "/train.jsonl", 48);
+  const std::string eval = head_lines(source_path("assets/e2e/validation.jsonl"), dir + "/eval.jsonl", 8);
   const std::string common = " --model " + model + " --task nlg --train " + train + " --eval " + eval +
                              " --budget-steps 6 --batch 4 --max-length 96 --max-new-tokens 8 --gen-examples 4";
   std::string log;

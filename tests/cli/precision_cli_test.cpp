@@ -10,20 +10,15 @@
 
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "cli/method_runs.h"
 
 using peft::test::run_cli;
 using peft::test::source_path;
 using peft::test::temp_dir;
+using peft::test::head_lines;
+using peft::test::short_run_options;
 
 namespace {
-
-std::string head_lines(const std::string& from, const std::string& to, int n) {
-  std::ifstream in(from);
-  std::ofstream out(to);
-  std::string line;
-  for (int i = 0; i < n && std::getline(in, line); ++i) out << line << "\n";
-  return to;
-}
 
 struct Data {
   std::string train, eval;
@@ -37,19 +32,6 @@ const Data& data() {
   return d;
 }
 
-// As tests/cli/train_methods_test.cpp: what a method needs on this model in 15 steps.
-std::string options_for(const std::string& m) {
-  if (m == "bitfit") return " --add_missing_biases true";
-  if (m == "sparse-delta" || m == "diff-pruning") return " --density 0.05";
-  if (m == "fish-mask") return " --density 0.05 --fisher_batches 2";
-  if (m == "child-tuning-d") return " --reserve_p 0.05 --fisher_batches 2";
-  if (m == "lt-sft") return " --density 0.05 --phase1_steps 5";
-  if (m == "compacter" || m == "compacter++") return " --reduction_factor 4";
-  if (m == "composite") return " --components '[{\"peft_type\": \"LORA\", \"r\": 4}, {\"peft_type\": \"IA3\"}]'";
-  if (m == "adalora") return " --init_r 4 --target_r 2 --tinit 2 --tfinal 3";
-  return "";
-}
-
 // Eval losses in metrics.jsonl order; the run's log in *log.
 std::vector<double> train(const std::string& method, const std::string& extra, const std::string& tag, std::string* log,
                           int steps = 15) {
@@ -59,7 +41,7 @@ std::vector<double> train(const std::string& method, const std::string& extra, c
                        std::to_string(steps) +
                        " --learning_rate 5e-3 --per_device_train_batch_size 4 --max_length 128"
                        " --eval_on_start true --save_steps 0 --logging_steps 5 --progress false --seed 3" +
-                       options_for(method) + extra,
+                       short_run_options(method) + extra,
                    log);
   EXPECT_EQ(rc, 0) << *log;
   std::vector<double> evals;

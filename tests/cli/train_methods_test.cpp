@@ -10,35 +10,13 @@
 
 #include "peft/tuner.h"
 #include "test_util.h"
+#include "cli/method_runs.h"
 
 using peft::test::run_cli;
 using peft::test::source_path;
 using peft::test::temp_dir;
-
-namespace {
-
-std::string head_lines(const std::string& from, const std::string& to, int n) {
-  std::ifstream in(from);
-  std::ofstream out(to);
-  std::string line;
-  for (int i = 0; i < n && std::getline(in, line); ++i) out << line << "\n";
-  return to;
-}
-
-// Options a method needs on this model or in 15 steps (everything else: the preset).
-std::string options_for(const std::string& m) {
-  if (m == "bitfit") return " --add_missing_biases true";  // Llama has no biases
-  if (m == "sparse-delta" || m == "diff-pruning") return " --density 0.05";
-  if (m == "fish-mask") return " --density 0.05 --fisher_batches 2";
-  if (m == "child-tuning-d") return " --reserve_p 0.05 --fisher_batches 2";
-  if (m == "lt-sft") return " --density 0.05 --phase1_steps 5";
-  if (m == "compacter" || m == "compacter++") return " --reduction_factor 4";  // phm_dim 4 must divide 64 / rf
-  if (m == "composite") return " --components '[{\"peft_type\": \"LORA\", \"r\": 4}, {\"peft_type\": \"IA3\"}]'";
-  if (m == "adalora") return " --init_r 4 --target_r 2 --tinit 2 --tfinal 3";
-  return "";
-}
-
-}  // namespace
+using peft::test::head_lines;
+using peft::test::short_run_options;
 
 class TrainCliEveryMethod : public ::testing::TestWithParam<std::string> {};
 
@@ -53,7 +31,7 @@ TEST_P(TrainCliEveryMethod, LowersValidationLossOnE2E) {
                        " --method " + m + " --output-dir " + out +
                        " --max_steps 15 --learning_rate 5e-3 --per_device_train_batch_size 4 --max_length 128"
                        " --eval_on_start true --save_steps 0 --logging_steps 5 --progress false --seed 3" +
-                       options_for(m),
+                       short_run_options(m),
                    &log);
   ASSERT_EQ(rc, 0) << log;
   std::ifstream f(out + "/metrics.jsonl");
