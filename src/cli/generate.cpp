@@ -1,5 +1,7 @@
 // `peft generate`: prompt + continuation, greedy (temperature 0) or sampled (temperature,
 // top-k, top-p, seed), stopping at EOS or after --max-new-tokens. Uses the KV cache.
+// With --row_adapters a,__base__,b: a mixed-adapter batch, one row per name (the same --prompt
+// for every row, or one --prompt per row), each row printed as "[name] text".
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -8,28 +10,11 @@
 #include "cli/command.h"
 #include "cli/model_args.h"
 #include "peft/error.h"
+#include "peft/generate.h"
 #include "peft/tokenizer.h"
 
 namespace peft::cli {
 namespace {
-
-int64_t pick(torch::Tensor logits, double temperature, int64_t top_k, double top_p, torch::Generator& gen) {
-  logits = logits.to(torch::kFloat32);
-  if (temperature <= 0) return logits.argmax().item<int64_t>();
-  logits = logits / temperature;
-  if (top_k > 0 && top_k < logits.size(0)) {
-    auto kth = std::get<0>(logits.topk(top_k)).min();
-    logits = logits.masked_fill(logits < kth, -INFINITY);
-  }
-  auto probs = torch::softmax(logits, -1);
-  if (top_p > 0 && top_p < 1) {  // nucleus sampling (Holtzman et al. 2020)
-    auto sorted = probs.sort(-1, /*descending=*/true);
-    auto p = std::get<0>(sorted), idx = std::get<1>(sorted);
-    auto keep = (p.cumsum(0) - p) < top_p;
-    probs = torch::zeros_like(probs).scatter(0, idx, p * keep);
-  }
-  return torch::multinomial(probs, 1, false, gen).item<int64_t>();
-}
 
 int run_generate(Args& a) {
   std::string model_dir = a.get("model");
@@ -46,6 +31,32 @@ int run_generate(Args& a) {
   auto tok = load_tokenizer(a.get("tokenizer", tok_dir));
   lm.model->eval();
   torch::NoGradGuard ng;
+  SamplingOptions so;
+  so.max_new_tokens = max_new;
+  so.temperature = temperature;
+  so.top_k = top_k;
+  so.top_p = top_p;
+  so.eos_token_id = tok->eos_id;
+  if (!lm.row_adapters.empty()) {  // a mixed-adapter batch: one row per adapter name
+    auto prompts = a.get_all("prompt");
+    if (prompts.empty()) prompts.push_back(prompt);
+    const size_t rows = lm.row_adapters.size();
+    PEFT_CHECK(prompts.size() == 1 || prompts.size() == rows, "option --prompt: give one prompt (used for every row) or ",
+               rows, " (one per --row_adapters entry), got ", prompts.size());
+    std::vector<std::vector<int64_t>> ids;
+    for (size_t i = 0; i < rows; ++i) {
+      ids.push_back(tok->encode(prompts.size() == 1 ? prompts[0] : prompts[i], true));
+      PEFT_CHECK(!ids.back().empty(), "prompt ", i, " encodes to no tokens");
+    }
+    auto res = generate_causal(lm.forward, ids, so, gen);
+    for (size_t i = 0; i < rows; ++i) {
+      StreamDecoder dec(*tok, ids[i]);
+      std::string text = prompts.size() == 1 ? prompts[0] : prompts[i];
+      for (auto t : res.tokens[i]) text += dec.push(t);
+      std::cout << "[" << lm.row_adapters[i] << "] " << text << "\n";
+    }
+    return 0;
+  }
   auto ids = tok->encode(prompt, true);
   PEFT_CHECK(!ids.empty(), "the prompt encodes to no tokens");
   std::cout << prompt << std::flush;
@@ -57,7 +68,7 @@ int run_generate(Args& a) {
     mi.input_ids = input;
     mi.cache = &cache;
     auto logits = lm.forward(mi).logits[0][-1];
-    int64_t next = pick(logits, temperature, top_k, top_p, gen);
+    int64_t next = sample_token(logits, so, gen);
     if (next == tok->eos_id) break;
     std::cout << dec.push(next) << std::flush;
     input = torch::tensor({next}, torch::kLong).unsqueeze(0);
