@@ -63,7 +63,6 @@ CmaResult cma_es_minimize(const std::function<double(const std::vector<double>&)
   const auto wt = torch::tensor(w, opt);
   for (int64_t g = 0; res.evaluations < o.budget; ++g) {
     const int64_t k = std::min(lambda, o.budget - res.evaluations);
-    if (k < 2) break;  // too few left for a generation's ranking
     auto X = torch::empty({k, n}, opt), F = torch::empty({k}, opt);
     for (int64_t i = 0; i < k; ++i) {
       std::vector<double> z(n);
@@ -72,6 +71,7 @@ CmaResult cma_es_minimize(const std::function<double(const std::vector<double>&)
       X[i] = clip(m + sigma * y);  // box constraint by clipping (the step used is the clipped one)
       F[i] = eval(X[i]);
     }
+    if (k < 2) break;  // the budget's last evaluation: too few for a generation's update
     const int64_t mk = std::min(mu, k);
     auto order = F.argsort().slice(0, 0, mk);
     auto wk = wt.slice(0, 0, mk) / wt.slice(0, 0, mk).sum();

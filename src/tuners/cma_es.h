@@ -24,7 +24,8 @@ struct CmaResult {
 
 /// Minimises f from x0 with the tutorial's (mu/mu_w, lambda)-CMA-ES (weighted recombination,
 /// cumulative step-size adaptation, rank-one and rank-mu covariance updates). x0 itself is
-/// evaluated first. Deterministic for a seed (std::mt19937_64).
+/// evaluated first; exactly `budget` evaluations (a last partial generation is evaluated without
+/// an update). Deterministic for a seed (std::mt19937_64).
 CmaResult cma_es_minimize(const std::function<double(const std::vector<double>&)>& f, const std::vector<double>& x0,
                           const CmaOptions& opts);
 

@@ -34,7 +34,7 @@ std::string bytes_of(const std::string& path) {
 double eval_loss(const std::string& adapters, const std::string& data) {
   std::string out;
   EXPECT_EQ(run_cli("eval --model " + source_path("assets/stories260K") + adapters + " --data " + data +
-                        " --metrics loss --max_length 64",
+                        " --metrics loss --max_length 128",
                     &out),
             0)
       << out;
@@ -60,7 +60,7 @@ TEST(MadX, StackedTaskAdapterOverSwappableLanguageAdapters) {
   auto task = head_lines(source_path("assets/e2e/train.jsonl"), dir + "/task.jsonl", 200);
   auto task_eval = head_lines(source_path("assets/e2e/validation.jsonl"), dir + "/task_eval.jsonl", 40);
   const std::string common = " --method pfeiffer --max_steps 30 --learning_rate 5e-3 --per_device_train_batch_size 8"
-                             " --max_length 64 --save_steps 0 --logging_steps 10 --progress false --seed 5";
+                             " --max_length 128 --save_steps 0 --logging_steps 10 --progress false --seed 5";
   auto train = [&](const std::string& data, const std::string& out, const std::string& extra) {
     std::string log;
     ASSERT_EQ(run_cli("train --model " + source_path("assets/stories260K") + " --train " + data + " --output-dir " + out +
