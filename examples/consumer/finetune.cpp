@@ -5,13 +5,13 @@
 
 #include <iostream>
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   if (argc != 4) return std::cerr << "usage: finetune MODEL_DIR TRAIN.jsonl OUT_DIR\n", 2;
   auto tok = peft::load_tokenizer(argv[1]);
   peft::DataConfig data;
   data.train_file = argv[2];
   data.eval_fraction = 0.05;  // held out
-  data.tokenize.max_length = 96;
+  data.tokenize.max_length = 192;
   peft::DataSplits splits = peft::load_data(data, *tok);
 
   auto pm = std::make_shared<peft::PeftModel>(peft::load_model(argv[1]));
@@ -32,4 +32,7 @@ int main(int argc, char** argv) {
 
   pm->save_adapter(std::string(argv[3]) + "/adapter");  // Python peft's format
   return after < before ? 0 : 1;
+} catch (const std::exception& e) {  // peft::Error names the file and field
+  std::cerr << "finetune: " << e.what() << "\n";
+  return 1;
 }

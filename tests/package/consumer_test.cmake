@@ -4,8 +4,9 @@
 #      build tree) and builds;
 #   3. its program fine-tunes the bundled stories260K with LoRA: the held-out loss it prints
 #      after training is below the one before, and the adapter files exist.
-# Inputs (-D): PEFT_BUILD_DIR, PEFT_SOURCE_DIR, WORK_DIR, Torch_DIR, CXX, CCACHE (may be NOTFOUND).
-foreach(v PEFT_BUILD_DIR PEFT_SOURCE_DIR WORK_DIR)
+# Inputs (-D): PEFT_BUILD_DIR, PEFT_SOURCE_DIR, WORK_DIR, LIBDIR (CMAKE_INSTALL_LIBDIR), Torch_DIR,
+# CXX, CCACHE (may be NOTFOUND).
+foreach(v PEFT_BUILD_DIR PEFT_SOURCE_DIR WORK_DIR LIBDIR)
   if(NOT DEFINED ${v})
     message(FATAL_ERROR "consumer_test.cmake: -D${v}=... missing")
   endif()
@@ -25,12 +26,11 @@ set(out ${WORK_DIR}/out)
 file(REMOVE_RECURSE ${prefix} ${out})
 
 run("cmake --install" ${CMAKE_COMMAND} --install ${PEFT_BUILD_DIR} --prefix ${prefix})
-include(GNUInstallDirs)
 foreach(f include/peft/trainer.h include/peft/tuner.h include/peft/tokenizer.h
-          ${CMAKE_INSTALL_LIBDIR}/libpeft.so bin/peft
-          ${CMAKE_INSTALL_LIBDIR}/cmake/peft/peftConfig.cmake
-          ${CMAKE_INSTALL_LIBDIR}/cmake/peft/peftConfigVersion.cmake
-          ${CMAKE_INSTALL_LIBDIR}/cmake/peft/peftTargets.cmake)
+          ${LIBDIR}/libpeft.so bin/peft
+          ${LIBDIR}/cmake/peft/peftConfig.cmake
+          ${LIBDIR}/cmake/peft/peftConfigVersion.cmake
+          ${LIBDIR}/cmake/peft/peftTargets.cmake)
   if(NOT EXISTS ${prefix}/${f})
     message(FATAL_ERROR "cmake --install did not install ${f} into ${prefix}")
   endif()
@@ -57,7 +57,7 @@ if(CCACHE AND NOT CCACHE MATCHES "NOTFOUND$")
 endif()
 run("configuring examples/consumer" ${CMAKE_COMMAND} ${cfg})
 file(STRINGS ${build}/CMakeCache.txt peft_dir REGEX "^peft_DIR:")
-if(NOT peft_dir STREQUAL "peft_DIR:PATH=${prefix}/${CMAKE_INSTALL_LIBDIR}/cmake/peft")
+if(NOT peft_dir STREQUAL "peft_DIR:PATH=${prefix}/${LIBDIR}/cmake/peft")
   message(FATAL_ERROR "the consumer found peft elsewhere: ${peft_dir}")
 endif()
 run("building examples/consumer" ${CMAKE_COMMAND} --build ${build})
