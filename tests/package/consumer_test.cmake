@@ -37,11 +37,11 @@ foreach(f include/peft/trainer.h include/peft/tuner.h include/peft/tokenizer.h
 endforeach()
 # Only the public headers: nothing of src/ (internal headers) is installed.
 file(GLOB_RECURSE installed_headers RELATIVE ${prefix}/include ${prefix}/include/*)
-file(GLOB public_headers RELATIVE ${PEFT_SOURCE_DIR}/include ${PEFT_SOURCE_DIR}/include/peft/*.h)
+file(GLOB_RECURSE public_headers RELATIVE ${PEFT_SOURCE_DIR}/include ${PEFT_SOURCE_DIR}/include/peft/*.h)
 list(SORT installed_headers)
 list(SORT public_headers)
 if(NOT installed_headers STREQUAL public_headers)
-  message(FATAL_ERROR "installed headers differ from include/peft/*.h:\n${installed_headers}\nvs\n${public_headers}")
+  message(FATAL_ERROR "installed headers differ from include/peft/**.h:\n${installed_headers}\nvs\n${public_headers}")
 endif()
 
 set(cfg -S ${PEFT_SOURCE_DIR}/examples/consumer -B ${build} -DCMAKE_PREFIX_PATH=${prefix}
