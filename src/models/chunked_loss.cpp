@@ -23,6 +23,7 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& h, const torch::Tensor
   const int64_t N = hs.size(0);
   namespace F = torch::nn::functional;
   torch::Tensor total;
+  torch::ScalarType dtype = torch::kFloat32;
   for (int64_t s = 0; s < N; s += chunk) {
     const int64_t e = std::min(N, s + chunk);
     auto lc = ls.slice(0, s, e);
@@ -34,11 +35,15 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& h, const torch::Tensor
     std::vector<torch::Tensor> in = {hs.slice(0, s, e)};
     in.insert(in.end(), extra.begin(), extra.end());
     auto part = checkpointed(fn, in, params);
+    dtype = part.scalar_type();
+    // Chunk sums accumulate in float64, so their order adds no rounding of its own.
+    part = part.to(torch::kDouble);
     total = total.defined() ? total + part : part;
   }
+  if (!total.defined()) return h.sum() * 0.0 / 0.0;  // no shifted token: NaN, as the empty mean
   // The mean over counted tokens, as cross_entropy's (0 / 0 = NaN when none is counted, as there).
-  auto count = (ls != -100).sum().to(total.scalar_type());
-  return total / count;
+  auto count = (ls != -100).sum().to(torch::kDouble);
+  return (total / count).to(dtype);
 }
 
 }  // namespace peft

@@ -123,7 +123,9 @@ TEST_P(GradientCheckpointing, SameLossAndGradientsAsWithout) {
   if (c.random) {  // the masks matter, so equal gradients above mean equal masks
     Run other = run(*pm, *base, in, true, 8);
     double d = 0;
-    for (auto& [name, g] : other.grads) d = std::max(d, test::max_diff(g, plain.grads[name]));
+    for (auto& [name, g] : other.grads)  // AdapterDrop: another set of adapters may train
+      d = std::max(d, plain.grads.count(name) ? test::max_diff(g, plain.grads.at(name)) : 1.0);
+    if (other.grads.size() != plain.grads.size()) d = 1.0;
     EXPECT_GT(d, 1e-4) << "another seed draws other masks";
   }
   // Eval mode, or no grad: no checkpointing (nothing to recompute).
@@ -202,6 +204,62 @@ TEST(GradientCheckpointingRefusal, GatedPrefix) {
   }
   set_memory_options(*base, {});  // without it the same model trains
   EXPECT_NO_THROW(pm->forward(stories_input()).loss.backward());
+}
+
+}  // namespace
+}  // namespace peft
+
+namespace peft {
+namespace {
+
+// Every registered method on stories260K: with checkpointing, the same loss and gradients as
+// without (1e-6), or a clear refusal naming gradient checkpointing; never a silent difference.
+TEST(GradientCheckpointingEveryMethod, SameGradientsOrClearRefusal) {
+  const std::map<std::string, nlohmann::json> options = {
+      {"compacter", {{"reduction_factor", 4}}},
+      {"compacter++", {{"reduction_factor", 4}}},
+      {"adalora", {{"init_r", 4}, {"target_r", 2}, {"tinit", 2}, {"tfinal", 3}, {"total_step", 10}}},
+      {"bitfit", {{"add_missing_biases", true}}},
+      {"sparse-delta", {{"density", 0.05}}},
+      {"diff-pruning", {{"density", 0.05}}},
+      {"fish-mask", {{"density", 0.05}, {"fisher_batches", 1}}},
+      {"child-tuning-d", {{"reserve_p", 0.05}, {"fisher_batches", 1}}},
+      {"lt-sft", {{"density", 0.05}, {"phase1_steps", 5}}}};
+  int compared = 0;
+  std::string refused, skipped;
+  for (const auto& m : method_names()) {
+    auto base = load("stories260K");
+    auto pm = std::make_shared<PeftModel>(base);
+    torch::manual_seed(5);
+    try {
+      pm->add_adapter("default", method_config(m, options.count(m) ? options.at(m) : nlohmann::json::object()));
+    } catch (const Error&) {
+      skipped += " " + m;  // needs options this model / test does not give: not our subject
+      continue;
+    }
+    test::randomize(*pm, 0.1);
+    auto in = stories_input();
+    if (pm->needs_calibration()) pm->calibrate([&] { return pm->forward(in).loss; });
+    pm->train();
+    Run plain = run(*pm, *base, in, false, 7);
+    Run ck;
+    try {
+      ck = run(*pm, *base, in, true, 7);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("gradient checkpointing"), std::string::npos) << m << ": " << e.what();
+      refused += " " + m;
+      continue;
+    }
+    ++compared;
+    EXPECT_NEAR(ck.loss, plain.loss, 1e-6) << m;
+    EXPECT_EQ(ck.grads.size(), plain.grads.size()) << m;
+    for (auto& [name, g] : plain.grads) {
+      ASSERT_TRUE(ck.grads.count(name)) << m << ": " << name << " has no gradient with checkpointing";
+      EXPECT_LE(test::max_diff(ck.grads[name], g), 1e-6) << m << ": " << name;
+    }
+  }
+  std::cerr << compared << " methods compared; refused:" << refused << "; skipped (options):" << skipped << "\n";
+  EXPECT_GT(compared, 20);
 }
 
 }  // namespace
