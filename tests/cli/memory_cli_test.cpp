@@ -63,7 +63,7 @@ TEST(MemoryCli, NegativeChunkRefused) {
   std::string log;
   int rc = run_cli("train --model " + source_path("assets/stories260K") + " --train " +
                        source_path("assets/e2e/train.jsonl") + " --method lora --output-dir " + temp_dir("memory_cli_neg") +
-                       " --loss_chunk_tokens -1",
+                       " --loss_chunk_tokens=-1",
                    &log);
   EXPECT_NE(rc, 0);
   EXPECT_NE(log.find("loss_chunk_tokens"), std::string::npos) << log;
