@@ -30,6 +30,7 @@
 #include "cli/bench_dist.h"
 #include "cli/bench_multi.h"
 #include "cli/bench_step.h"
+#include "models/checkpoint.h"
 #include "cli/command.h"
 #include "cli/process.h"
 #include "peft/error.h"
@@ -111,6 +112,8 @@ int run_worker(const Args& a) {
   if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads", 1)));
   Rss start = read_rss();
   StepBench b(s, method, warmup + steps, dtype);
+  const MemoryOptions mem{a.get_bool("gradient_checkpointing", false), a.get_int("loss_chunk_tokens", 0)};
+  set_memory_options(b.model(), mem);  // docs/MEMORY.md
   Rss before = read_rss();
   bool reset = reset_peak_rss();
   Rss base = read_rss();  // after a reset VmHWM == VmRSS; otherwise the construction peak stays
@@ -134,6 +137,8 @@ int run_worker(const Args& a) {
                       {"targeted_modules", b.targeted_modules},
                       {"adapter_config", b.adapter_config},
                       {"threads", at::get_num_threads()},
+                      {"gradient_checkpointing", mem.gradient_checkpointing},
+                      {"loss_chunk_tokens", mem.loss_chunk_tokens},
                       {"rss_start_mib", start.rss_kib / 1024.0},
                       {"rss_model_mib", before.rss_kib / 1024.0},
                       {"peak_rss_mib", after.hwm_kib / 1024.0},

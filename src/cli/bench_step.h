@@ -50,6 +50,8 @@ class StepBench {
   /// Called between backward and the optimizer step (the data-parallel gradient sum).
   std::function<void()> before_update;
   const std::vector<torch::Tensor>& trainable_params() const { return params_; }
+  /// The base model (its gradient_checkpointing / loss_chunk_tokens switches).
+  PretrainedModel& model() { return *model_; }
   int64_t trainable = 0, total = 0;
   int64_t targeted_modules = 0;  // modules the adapter wraps (0 for full fine-tuning)
   nlohmann::json adapter_config;  // null for full fine-tuning

@@ -1,5 +1,6 @@
 // `peft train --model DIR --train FILE [--eval FILE] --method NAME --output-dir DIR
-//             [--config RECIPE] [--resume] [--quantize nf4|fp4|int8] [--key value]...`
+//             [--config RECIPE] [--resume] [--quantize nf4|fp4|int8] [--gradient_checkpointing true]
+//             [--loss_chunk_tokens N] [--key value]...`
 // One command from a data file to a trained adapter. Keys: training keys as in Hugging Face's
 // TrainingArguments, method keys as in the peft configs (r, lora_alpha, target_modules, ...),
 // data keys (max_length, format, columns, eval_fraction, pack, bad_rows). The merged recipe is
@@ -27,6 +28,7 @@
 #include "peft/precision.h"
 #include "peft/metrics.h"
 #include "peft/tokenizer.h"
+#include "models/checkpoint.h"
 #include "peft/trainer.h"
 #include "peft/tuner.h"
 
@@ -153,6 +155,11 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   MatmulDtypeGuard matmul_dtype(is_half_dtype(dtype) ? std::optional<torch::ScalarType>(dtype) : std::nullopt);
   // --quantize / load_in_4bit ...: a quantized frozen base (QLoRA; docs/QUANTIZATION.md).
   const auto qcfg = pop_quant_config(r);
+  // Activation memory (docs/MEMORY.md): TrainingArguments' gradient_checkpointing, and the
+  // causal-LM loss over chunks of loss_chunk_tokens tokens (0: off).
+  const bool grad_ckpt = pop(r, "gradient_checkpointing", false);
+  const int64_t loss_chunk = pop<int64_t>(r, "loss_chunk_tokens", 0);
+  PEFT_CHECK(loss_chunk >= 0, "peft train: option loss_chunk_tokens must be >= 0 (0 = off), got ", loss_chunk);
 
   TrainingArguments args = TrainingArguments::from_json(r);
   PEFT_CHECK(!args.output_dir.empty(), "peft train: --output-dir DIR is required");
@@ -186,6 +193,7 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   } else {
     model = load_model(model_dir, lo);
   }
+  set_memory_options(*model, {grad_ckpt, loss_chunk});
   if (lo.task) {  // the head is new: record the labels so the saved config reads back
     nlohmann::json id2label = nlohmann::json::object();
     for (size_t i = 0; i < data.train.label_names.size(); ++i) id2label[std::to_string(i)] = data.train.label_names[i];

@@ -14,6 +14,7 @@
 
 #include <cmath>
 
+#include "models/checkpoint.h"
 #include "models/config_fields.h"
 #include "models/decoder_common.h"
 #include "peft/error.h"
@@ -257,6 +258,7 @@ struct BertCore {
   std::shared_ptr<BertEncoder> encoder;
   std::shared_ptr<BertPooler> pooler;  // null when absent
   const BertConfig* c = nullptr;
+  bool checkpoint = false;  // gradient checkpointing per layer (set by the owner)
 
   void build(Module& owner, const BertConfig& cfg, bool with_pooler) {
     c = &cfg;
@@ -279,9 +281,17 @@ struct BertCore {
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/false, x.scalar_type(), x.device());
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c->n_layers, bias, cache);
     if (hs) hs->push_back(x);
+    PEFT_CHECK(!checkpoint_active(checkpoint, *encoder) || !in.prefix_gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
     for (int64_t i = 0; i < c->n_layers; ++i) {
-      x = encoder->blocks[i]->forward(x, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr,
-                                      gates[i]);
+      torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
+      auto block = encoder->blocks[i];
+      LayerPrefixGate gate = gates[i];
+      x = run_block(checkpoint, *block, [block, kc, vc, gate](const std::vector<torch::Tensor>& t, bool recompute) {
+            torch::Tensor k = t[2], v = t[3];
+            auto y = block->forward(t[0], t[1], kc ? &k : nullptr, vc ? &v : nullptr, gate);
+            if (kc && !recompute) *kc = k, *vc = v;
+            return y;
+          }, {x, bias, kc ? *kc : torch::Tensor(), vc ? *vc : torch::Tensor()});
       if (hs) hs->push_back(x);
     }
     return x;
@@ -336,6 +346,7 @@ class BertPretrained : public PretrainedModel {
 
   ModelOutput forward(const ModelInput& in) override {
     ModelOutput out;
+    core.checkpoint = memory_options(*this).gradient_checkpointing;
     auto h = core.forward(in, in.output_hidden_states ? &out.hidden_states : nullptr);
     if (task_ != TaskType::SeqCls) {
       out.logits = h;

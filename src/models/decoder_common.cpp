@@ -1,4 +1,5 @@
 #include "models/decoder_common.h"
+#include "models/chunked_loss.h"
 #include "peft/model.h"
 
 #include <torch/torch.h>
@@ -32,10 +33,25 @@ torch::Tensor seq_cls_loss(const torch::Tensor& logits, const torch::Tensor& lab
 }
 
 void decoder_head_output(ModelOutput& out, const torch::Tensor& h, const ModelInput& in, TaskType task,
-                         const LayerPtr& score, const LayerPtr& lm_head, const torch::Tensor& tied_embedding) {
+                         const LayerPtr& score, const LayerPtr& lm_head, const torch::Tensor& tied_embedding,
+                         int64_t loss_chunk) {
   if (task == TaskType::SeqCls) {
     out.logits = score->forward(last_token_pool(h, in.attention_mask));
     if (in.labels.defined()) out.loss = seq_cls_loss(out.logits, in.labels);
+    return;
+  }
+  if (loss_chunk > 0 && in.labels.defined()) {
+    std::vector<torch::Tensor> params;
+    if (lm_head)
+      for (auto& p : lm_head->parameters())
+        if (p.requires_grad()) params.push_back(p);
+    LayerPtr head = lm_head;
+    out.loss = chunked_causal_lm_loss(
+        h, in.labels, loss_chunk,
+        [head](const torch::Tensor& x, const std::vector<torch::Tensor>& e) {
+          return head ? head->forward(x) : tied_head_logits(x, e[0]);
+        },
+        lm_head ? std::vector<torch::Tensor>() : std::vector<torch::Tensor>{tied_embedding}, params);
     return;
   }
   out.logits = lm_head ? lm_head->forward(h) : tied_head_logits(h, tied_embedding);

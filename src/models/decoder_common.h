@@ -18,8 +18,11 @@ torch::Tensor seq_cls_loss(const torch::Tensor& logits, const torch::Tensor& lab
 
 /// Fills out.logits (and out.loss when in.labels is set) from the final hidden states h: for
 /// SeqCls, `score` on the last attended token; otherwise `lm_head`, or h E^T with the tied
-/// embedding matrix E when lm_head is unset, and the shifted causal-LM loss.
+/// embedding matrix E when lm_head is unset, and the shifted causal-LM loss. loss_chunk > 0
+/// (training, labels given): only the loss, over chunks of that many tokens (models/chunked_loss.h);
+/// out.logits stays undefined.
 void decoder_head_output(ModelOutput& out, const torch::Tensor& h, const ModelInput& in, TaskType task,
-                         const LayerPtr& score, const LayerPtr& lm_head, const torch::Tensor& tied_embedding);
+                         const LayerPtr& score, const LayerPtr& lm_head, const torch::Tensor& tied_embedding,
+                         int64_t loss_chunk = 0);
 
 }  // namespace peft

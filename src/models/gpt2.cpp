@@ -7,6 +7,7 @@
 
 #include <cmath>
 
+#include "models/checkpoint.h"
 #include "models/config_fields.h"
 #include "models/decoder_common.h"
 #include "peft/error.h"
@@ -133,6 +134,7 @@ class GPT2Model : public Module {
   LayerPtr ln_f;
   std::vector<std::shared_ptr<GPT2Block>> blocks;
   const GPT2Config& c;
+  bool checkpoint = false;  // gradient checkpointing per block (set by the owner)
   explicit GPT2Model(const GPT2Config& cfg) : c(cfg) {
     wte = register_module("wte", torch::nn::Embedding(c.vocab, c.hidden));
     wpe = register_module("wpe", torch::nn::Embedding(c.max_pos, c.hidden));
@@ -175,9 +177,18 @@ class GPT2Model : public Module {
     if (in.token_type_ids.defined()) x = x + to_activation(wte->forward(in.token_type_ids.to(dev)));  // as GPT2Model
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
+    PEFT_CHECK(!checkpoint_active(checkpoint, *this) || !in.prefix_gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
-      x = blocks[i]->forward(x, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr, gates[i]);
+      torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
+      auto block = blocks[i];
+      LayerPrefixGate gate = gates[i];
+      x = run_block(checkpoint, *block, [block, kc, vc, gate](const std::vector<torch::Tensor>& t, bool recompute) {
+            torch::Tensor k = t[2], v = t[3];
+            auto y = block->forward(t[0], t[1], kc ? &k : nullptr, vc ? &v : nullptr, gate);
+            if (kc && !recompute) *kc = k, *vc = v;
+            return y;
+          }, {x, bias, kc ? *kc : torch::Tensor(), vc ? *vc : torch::Tensor()});
     }
     x = ln_f->forward(x);
     if (hs) hs->push_back(x);
@@ -206,8 +217,11 @@ class GPT2LMHeadModel : public PretrainedModel {
 
   ModelOutput forward(const ModelInput& in) override {
     ModelOutput out;
+    const MemoryOptions mem = memory_options(*this);
+    transformer->checkpoint = mem.gradient_checkpointing;
     auto h = transformer->forward(in, in.output_hidden_states ? &out.hidden_states : nullptr);
-    decoder_head_output(out, h, in, task_, score, lm_head, transformer->wte->weight);
+    decoder_head_output(out, h, in, task_, score, lm_head, transformer->wte->weight,
+                        checkpoint_active(mem.loss_chunk_tokens > 0, *this) ? mem.loss_chunk_tokens : 0);
     return out;
   }
   torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(transformer->wte->forward(ids)); }

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <limits>
 
+#include "models/checkpoint.h"
 #include "models/config_fields.h"
 #include "models/decoder_common.h"
 #include "peft/error.h"
@@ -223,6 +224,7 @@ class LlamaModel : public Module {
   LayerPtr norm;
   std::vector<std::shared_ptr<LlamaDecoderLayer>> blocks;
   const LlamaConfig& c;
+  bool checkpoint = false;  // gradient checkpointing per decoder layer (set by the owner)
   explicit LlamaModel(const LlamaConfig& cfg) : c(cfg) {
     embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab, c.hidden));
     layers = register_module("layers", torch::nn::ModuleList());
@@ -255,10 +257,20 @@ class LlamaModel : public Module {
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
     bias = apply_sliding_window(bias, c.sliding_window);
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
+    PEFT_CHECK(!checkpoint_active(checkpoint, *this) || !in.prefix_gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
-      x = blocks[i]->forward(x, cos, sin, bias, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr,
-                             gates[i]);
+      torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
+      auto block = blocks[i];
+      LayerPrefixGate gate = gates[i];
+      // The layer's tensors go through run_block's inputs (docs/MEMORY.md); the cache is written
+      // only in the first forward, never in a recompute.
+      x = run_block(checkpoint, *block, [block, kc, vc, gate](const std::vector<torch::Tensor>& t, bool recompute) {
+            torch::Tensor k = t[4], v = t[5];
+            auto y = block->forward(t[0], t[1], t[2], t[3], kc ? &k : nullptr, vc ? &v : nullptr, gate);
+            if (kc && !recompute) *kc = k, *vc = v;
+            return y;
+          }, {x, cos, sin, bias, kc ? *kc : torch::Tensor(), vc ? *vc : torch::Tensor()});
     }
     x = norm->forward(x);
     if (hs) hs->push_back(x);
@@ -285,8 +297,11 @@ class LlamaForCausalLM : public PretrainedModel {
 
   ModelOutput forward(const ModelInput& in) override {
     ModelOutput out;
+    const MemoryOptions mem = memory_options(*this);
+    model->checkpoint = mem.gradient_checkpointing;
     auto h = model->forward(in, in.output_hidden_states ? &out.hidden_states : nullptr);
-    decoder_head_output(out, h, in, task_, score, lm_head, model->embed_tokens->weight);
+    decoder_head_output(out, h, in, task_, score, lm_head, model->embed_tokens->weight,
+                        checkpoint_active(mem.loss_chunk_tokens > 0, *this) ? mem.loss_chunk_tokens : 0);
     return out;
   }
   torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(model->embed_tokens->forward(ids)); }

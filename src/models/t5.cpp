@@ -12,6 +12,7 @@
 
 #include <cmath>
 
+#include "models/checkpoint.h"
 #include "models/config_fields.h"
 #include "peft/error.h"
 #include "peft/model.h"
@@ -236,6 +237,7 @@ class T5Stack : public Module {
   torch::nn::Embedding embed_tokens;  // the shared embedding (not registered here)
   const T5Config& c;
   bool decoder;
+  bool checkpoint = false;  // gradient checkpointing per block (set by the owner)
   T5Stack(const T5Config& cfg, bool is_decoder, torch::nn::Embedding shared)
       : embed_tokens(std::move(shared)), c(cfg), decoder(is_decoder) {
     block = register_module("block", torch::nn::ModuleList());
@@ -294,18 +296,34 @@ class T5Stack : public Module {
       cross_bias = attention_bias(with_ones(enc_mask, Pc), B, T, Pc + enc.size(1), /*causal=*/false, dt, dev);
     }
     auto at = [](const std::vector<torch::Tensor>& v, int64_t i) { return v.empty() ? torch::Tensor() : v[i]; };
+    PEFT_CHECK(!checkpoint_active(checkpoint, *this) || !gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
     for (int64_t i = 0; i < n; ++i) {
       if (hs) hs->push_back(x);
-      auto& b = *blocks[i];
-      x = b.self_attn->forward(x, torch::Tensor(), self_bias, cache ? &cache->k[i] : nullptr,
-                               cache ? &cache->v[i] : nullptr, at(pk, i), at(pv, i),
-                               gate_of(decoder ? PrefixGate::kSelf : PrefixGate::kEncoder, i, P,
-                                       cache ? &cache->gate_scores : nullptr));
-      if (decoder)
-        x = b.cross_attn->forward(x, enc, cross_bias, cache ? &cache->cross_k[i] : nullptr,
-                                  cache ? &cache->cross_v[i] : nullptr, at(ck, i), at(cv, i),
-                                  gate_of(PrefixGate::kCross, i, Pc, cache ? &cache->cross_gate_scores : nullptr));
-      x = b.ff->forward(x);
+      auto block = blocks[i];
+      const bool dec = decoder;
+      torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
+      torch::Tensor *xkc = cache && dec ? &cache->cross_k[i] : nullptr, *xvc = cache && dec ? &cache->cross_v[i] : nullptr;
+      auto self_gate = gate_of(dec ? PrefixGate::kSelf : PrefixGate::kEncoder, i, P, cache ? &cache->gate_scores : nullptr);
+      auto cross_gate = dec ? gate_of(PrefixGate::kCross, i, Pc, cache ? &cache->cross_gate_scores : nullptr) : LayerPrefixGate();
+      auto opt = [](torch::Tensor* p) { return p ? *p : torch::Tensor(); };
+      // Inputs: x, self bias, encoder states, cross bias, self/cross prefixes, self/cross caches.
+      x = run_block(checkpoint, *block,
+                    [block, dec, kc, vc, xkc, xvc, self_gate, cross_gate](const std::vector<torch::Tensor>& t, bool recompute) {
+                      torch::Tensor k = t[8], v = t[9], xk = t[10], xv = t[11];
+                      auto y = block->self_attn->forward(t[0], torch::Tensor(), t[1], kc ? &k : nullptr, vc ? &v : nullptr,
+                                                         t[4], t[5], self_gate);
+                      if (dec)
+                        y = block->cross_attn->forward(y, t[2], t[3], xkc ? &xk : nullptr, xvc ? &xv : nullptr, t[6], t[7],
+                                                       cross_gate);
+                      y = block->ff->forward(y);
+                      if (!recompute) {
+                        if (kc) *kc = k, *vc = v;
+                        if (xkc) *xkc = xk, *xvc = xv;
+                      }
+                      return y;
+                    },
+                    {x, self_bias, enc, cross_bias, at(pk, i), at(pv, i), at(ck, i), at(cv, i), opt(kc), opt(vc), opt(xkc),
+                     opt(xvc)});
     }
     x = final_layer_norm->forward(x);
     if (hs) hs->push_back(x);
@@ -336,6 +354,7 @@ class T5ForConditionalGeneration : public PretrainedModel {
 
   ModelOutput forward(const ModelInput& in) override {
     ModelOutput out;
+    encoder->checkpoint = decoder->checkpoint = memory_options(*this).gradient_checkpointing;
     torch::Tensor enc = in.encoder_hidden_states;
     if (!enc.defined()) {
       PEFT_CHECK(in.input_ids.defined() || in.inputs_embeds.defined(), "T5 forward: input_ids or inputs_embeds required");
