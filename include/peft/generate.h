@@ -50,4 +50,30 @@ GenerateResult beam_search_seq2seq(PretrainedModel& model, const torch::Tensor& 
                                    const torch::Tensor& attention_mask, const GenerateOptions& opts,
                                    const ForwardFn& forward = {});
 
+/// Decoding options of decoder-only generation (generate_causal).
+struct SamplingOptions {
+  int64_t max_new_tokens = 20;
+  double temperature = 0;  // <= 0: greedy (argmax)
+  int64_t top_k = 0;       // 0: off
+  double top_p = 1.0;      // nucleus sampling (Holtzman et al. 2020); 1: off
+  int64_t eos_token_id = -1;  // -1: never stops early
+};
+
+/// The next token from one row's logits [V]: argmax at temperature <= 0, else a draw from the
+/// softmax of logits / temperature restricted to the top_k and the top_p nucleus.
+int64_t sample_token(torch::Tensor logits, const SamplingOptions& o, torch::Generator& gen);
+
+struct CausalGeneration {
+  std::vector<std::vector<int64_t>> tokens;  // per row: the generated ids, without the prompt (EOS excluded)
+  torch::Tensor scores;                       // [steps, B, V] float32 logits of each step
+};
+
+/// Decoder-only generation of a batch of prompts with the KV cache, as transformers' generate():
+/// prompts of different lengths are left-padded (attention_mask 0, position_ids = running count
+/// of real tokens); a row stops at EOS, the rest continue. `forward` is the model's, a
+/// PeftModel's, or a mixed-adapter forward (PeftModel::forward(in, row_adapters)). Rows draw from
+/// `gen` in row order at each step.
+CausalGeneration generate_causal(const ForwardFn& forward, const std::vector<std::vector<int64_t>>& prompts,
+                                 const SamplingOptions& opts, torch::Generator& gen);
+
 }  // namespace peft

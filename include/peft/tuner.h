@@ -112,6 +112,14 @@ struct MethodCard {
 std::vector<MethodCard> method_cards();
 const MethodCard* method_card(const std::string& name);
 
+/// The rows of a mixed-adapter batch (PeftModel::forward with row_adapters; peft's
+/// adapter_names=): for each adapter named, the batch rows that use it. Rows named "__base__"
+/// appear in no group and see the plain model.
+struct RowGroups {
+  int64_t batch = 0;
+  std::vector<std::pair<std::string, torch::Tensor>> rows;  // adapter -> row indices [n] int64
+};
+
 /// Base of every slot wrapper (peft's BaseTunerLayer). Holds the wrapped `base_layer` (a slot,
 /// so wrappers stack) and per-adapter parameters registered under peft's names:
 /// add_param(a, "lora_A.weight", t) registers `lora_A.<a>.weight`; add_param(a, "ia3_l", t)
@@ -160,8 +168,17 @@ class TunerLayer : public Layer {
     auto it = user_scale.find(a);
     return it == user_scale.end() ? 1.0 : it->second;
   }
-  /// Adapters that should act in this forward: active, not merged, not disabled.
+  /// Adapters that should act in this forward: active, not merged, not disabled; none during a
+  /// mixed-adapter forward (row_groups set), where each adapter acts on its own rows only.
   std::vector<std::string> live_adapters() const;
+
+  /// Set by PeftModel for the duration of one mixed-adapter forward; null otherwise.
+  std::shared_ptr<const RowGroups> row_groups;
+  /// Whether this layer can compute adapter `a` on its own rows of a batch. PeftModel refuses a
+  /// mixed-adapter batch that names an adapter some layer cannot compute that way.
+  virtual bool supports_row_adapters(const std::string& a) const { return false; }
+  /// Removes adapter `a`'s tensors and state (PeftModel::delete_adapter).
+  virtual void remove_adapter(const std::string& a);
 
   /// The dense update ΔW [out, in] of adapter `a` (scales applied) for methods that have one;
   /// undefined otherwise. The default merge()/unmerge() add/subtract it to the base weight.
@@ -185,6 +202,18 @@ class TunerLayer : public Layer {
 
  protected:
   std::set<std::string> adapters_;
+  using Term = std::function<torch::Tensor(const std::string& adapter, const torch::Tensor& x)>;
+  /// base(x) + Σ_a term(a, x) for additive methods (LoRA, VeRA, LoHa, ...): over the live
+  /// adapters, or in a mixed-adapter batch over each adapter's own rows: gather the rows, one
+  /// product per adapter, add back at those rows (the grouped form of S-LoRA / Punica).
+  torch::Tensor additive_forward(const torch::Tensor& x, const Term& term);
+  /// Mixed-adapter batches for multiplicative methods (IA3): [B, 1, ..., n] factors shaped like
+  /// `x` ([B, ..., n]), value(a) at the rows of each adapter (undefined: 1), ones elsewhere;
+  /// undefined when no group has a value.
+  torch::Tensor row_factors(const torch::Tensor& x, const std::function<torch::Tensor(const std::string&)>& value) const;
+  /// The row indices of adapter `a` in the current mixed batch (undefined when it has none),
+  /// after checking that `x` has the batch's row count.
+  torch::Tensor rows_of(const std::string& a, const torch::Tensor& x) const;
 
  private:
   struct Entry {
@@ -207,6 +236,8 @@ class InputAdapter : public torch::nn::Module {
   virtual std::string method() const = 0;
   /// False for holders of shared tensors that leave the input alone (VeRA's projections).
   virtual bool changes_input() const { return true; }
+  /// Whether rows of a mixed-adapter batch can use this adapter while other rows do not.
+  virtual bool supports_row_adapters() const { return !changes_input(); }
   /// Prefix of the saved keys inside a composite ("components.2"), empty otherwise.
   std::string key_namespace;
 };
@@ -245,6 +276,9 @@ class PeftModel : public Module {
   void set_adapter(const std::vector<std::string>& names);
   void set_adapter(const std::string& name) { set_adapter(std::vector<std::string>{name}); }
   void set_scale(const std::string& name, double scale);
+  /// Keeps an active adapter frozen: it acts in forward but does not train (AdapterHub's Stack
+  /// for MAD-X: a task adapter trains on top of a fixed language adapter).
+  void set_frozen(const std::string& name, bool frozen = true);
   void disable_adapters(bool disabled = true);
   const std::vector<std::string>& active_adapters() const { return active_; }
 
@@ -256,6 +290,17 @@ class PeftModel : public Module {
   ModelPtr merge_and_unload();
 
   ModelOutput forward(const ModelInput& in);
+  /// Mixed-adapter batch (peft's `adapter_names=`): row i of the batch uses adapter
+  /// row_adapters[i] alone, "__base__" the plain model; one forward for the whole batch. The
+  /// adapters must be loaded (not necessarily active) and unmerged; works with in.cache,
+  /// attention_mask and position_ids. Errors name an unknown adapter, a row count that does not
+  /// match, or a method that cannot act per row (nothing is changed then). Empty: forward(in).
+  ModelOutput forward(const ModelInput& in, const std::vector<std::string>& row_adapters);
+  /// The name a mixed-adapter batch uses for rows without adapter (peft's "__base__").
+  static constexpr const char* kBaseRow = "__base__";
+  /// Removes adapter `name` (its tensors, wrappers left without adapters are unwrapped). Errors
+  /// when it is merged.
+  void delete_adapter(const std::string& name);
   /// Parameters that train: the active adapters' (and their modules_to_save copies).
   std::vector<torch::Tensor> trainable_parameters() const;
   /// Named trainable parameters (full names, e.g. base_model.model....lora_A.default.weight).
@@ -301,6 +346,7 @@ class PeftModel : public Module {
   std::map<std::string, AdapterEntry> adapters_;
   std::vector<std::string> order_;   // insertion order
   std::vector<std::string> active_;
+  std::set<std::string> frozen_;
   bool disabled_ = false;
 };
 using PeftModelPtr = std::shared_ptr<PeftModel>;

@@ -8,6 +8,7 @@
 //   peft bench --small --out r.json     # tiny model, one repeat: seconds
 //   peft bench --dtype bfloat16         # full and LoRA on a float32 and a bfloat16 base, side by side
 //   peft bench --suites dist --medium   # LoRA step data-parallel: 2 ranks x 1 thread vs 1 (c10d Gloo)
+//   peft bench --suites multi --medium  # 8 LoRA adapters in one mixed batch vs one merged adapter
 //
 // Every measurement runs in a fresh child process (`peft bench --worker METHOD ...`), so peak
 // RSS (VmHWM, reset after the model is built) belongs to one configuration only. Rounds are
@@ -27,6 +28,7 @@
 #include <thread>
 
 #include "cli/bench_dist.h"
+#include "cli/bench_multi.h"
 #include "cli/bench_step.h"
 #include "cli/command.h"
 #include "cli/process.h"
@@ -452,7 +454,7 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
 int run_bench(Args& a) {
   a.reject_unknown({"worker", "dist_worker", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
-                    "python_script", "out", "quiet", "dtype"});
+                    "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens"});
   if (a.has("worker")) return run_worker(a);
   if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);
@@ -468,10 +470,10 @@ int run_bench(Args& a) {
   std::vector<std::string> suites = split_commas(a.get("suites", "methods"));
   if (a.get_bool("threads_table", false)) suites.push_back("threads");
   if (a.get_bool("compare_python", false)) suites.push_back("python");
-  if (std::find(suites.begin(), suites.end(), "all") != suites.end()) suites = {"methods", "threads", "python", "dist"};
+  if (std::find(suites.begin(), suites.end(), "all") != suites.end()) suites = {"methods", "threads", "python", "dist", "multi"};
   for (auto& s : suites)
-    PEFT_CHECK(s == "methods" || s == "threads" || s == "python" || s == "dist", "bench: unknown suite '", s,
-               "' (methods, threads, python, dist, all)");
+    PEFT_CHECK(s == "methods" || s == "threads" || s == "python" || s == "dist" || s == "multi", "bench: unknown suite '",
+               s, "' (methods, threads, python, dist, multi, all)");
   auto has_suite = [&](const char* s) { return std::find(suites.begin(), suites.end(), s) != suites.end(); };
 
   std::vector<std::string> methods;
@@ -543,6 +545,10 @@ int run_bench(Args& a) {
   if (has_suite("threads")) emit([&](std::ostream& o) { return threads_suite(d, o); }, "threads");
   if (has_suite("python")) emit([&](std::ostream& o) { return python_suite(d, a, o); }, "python");
   if (has_suite("dist")) emit([&](std::ostream& o) { return dist_suite(d, o); }, "dist");
+  if (has_suite("multi"))
+    emit([&](std::ostream& o) {
+      return multi_suite(d.shape, a.get_int("adapters", 8), a.get_int("decode_tokens", 16), d.repeats, o);
+    }, "multi");
   report["loadavg_end"] = read_first_line("/proc/loadavg");
   std::cout << "\n# loadavg at end: " << report["loadavg_end"].get<std::string>() << "\n";
   if (a.has("out")) {

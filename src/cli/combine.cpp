@@ -3,14 +3,22 @@
 //  [--svd_full_matrices true|false] [--svd_driver D] [--dare_rescale] [--seed S] --out DIR`:
 // peft's add_weighted_adapter on LoRA adapters loaded over one base (include/peft/combine.h);
 // writes the combined adapter as a normal adapter folder (Python peft loads it).
+// `peft combine --search lorahub --examples FILE [--budget 40] [--l1 0.05] [--bound 1.5] [--seed S]
+//  --model DIR --adapter a=DIR ... --out DIR`: LoRAHub's weight search on a few examples
+// (include/peft/lorahub.h); writes the composed adapter and OUT/lorahub.json (weights, loss).
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <iostream>
 #include <set>
 #include <sstream>
 
 #include "cli/command.h"
 #include "peft/combine.h"
+#include "peft/data.h"
+#include "peft/lorahub.h"
+#include "peft/tokenizer.h"
+#include "peft/trainer.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/model.h"
@@ -50,11 +58,73 @@ std::string base_name(std::string p) {
   return pos == std::string::npos ? p : p.substr(pos + 1);
 }
 
+/// LoRAHub: the composition's loss on the examples (evaluate_dataset's eval_loss), searched.
+int run_lorahub(Args& a, PeftModel& pm, const std::vector<std::string>& names, const std::string& name,
+                const std::string& out) {
+  PEFT_CHECK(a.has("examples"), "peft combine --search lorahub: give the few examples of the new task as --examples FILE");
+  LoraHubOptions o;
+  o.budget = a.get_int("budget", o.budget);
+  o.l1 = a.get_double("l1", o.l1);
+  o.bound = a.get_double("bound", o.bound);
+  const int64_t seed = a.get_int("seed", 0);
+  PEFT_CHECK(seed >= 0, "option --seed: must be >= 0, got ", seed);
+  o.seed = static_cast<uint64_t>(seed);
+  PEFT_CHECK(o.budget >= 1, "option --budget: must be >= 1, got ", o.budget);
+  PEFT_CHECK(o.l1 >= 0, "option --l1: must be >= 0, got ", o.l1);
+  PEFT_CHECK(o.bound > 0, "option --bound: must be > 0, got ", o.bound);
+  auto tok = load_tokenizer(a.get("tokenizer", a.get("model")));
+  DataConfig dc;
+  dc.train_file = a.get("examples");
+  dc.tokenize.max_length = a.get_int("max_length", 256);
+  auto data = load_data(dc, *tok);
+  const int64_t bs = a.get_int("batch_size", 8);
+  auto forward = [&pm](const ModelInput& in) { return pm.forward(in); };
+  auto loss = [&] { return evaluate_dataset(forward, data.train, bs)["eval_loss"].get<double>(); };
+  std::cerr << "LoRAHub: " << names.size() << " adapters, " << data.train.size() << " examples, budget " << o.budget
+            << " evaluations\n";
+  auto res = lorahub_search(pm, names, name, loss, o);
+  pm.save_adapter(out, name);
+  nlohmann::json w = nlohmann::json::object();
+  for (size_t i = 0; i < names.size(); ++i) w[names[i]] = res.weights[i];
+  nlohmann::json report = {{"weights", w},           {"loss", res.loss},         {"objective", res.objective},
+                           {"l1", o.l1},             {"bound", o.bound},         {"budget", o.budget},
+                           {"seed", o.seed},         {"evaluations", res.evaluations},
+                           {"best_objective", res.best_objective}, {"examples", dc.train_file}};
+  write_json(join_path(out, "lorahub.json"), report);
+  std::cout << "LoRAHub weights " << w.dump() << ", loss " << res.loss << " (objective " << res.objective << ", "
+            << res.evaluations << " evaluations) -> " << out << "\n";
+  return 0;
+}
+
 int run_combine(Args& a) {
   const std::string out = a.get("out");
   auto specs = a.get_all("adapter");
   PEFT_CHECK(!specs.empty(), "peft combine: give the adapters as --adapter NAME=DIR (repeatable)");
-  PEFT_CHECK(a.has("weights"), "peft combine: give --weights w1,w2,... (one per --adapter)");
+  const std::string search = a.get("search", "");
+  PEFT_CHECK(search.empty() || search == "lorahub", "option --search: unknown search '", search, "' (known: lorahub)");
+  if (!search.empty()) {
+    PEFT_CHECK(!a.has("weights") && !a.has("combination"), "peft combine --search lorahub finds the weights itself: ",
+               "drop --weights / --combination");
+    a.reject_unknown({"model", "adapter", "search", "examples", "budget", "l1", "bound", "seed", "name", "tokenizer",
+                      "max_length", "batch_size", "out"});
+  }
+  PEFT_CHECK(!search.empty() || a.has("weights"), "peft combine: give --weights w1,w2,... (one per --adapter)");
+  if (!search.empty()) {
+    const std::string name = a.get("name", "lorahub");
+    auto model = load_model(a.get("model"));
+    model->eval();
+    auto pm = std::make_shared<PeftModel>(model);
+    std::vector<std::string> names;
+    for (size_t i = 0; i < specs.size(); ++i) {
+      auto eq = specs[i].find('=');
+      names.push_back(eq == std::string::npos ? "adapter" + std::to_string(i) : specs[i].substr(0, eq));
+      PEFT_CHECK(std::count(names.begin(), names.end(), names.back()) == 1 && names.back() != name,
+                 "option --adapter: name '", names.back(), "' given twice or equal to the output name");
+      pm->load_adapter(eq == std::string::npos ? specs[i] : specs[i].substr(eq + 1), names.back());
+    }
+    pm->eval();
+    return run_lorahub(a, *pm, names, name, out);
+  }
   auto weights = parse_weights(a.get("weights"));
   PEFT_CHECK(weights.size() == specs.size(), "option --weights: ", weights.size(), " weights for ", specs.size(),
              " adapters (give one per --adapter)");

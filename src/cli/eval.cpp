@@ -92,13 +92,29 @@ int run_eval(Args& a) {
     dc.format = fmt;
     dc.tokenize.max_length = max_length;
     auto data = load_data(dc, *tok);
-    auto ev = evaluate_dataset(lm.forward, data.train, a.get_int("batch_size", 8));
-    for (auto& kv : ev.items()) {
-      std::string name = kv.key().substr(5);  // drop "eval_"
-      if (metrics.count(name)) result[name] = kv.value();
+    auto keep = [&](const nlohmann::json& ev) {
+      nlohmann::json r = nlohmann::json::object();
+      for (auto& kv : ev.items()) {
+        std::string name = kv.key().substr(5);  // drop "eval_"
+        if (metrics.count(name)) r[name] = kv.value();
+      }
+      return r;
+    };
+    if (lm.row_adapters.empty()) {
+      result.update(keep(evaluate_dataset(lm.forward, data.train, a.get_int("batch_size", 8))));
+    } else {  // --row_adapters: every batch scored under each named adapter (or the base)
+      auto pm = lm.peft;
+      for (auto& name : lm.row_adapters) {
+        auto fwd = [pm, name](const ModelInput& in) {
+          return pm->forward(in, std::vector<std::string>(in.input_ids.size(0), name));
+        };
+        result["by_adapter"][name] = keep(evaluate_dataset(fwd, data.train, a.get_int("batch_size", 8)));
+      }
     }
   }
   if (want_gen) {
+    PEFT_CHECK(lm.row_adapters.empty(), "option --row_adapters: eval scores loss-type metrics per adapter; for ",
+               "generation metrics evaluate one adapter at a time (--adapter DIR)");
     auto rows = read_records(data_file, fmt);
     const bool enc_dec = lm.model->is_encoder_decoder();
     GenerateOptions gopt;

@@ -2,8 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <iostream>
 
+#include "cli/process.h"
 #include "cli/quant_args.h"
 #include "models/quant_linear.h"
 #include "peft/error.h"
@@ -29,6 +31,14 @@ std::pair<std::string, double> parse_adapter_arg(const std::string& arg) {
     if (end && *end == '\0') return {arg.substr(0, pos), v};
   }
   return {arg, 1.0};
+}
+
+std::pair<std::string, std::string> split_adapter_name(const std::string& arg) {
+  auto eq = arg.find('=');
+  if (eq == std::string::npos || eq == 0) return {"", arg};
+  std::string name = arg.substr(0, eq);
+  if (name.find_first_of("/\\.:") != std::string::npos) return {"", arg};
+  return {name, arg.substr(eq + 1)};
 }
 
 // A SEQ_CLS adapter trained by `peft train` on a bare encoder / causal-LM checkpoint carries the
@@ -65,7 +75,7 @@ LoadedModel load_model_from_args(Args& a) {
         arch = cfg["architectures"][0].get<std::string>();
     }
     if (arch.find("ForSequenceClassification") == std::string::npos)
-      classifier_from_adapter(parse_adapter_arg(adapters[0]).first, &opts);
+      classifier_from_adapter(parse_adapter_arg(split_adapter_name(adapters[0]).second).first, &opts);
   }
   if (auto qc = quant_config_from_args(a)) {  // --quantize: a quantized frozen base (docs/QUANTIZATION.md)
     QuantizeReport rep;
@@ -73,6 +83,12 @@ LoadedModel load_model_from_args(Args& a) {
     std::cerr << rep.to_string() << "\n";
   } else {
     lm.model = load_model(a.get("model"), opts);
+  }
+  if (a.has("row_adapters")) {
+    lm.row_adapters = split_commas(a.get("row_adapters"));
+    PEFT_CHECK(!lm.row_adapters.empty(), "option --row_adapters: give one adapter name (or ", PeftModel::kBaseRow,
+               ") per batch row, comma-separated");
+    PEFT_CHECK(!adapters.empty(), "option --row_adapters needs adapters: --adapter NAME=DIR (repeatable)");
   }
   if (adapters.empty()) {
     auto m = lm.model;
@@ -83,8 +99,12 @@ LoadedModel load_model_from_args(Args& a) {
   std::vector<std::string> names;
   std::vector<double> scales;
   for (size_t i = 0; i < adapters.size(); ++i) {
-    auto [dir, scale] = parse_adapter_arg(adapters[i]);
-    std::string name = "adapter" + std::to_string(i);
+    auto [given, rest] = split_adapter_name(adapters[i]);
+    auto [dir, scale] = parse_adapter_arg(rest);
+    std::string name = given.empty() ? "adapter" + std::to_string(i) : given;
+    PEFT_CHECK(name != PeftModel::kBaseRow, "option --adapter: the name ", name, " is reserved for rows without adapter");
+    PEFT_CHECK(std::find(names.begin(), names.end(), name) == names.end(), "option --adapter: the name '", name,
+               "' is given twice");
     lm.peft->load_adapter(dir, name);
     names.push_back(name);
     scales.push_back(scale);
@@ -93,6 +113,15 @@ LoadedModel load_model_from_args(Args& a) {
   lm.peft->set_adapter(names);  // all of them act together (each with its scale)
   for (size_t i = 0; i < names.size(); ++i) lm.peft->set_scale(names[i], scales[i]);
   auto pm = lm.peft;
+  if (!lm.row_adapters.empty()) {
+    auto rows = lm.row_adapters;
+    for (auto& r : rows)
+      PEFT_CHECK(r == PeftModel::kBaseRow || std::find(names.begin(), names.end(), r) != names.end(),
+                 "option --row_adapters: '", r, "' is not an adapter name (given: ", a.get("row_adapters"),
+                 "; name adapters with --adapter NAME=DIR, rows without adapter with ", PeftModel::kBaseRow, ")");
+    lm.forward = [pm, rows](const ModelInput& in) { return pm->forward(in, rows); };
+    return lm;
+  }
   lm.forward = [pm](const ModelInput& in) { return pm->forward(in); };
   return lm;
 }

@@ -15,6 +15,7 @@
 
 #include "cli/command.h"
 #include "cli/model_args.h"
+#include "cli/process.h"
 #include "cli/quant_args.h"
 #include "cli/recipe.h"
 #include "cli/seq2seq_gen.h"
@@ -205,6 +206,7 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   const int64_t gen_examples = pop<int64_t>(r, "generation_max_examples", 0);
   PEFT_CHECK(!gen || model->is_encoder_decoder(), "peft train: predict_with_generate needs an encoder-decoder model");
   auto pm = std::make_shared<PeftModel>(model);
+  const std::string stack_adapters = pop<std::string>(r, "stack_adapters", "");
 
   // Everything left is a method key; check it against the method's config before building.
   nlohmann::json mcfg = method_config(method, r);
@@ -226,6 +228,23 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
       !mcfg.contains("prompt_tuning_init_token_ids"))
     mcfg["prompt_tuning_init_token_ids"] = tok->encode(mcfg["prompt_tuning_init_text"].get<std::string>(), true);
   pm->add_adapter("default", mcfg);
+  // stack_adapters NAME=DIR,...: frozen adapters under the new one (AdapterHub's Stack, MAD-X:
+  // a task adapter trained over a language adapter); they act in every forward, only "default"
+  // trains and is saved.
+  if (!stack_adapters.empty()) {
+    std::vector<std::string> order;
+    for (auto& spec : split_commas(stack_adapters)) {
+      auto [name, dir] = split_adapter_name(spec);
+      PEFT_CHECK(!name.empty() && name != "default", "option --stack_adapters: '", spec,
+                 "' must be NAME=DIR (NAME not 'default')");
+      pm->load_adapter(dir, name);
+      order.push_back(name);
+    }
+    order.push_back("default");
+    pm->set_adapter(order);
+    for (size_t i = 0; i + 1 < order.size(); ++i) pm->set_frozen(order[i]);
+    if (main) std::cerr << "stacked under the new adapter (frozen): " << stack_adapters << "\n";
+  }
   if (main) std::cerr << pm->trainable_report().to_string() << "\n";
 
   saved["method"] = method;

@@ -111,7 +111,9 @@ Engine::Engine(ModelPtr base, std::shared_ptr<const Tokenizer> tok, EngineOption
     served_[name] = name;
   }
   pm_->eval();
-  forward_ = grouped_row_forward(pm_);
+  auto pm = pm_;
+  forward_ = [pm](const ModelInput& in, const std::vector<std::string>& rows) { return pm->forward(in, rows); };
+  for (auto& kv : served_) check_row_forward(kv.second);
   if (opts_.before_forward) {
     auto inner = forward_;
     auto hook = opts_.before_forward;
@@ -132,6 +134,20 @@ void Engine::check_adapter_folder(const std::string& dir) const {
   PEFT_CHECK(tuner->targets_modules(), dir, "/adapter_config.json: peft_type ", cfg["peft_type"].get<std::string>(),
              " changes the model input (virtual tokens or a cache prefix); peft serve batches only adapters "
              "that act on modules (LoRA family, IA3, bottleneck adapters, ...)");
+}
+
+// One token through the mixed-adapter forward: an adapter whose method cannot act on its own
+// rows of a batch is refused at load (and removed again), not at its first request.
+void Engine::check_row_forward(const std::string& adapter) {
+  torch::NoGradGuard no_grad;
+  ModelInput in;
+  in.input_ids = torch::zeros({2, 1}, torch::kLong);
+  try {
+    forward_(in, {adapter, kBaseAdapter});
+  } catch (const std::exception& e) {
+    pm_->delete_adapter(adapter);
+    fail("adapter '", adapter, "' cannot share a batch with other adapters: ", e.what());
+  }
 }
 
 Engine::Admit Engine::submit(GenRequest req, std::shared_ptr<RequestHandle> h) {
@@ -161,12 +177,11 @@ void Engine::load_adapter(const std::string& name, const std::string& dir) {
       PEFT_CHECK(!served_.count(name), "an adapter named '", name, "' is already loaded");
     }
     check_adapter_folder(dir);
-    // Until PeftModel can delete an adapter, an unloaded name stays in the model: a reload gets
-    // a fresh internal name.
     std::string internal = name;
     while (pm_->adapters().count(internal)) internal = name + "#" + std::to_string(++loads_);
     pm_->load_adapter(dir, internal);
     pm_->eval();
+    check_row_forward(internal);
     std::lock_guard<std::mutex> g(m_);
     served_[name] = internal;
   });
@@ -189,6 +204,7 @@ void Engine::unload_adapter(const std::string& name) {
     for (auto& s : running_) users += s->adapter == it->second;
     for (auto& s : queue_) users += s->req.model == name;
     PEFT_CHECK(users == 0, "adapter '", name, "' is in use by ", users, " request(s); unload it when they are done");
+    pm_->delete_adapter(it->second);
     served_.erase(it);
   });
   auto fut = task.get_future();

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "peft/model.h"
-#include "peft/sampling.h"
+#include "peft/generate.h"
 #include "peft/tokenizer.h"
 #include "peft/tuner.h"
 #include "serve/metrics.h"
@@ -127,6 +127,7 @@ class Engine {
   void take_token(Seq& s, int64_t token);
   void finish(Seq& s, const std::string& reason, const std::string& error = "", int status = 0);
   void check_adapter_folder(const std::string& dir) const;
+  void check_row_forward(const std::string& adapter);
   void update_gauges();
 
   ModelPtr base_;

@@ -350,7 +350,7 @@ void Trainer::save_checkpoint(int64_t step, const nlohmann::json& data_state, co
 }
 
 int64_t Trainer::restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state) {
-  auto name = pm_->active_adapters().at(0);
+  auto name = pm_->first_adapter();  // the adapter save_checkpoint wrote (save_adapter's default)
   auto w = join_path(dir, "adapter_model.safetensors");
   pm_->load_adapter_state_dict(name, load_safetensors(w), w);
   torch::serialize::InputArchive ar;

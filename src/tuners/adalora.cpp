@@ -44,14 +44,13 @@ class AdaLoraLinear : public TunerLayer {
     return param(a, "lora_B").matmul(param(a, "lora_A") * param(a, "lora_E")) * scaling(a);
   }
   torch::Tensor forward(const torch::Tensor& x) override {
-    auto y = base_forward(x);
-    for (auto& a : live_adapters()) {
+    return additive_forward(x, [this](const std::string& a, const torch::Tensor& x) {
       auto xd = dropout[a] > 0 ? torch::dropout(x, dropout[a], is_training()) : x;
       auto AE = param(a, "lora_A") * param(a, "lora_E");
-      y = y + torch::nn::functional::linear(torch::nn::functional::linear(xd, AE), param(a, "lora_B")) * scaling(a);
-    }
-    return y;
+      return torch::nn::functional::linear(torch::nn::functional::linear(xd, AE), param(a, "lora_B")) * scaling(a);
+    });
   }
+  bool supports_row_adapters(const std::string&) const override { return true; }
   torch::Tensor extra_loss(const std::string& a, int64_t* count) override {
     if (!has_adapter(a) || !is_training()) return {};
     auto A = param(a, "lora_A"), B = param(a, "lora_B");

@@ -55,6 +55,7 @@ class BottleneckLayer : public TunerLayer {
   };
   std::map<std::string, Opts> opts;
   std::string method() const override { return "bottleneck"; }
+  bool supports_row_adapters(const std::string&) const override { return true; }
 
   void add(const std::string& a, int64_t in, int64_t out, int64_t b, const Opts& o, bool init_weights) {
     opts[a] = o;
@@ -92,7 +93,18 @@ class BottleneckLayer : public TunerLayer {
   }
   torch::Tensor forward(const torch::Tensor& x) override {
     auto h = base_forward(x);
-    // Parallel adapters read the slot input; sequential ones the (running) output, in order.
+    if (row_groups) {  // mixed-adapter batch: each row through its own adapter only
+      for (auto& g : row_groups->rows) {
+        if (!opts.count(g.first) || !adapters_.count(g.first)) continue;
+        auto& o = opts.at(g.first);
+        if (o.drop_prob > 0 && is_training() && torch::rand({1}).item<double>() < o.drop_prob) continue;
+        auto idx = rows_of(g.first, x);
+        h = h.index_add(0, idx, adapter(g.first, (o.parallel ? x : h).index_select(0, idx)).to(h.scalar_type()));
+      }
+      return h;
+    }
+    // Parallel adapters read the slot input; sequential ones the (running) output, in order: with
+    // several active adapters this is AdapterHub's Stack (a language adapter under a task one).
     for (auto& a : live_adapters()) {
       auto& o = opts.at(a);
       if (o.drop_prob > 0 && is_training() && torch::rand({1}).item<double>() < o.drop_prob) continue;

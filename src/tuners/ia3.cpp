@@ -37,6 +37,12 @@ class IA3Linear : public TunerLayer {
     return s == 1.0 ? l : 1 + s * (l - 1);
   }
   torch::Tensor forward(const torch::Tensor& x) override {
+    if (row_groups) {  // mixed-adapter batch: each row scaled by its adapter's vector (or 1)
+      auto in_scale = row_factors(x, [this](const std::string& a) { return feedforward[a] ? vec(a) : torch::Tensor(); });
+      auto y = base_forward(in_scale.defined() ? x * in_scale.to(x.scalar_type()) : x);
+      auto out_scale = row_factors(y, [this](const std::string& a) { return feedforward[a] ? torch::Tensor() : vec(a); });
+      return out_scale.defined() ? y * out_scale.to(y.scalar_type()) : y;
+    }
     auto live = live_adapters();
     torch::Tensor in_scale, out_scale;
     for (auto& a : live) {
@@ -47,6 +53,7 @@ class IA3Linear : public TunerLayer {
     auto y = base_forward(in_scale.defined() ? x * in_scale.to(x.scalar_type()) : x);
     return out_scale.defined() ? y * out_scale.to(y.scalar_type()) : y;
   }
+  bool supports_row_adapters(const std::string&) const override { return true; }
   bool can_merge() const override { return true; }
   void apply_merge(const std::string& a, bool inverse) {
     torch::NoGradGuard ng;

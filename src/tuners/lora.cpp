@@ -115,35 +115,89 @@ class LoraLinear : public TunerLayer {
     return o.scaling * scale_of(a) * param(a, "lora_B.weight").matmul(param(a, "lora_A.weight"));
   }
 
-  torch::Tensor forward(const torch::Tensor& x) override {
-    auto y = base_forward(x);
-    for (auto& a : live_adapters()) {
-      auto& o = opt.at(a);
-      auto A = param(a, "lora_A.weight"), B = param(a, "lora_B.weight");
-      double s = o.scaling;
-      if (o.dylora && is_training() && o.r > 1) {
-        int64_t b = torch::randint(1, o.r + 1, {1}).item<int64_t>();
-        A = A.slice(0, 0, b);
-        B = B.slice(1, 0, b);
-        s = o.rslora ? o.alpha / std::sqrt((double)b) : o.alpha / (double)b;
-      }
-      s *= scale_of(a);
-      auto xd = o.dropout > 0 ? torch::dropout(x, o.dropout, is_training()) : x;
-      auto lora = torch::nn::functional::linear(torch::nn::functional::linear(xd, A), B) * s;
-      if (o.gate) lora = lora * torch::sigmoid(torch::nn::functional::linear(x, param(a, "lora_gate.weight"), param(a, "lora_gate.bias")));
-      if (o.dora) {
-        auto W = base_linear().weight_out_in();
-        auto norm = row_norm(W + s * B.matmul(A)).detach();
-        auto mag = param(a, "lora_magnitude_vector") / norm;  // [out]
-        // (m/n)(x W^T) + (m/n) s x A^T B^T + b, written as a correction of base(x) = x W^T + b.
-        y = y + (mag - 1) * (W.scalar_type() == xd.scalar_type() ? torch::nn::functional::linear(xd, W)
-                                                                     : frozen_linear(xd, W, {}, false, W.scalar_type())) +
-            mag * lora;
-      } else {
-        y = y + lora;
-      }
+  /// The adapter's term added to base(x) (x: the rows it acts on).
+  torch::Tensor term(const std::string& a, const torch::Tensor& x) {
+    auto& o = opt.at(a);
+    auto A = param(a, "lora_A.weight"), B = param(a, "lora_B.weight");
+    double s = o.scaling;
+    if (o.dylora && is_training() && o.r > 1) {
+      int64_t b = torch::randint(1, o.r + 1, {1}).item<int64_t>();
+      A = A.slice(0, 0, b);
+      B = B.slice(1, 0, b);
+      s = o.rslora ? o.alpha / std::sqrt((double)b) : o.alpha / (double)b;
     }
-    return y;
+    s *= scale_of(a);
+    auto xd = o.dropout > 0 ? torch::dropout(x, o.dropout, is_training()) : x;
+    auto lora = torch::nn::functional::linear(torch::nn::functional::linear(xd, A), B) * s;
+    if (o.gate) lora = lora * torch::sigmoid(torch::nn::functional::linear(x, param(a, "lora_gate.weight"), param(a, "lora_gate.bias")));
+    if (!o.dora) return lora;
+    auto W = base_linear().weight_out_in();
+    auto norm = row_norm(W + s * B.matmul(A)).detach();
+    auto mag = param(a, "lora_magnitude_vector") / norm;  // [out]
+    // (m/n)(x W^T) + (m/n) s x A^T B^T + b, written as a correction of base(x) = x W^T + b.
+    return (mag - 1) * (W.scalar_type() == xd.scalar_type() ? torch::nn::functional::linear(xd, W)
+                                                              : frozen_linear(xd, W, {}, false, W.scalar_type())) +
+           mag * lora;
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) override {
+    if (row_groups && gatherable()) return gathered_forward(x);
+    return additive_forward(x, [this](const std::string& a, const torch::Tensor& xa) { return term(a, xa); });
+  }
+
+  /// A mixed batch whose adapters here are plain LoRA factors of one rank, two or more of them:
+  /// computed in one pass for all rows (gathered_forward) instead of one product per adapter.
+  bool gatherable() const {
+    int64_t r = -1, groups = 0;
+    for (auto& g : row_groups->rows) {
+      auto it = opt.find(g.first);
+      if (it == opt.end() || !adapters_.count(g.first)) continue;
+      const auto& o = it->second;
+      if (o.dora || o.gate || (is_training() && (o.dylora || o.dropout > 0))) return false;
+      if (r >= 0 && o.r != r) return false;
+      r = o.r;
+      ++groups;
+    }
+    return groups >= 2;
+  }
+  /// Punica / S-LoRA's gathered form (Chen et al. 2023, "Punica", BGMV): each row's factors are
+  /// gathered from the stacked adapters (a zero adapter for rows without one here) and
+  /// y_i = base(x_i) + s_i (x_i A_i^T) B_i^T is two batched products for the whole batch.
+  torch::Tensor gathered_forward(const torch::Tensor& x) {
+    auto y = base_forward(x);
+    const int64_t Bn = x.size(0);
+    std::vector<torch::Tensor> As, Bs;
+    std::vector<double> scales;
+    std::vector<std::pair<torch::Tensor, int64_t>> assign;
+    for (auto& g : row_groups->rows) {
+      if (!adapters_.count(g.first) || !opt.count(g.first)) continue;
+      As.push_back(param(g.first, "lora_A.weight"));
+      Bs.push_back(param(g.first, "lora_B.weight"));
+      scales.push_back(opt.at(g.first).scaling * scale_of(g.first));
+      assign.emplace_back(rows_of(g.first, x), static_cast<int64_t>(As.size()) - 1);
+    }
+    const int64_t zero = static_cast<int64_t>(As.size());
+    As.push_back(torch::zeros_like(As[0]));
+    Bs.push_back(torch::zeros_like(Bs[0]));
+    scales.push_back(0.0);
+    auto sel = torch::full({Bn}, zero, torch::dtype(torch::kLong).device(x.device()));
+    for (auto& [idx, k] : assign) sel.index_fill_(0, idx, k);
+    auto A = torch::stack(As).index_select(0, sel);  // [B, r, in]
+    auto Bf = torch::stack(Bs).index_select(0, sel);  // [B, out, r]
+    auto s = torch::tensor(scales, A.options()).index_select(0, sel).view({Bn, 1, 1});
+    auto x3 = x.reshape({Bn, -1, x.size(-1)});
+    auto d = torch::bmm(torch::bmm(x3, A.transpose(1, 2)), Bf.transpose(1, 2)) * s;  // [B, T, out]
+    return y + d.reshape(y.sizes()).to(y.scalar_type());
+  }
+  /// Per-row use needs the base left alone: not while the base carries part of the adapter
+  /// (a fresh PiSSA / OLoRA init, Delta-LoRA's updates).
+  bool supports_row_adapters(const std::string& a) const override { return !res_A.count(a); }
+  void remove_adapter(const std::string& a) override {
+    TunerLayer::remove_adapter(a);
+    for (auto* m : {&res_A, &res_B, &prev_BA, &dora_norm}) m->erase(a);
+    res_coef.erase(a);
+    opt.erase(a);
+    delta_started.erase(a);
   }
 
   bool can_merge() const override {

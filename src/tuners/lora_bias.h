@@ -30,6 +30,8 @@ class TrainableBiases : public InputAdapter {
   }
   void apply(PretrainedModel&, ModelInput&, KVCache&) override {}
   bool changes_input() const override { return false; }
+  // The biases are the base's own tensors, trained in place: every row sees them.
+  bool supports_row_adapters() const override { return false; }
   std::string method() const override { return "lora_bias"; }
   /// Keys from the biases' current names in the model (after wrapping: `.base_layer.bias`).
   TensorMap saved_tensors() const override {

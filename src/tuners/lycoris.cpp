@@ -26,13 +26,12 @@ class DeltaLinear : public TunerLayer {
   virtual torch::Tensor raw_delta(const std::string& a) = 0;  // [out, in] without scaling
   torch::Tensor delta_weight(const std::string& a) override { return raw_delta(a) * (scaling.at(a) * scale_of(a)); }
   torch::Tensor forward(const torch::Tensor& x) override {
-    auto y = base_forward(x);
-    for (auto& a : live_adapters()) {
+    return additive_forward(x, [this](const std::string& a, const torch::Tensor& x) {
       auto xd = dropout[a] > 0 ? torch::dropout(x, dropout[a], is_training()) : x;
-      y = y + torch::nn::functional::linear(xd, delta_weight(a).to(x.scalar_type()));
-    }
-    return y;
+      return torch::nn::functional::linear(xd, delta_weight(a).to(x.scalar_type()));
+    });
   }
+  bool supports_row_adapters(const std::string&) const override { return true; }
   bool can_merge() const override { return true; }
 };
 

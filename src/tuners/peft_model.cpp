@@ -33,10 +33,24 @@ class ModulesToSave : public TunerLayer {
     adapters_.insert(a);
   }
   torch::Tensor forward(const torch::Tensor& x) override {
+    if (row_groups) {  // mixed-adapter batch: each adapter's rows through its copy
+      auto y = base_forward(x);
+      for (auto& g : row_groups->rows)
+        if (copies.count(g.first)) {
+          auto idx = rows_of(g.first, x);
+          y = y.index_copy(0, idx, copies[g.first]->forward(x.index_select(0, idx)).to(y.scalar_type()));
+        }
+      return y;
+    }
     if (!disabled)
       for (auto& a : active)
         if (copies.count(a)) return copies[a]->forward(x);
     return base_forward(x);
+  }
+  bool supports_row_adapters(const std::string&) const override { return true; }
+  void remove_adapter(const std::string& a) override {
+    TunerLayer::remove_adapter(a);
+    if (copies.erase(a)) copies_->unregister_module(a);
   }
   std::vector<std::pair<std::string, torch::Tensor>> adapter_tensors(const std::string& a) const override {
     std::vector<std::pair<std::string, torch::Tensor>> out;
@@ -235,6 +249,13 @@ void PeftModel::set_scale(const std::string& name, double scale) {
   for (auto& kv : tuner_layers()) kv.second->user_scale[name] = scale;
 }
 
+void PeftModel::set_frozen(const std::string& name, bool frozen) {
+  adapter(name);
+  if (frozen) frozen_.insert(name);
+  else frozen_.erase(name);
+  refresh_trainable();
+}
+
 void PeftModel::disable_adapters(bool d) {
   disabled_ = d;
   for (auto& kv : tuner_layers()) kv.second->disabled = d;
@@ -250,10 +271,13 @@ void PeftModel::refresh_trainable() {
 
 std::vector<std::pair<std::string, torch::Tensor>> PeftModel::named_trainable_parameters() const {
   std::set<const void*> want;
+  std::vector<std::string> training;
+  for (auto& a : active_)
+    if (!frozen_.count(a)) training.push_back(a);
   for (auto& kv : tuner_layers())
-    for (auto& a : active_)
+    for (auto& a : training)
       for (auto& t : kv.second->trainable_tensors(a)) want.insert(t.unsafeGetTensorImpl());
-  for (auto& a : active_) {
+  for (auto& a : training) {
     auto it = adapters_.find(a);
     if (it != adapters_.end() && it->second.input)
       for (auto& t : it->second.input->parameters()) want.insert(t.unsafeGetTensorImpl());
@@ -368,6 +392,87 @@ ModelOutput PeftModel::forward(const ModelInput& in_) {
   auto reg = extra_loss();
   if (out.loss.defined() && reg.defined() && is_training()) out.loss = out.loss + reg;
   return out;
+}
+
+namespace {
+/// Sets the row groups on every tuner layer for one forward; clears them however it ends.
+struct RowGroupsScope {
+  std::vector<std::pair<std::string, TunerLayer*>> layers;
+  RowGroupsScope(std::vector<std::pair<std::string, TunerLayer*>> l, std::shared_ptr<const RowGroups> g)
+      : layers(std::move(l)) {
+    for (auto& kv : layers) kv.second->row_groups = g;
+  }
+  ~RowGroupsScope() {
+    for (auto& kv : layers) kv.second->row_groups = nullptr;
+  }
+};
+}  // namespace
+
+ModelOutput PeftModel::forward(const ModelInput& in, const std::vector<std::string>& row_adapters) {
+  if (row_adapters.empty()) return forward(in);
+  torch::Tensor ref;
+  for (auto* t : {&in.input_ids, &in.inputs_embeds, &in.decoder_input_ids, &in.labels})
+    if (!ref.defined() && t->defined()) ref = *t;
+  PEFT_CHECK(ref.defined() && ref.dim() >= 1, "mixed-adapter batch: the input has no batch (input_ids or inputs_embeds)");
+  const int64_t B = ref.size(0);
+  PEFT_CHECK(static_cast<int64_t>(row_adapters.size()) == B, "mixed-adapter batch: row_adapters names ",
+             row_adapters.size(), " adapters for a batch of ", B, " rows");
+  PEFT_CHECK(!disabled_, "mixed-adapter batch: the adapters are disabled (disable_adapters)");
+  auto layers = tuner_layers();
+  // Everything is checked before any layer is touched.
+  std::map<std::string, std::vector<int64_t>> rows;
+  for (int64_t i = 0; i < B; ++i) {
+    const std::string& a = row_adapters[i];
+    if (a == kBaseRow) continue;
+    if (!adapters_.count(a)) {
+      std::string known;
+      for (auto& n : order_) known += (known.empty() ? "" : ", ") + n;
+      fail("mixed-adapter batch: row ", i, " names adapter '", a, "', which is not loaded (loaded: ",
+                known.empty() ? "none" : known, "; \"", kBaseRow, "\" = no adapter)");
+    }
+    rows[a].push_back(i);
+  }
+  for (auto& [a, idx] : rows) {
+    const auto& e = adapters_.at(a);
+    PEFT_CHECK(!e.input || e.input->supports_row_adapters(), "mixed-adapter batch: adapter '", a, "' (",
+               e.input ? e.input->method() : "", ") changes the whole model input or shared base tensors and "
+               "cannot act on some rows only; mixed batches support the LoRA family, VeRA, LoHa/LoKr, AdaLoRA, IA3, "
+               "bottleneck adapters and modules_to_save");
+    for (auto& [path, t] : layers) {
+      if (!t->has_adapter(a)) continue;
+      PEFT_CHECK(!t->merged.count(a), "mixed-adapter batch: adapter '", a, "' is merged into ", path, "; unmerge first");
+      PEFT_CHECK(t->supports_row_adapters(a), "mixed-adapter batch: adapter '", a, "' (", t->method(), " at ", path,
+                 ") cannot act on some rows only (methods that change the base weights or every row: use it alone)");
+    }
+  }
+  auto groups = std::make_shared<RowGroups>();
+  groups->batch = B;
+  for (auto& [a, idx] : rows) groups->rows.emplace_back(a, torch::tensor(idx, torch::kLong));
+  RowGroupsScope scope(std::move(layers), groups);
+  return model->forward(in);
+}
+
+void PeftModel::delete_adapter(const std::string& name) {
+  adapter(name);
+  auto layers = tuner_layers();
+  for (auto& [path, t] : layers)
+    PEFT_CHECK(!t->merged.count(name), "delete_adapter: adapter '", name, "' is merged into ", path, "; unmerge first");
+  for (auto& [path, t] : layers)
+    if (t->has_adapter(name)) t->remove_adapter(name);
+  // Unwrap the wrappers left without adapters (innermost first: the list is in pre-order).
+  auto slots = find_slots(*model);
+  for (auto it = slots.rbegin(); it != slots.rend(); ++it) {
+    auto* t = dynamic_cast<TunerLayer*>(it->get().get());
+    if (t && t->adapter_names().empty()) it->parent->replace_slot(it->name, t->base_layer);
+  }
+  if (adapters_.at(name).input) unregister_module("input_" + name);
+  adapters_.erase(name);
+  frozen_.erase(name);
+  order_.erase(std::remove(order_.begin(), order_.end(), name), order_.end());
+  std::vector<std::string> still;
+  for (auto& a : active_)
+    if (a != name) still.push_back(a);
+  set_adapter(still);
 }
 
 torch::Tensor PeftModel::extra_loss() {

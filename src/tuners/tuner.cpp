@@ -14,6 +14,14 @@
 namespace peft {
 
 namespace {
+/// Holder of one kind of adapter tensor ("lora_A", "ia3_l"), so that delete_adapter can drop a
+/// parameter registered directly on it (torch::nn::Module has no unregister_parameter).
+struct ParamBag : torch::nn::Module {
+  void drop(const std::string& name) {
+    if (parameters_.contains(name)) parameters_.erase(name);
+  }
+};
+
 std::map<std::string, TunerPtr>& tuner_registry() {
   static std::map<std::string, TunerPtr> r;
   return r;
@@ -267,7 +275,7 @@ torch::Tensor TunerLayer::add_param(const std::string& adapter, const std::strin
   auto dot = key.find('.');
   std::string head = key.substr(0, dot);
   auto& cont = containers_[head];
-  if (!cont) cont = register_module(head, std::make_shared<torch::nn::Module>());
+  if (!cont) cont = register_module(head, std::make_shared<ParamBag>());
   torch::Tensor t;
   if (dot == std::string::npos) {
     t = cont->register_parameter(adapter, value, trainable);
@@ -328,10 +336,67 @@ int64_t TunerLayer::trainable_numel(const std::string& adapter) const {
 
 std::vector<std::string> TunerLayer::live_adapters() const {
   std::vector<std::string> out;
-  if (disabled) return out;
+  if (disabled || row_groups) return out;
   for (auto& a : active)
     if (adapters_.count(a) && !merged.count(a)) out.push_back(a);
   return out;
+}
+
+void TunerLayer::remove_adapter(const std::string& a) {
+  for (auto it = params_.begin(); it != params_.end();) it = it->first.first == a ? params_.erase(it) : std::next(it);
+  for (auto it = containers_.begin(); it != containers_.end();) {
+    const std::string& k = it->first;
+    if (k.size() > a.size() + 1 && k.compare(k.size() - a.size() - 1, std::string::npos, "/" + a) == 0) {
+      containers_.at(k.substr(0, k.size() - a.size() - 1))->unregister_module(a);
+      it = containers_.erase(it);
+      continue;
+    }
+    if (auto bag = std::dynamic_pointer_cast<ParamBag>(it->second)) bag->drop(a);
+    ++it;
+  }
+  adapters_.erase(a);
+  active.erase(std::remove(active.begin(), active.end(), a), active.end());
+  user_scale.erase(a);
+}
+
+torch::Tensor TunerLayer::rows_of(const std::string& a, const torch::Tensor& x) const {
+  PEFT_CHECK(x.dim() >= 1 && x.size(0) == row_groups->batch, "mixed-adapter batch: a ", method(), " layer got ",
+             x.dim() ? x.size(0) : 0, " rows, the batch has ", row_groups->batch,
+             " (this model reshapes its batch inside a layer: mixed-adapter batches are not supported for it)");
+  for (auto& g : row_groups->rows)
+    if (g.first == a) return g.second.device() == x.device() ? g.second : g.second.to(x.device());
+  return {};
+}
+
+torch::Tensor TunerLayer::additive_forward(const torch::Tensor& x, const Term& term) {
+  auto y = base_forward(x);
+  if (!row_groups) {
+    for (auto& a : live_adapters()) y = y + term(a, x);
+    return y;
+  }
+  for (auto& g : row_groups->rows) {
+    if (!adapters_.count(g.first)) continue;  // this adapter does not target this module
+    auto idx = rows_of(g.first, x);
+    y = y.index_add(0, idx, term(g.first, x.index_select(0, idx)).to(y.scalar_type()));
+  }
+  return y;
+}
+
+torch::Tensor TunerLayer::row_factors(const torch::Tensor& x, const std::function<torch::Tensor(const std::string&)>& value) const {
+  torch::Tensor f;
+  for (auto& g : row_groups->rows) {
+    if (!adapters_.count(g.first)) continue;
+    auto v = value(g.first);
+    if (!v.defined()) continue;
+    auto idx = rows_of(g.first, x);
+    if (!f.defined()) f = torch::ones({x.size(0), x.size(-1)}, v.options());
+    f = f.index_copy(0, idx, (f.index_select(0, idx) * v).contiguous());
+  }
+  if (!f.defined()) return f;
+  std::vector<int64_t> shape(x.dim(), 1);
+  shape.front() = x.size(0);
+  shape.back() = x.size(-1);
+  return f.view(shape);
 }
 
 void TunerLayer::merge(const std::string& a) {

@@ -78,15 +78,14 @@ class VeraLinear : public TunerLayer {
     return (param(a, "vera_lambda_b").unsqueeze(1) * B) .matmul(param(a, "vera_lambda_d").unsqueeze(1) * A) * scale_of(a);
   }
   torch::Tensor forward(const torch::Tensor& x) override {
-    auto y = base_forward(x);
-    for (auto& a : live_adapters()) {
+    return additive_forward(x, [this](const std::string& a, const torch::Tensor& x) {
       auto [A, B] = slices(a);
       auto xd = dropout[a] > 0 ? torch::dropout(x, dropout[a], is_training()) : x;
       auto h = torch::nn::functional::linear(xd, A.to(x.scalar_type())) * param(a, "vera_lambda_d");
-      y = y + torch::nn::functional::linear(h, B.to(x.scalar_type())) * param(a, "vera_lambda_b") * scale_of(a);
-    }
-    return y;
+      return torch::nn::functional::linear(h, B.to(x.scalar_type())) * param(a, "vera_lambda_b") * scale_of(a);
+    });
   }
+  bool supports_row_adapters(const std::string&) const override { return true; }
   bool can_merge() const override { return true; }
 };
 

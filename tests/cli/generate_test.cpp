@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "cli/wave2_tokenizer.h"
 #include "peft/io.h"
 #include "peft/model.h"
 #include "peft/tokenizer.h"
@@ -99,22 +100,7 @@ TEST(GenerateCli, Stories260KContinuationKeepsItsLeadingSpace) {
 // printed text is the prompt and then " w<id>" for each of transformers' generated ids.
 TEST(GenerateCli, WaveTwoGreedyIdsPrintWithTheirSpaces) {
   auto tdir = peft::test::temp_dir("gen_wordlevel");
-  nlohmann::json vocab = {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}};
-  for (int i = 3; i < 256; ++i) vocab[kSpm + "w" + std::to_string(i)] = i;
-  nlohmann::json added = nlohmann::json::array();
-  for (auto& [t, id] : std::vector<std::pair<std::string, int>>{{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}})
-    added.push_back({{"id", id}, {"content", t}, {"special", true}});
-  nlohmann::json tj = {
-      {"version", "1.0"},
-      {"added_tokens", added},
-      {"pre_tokenizer", {{"type", "Metaspace"}, {"replacement", kSpm}, {"prepend_scheme", "always"}, {"split", true}}},
-      {"decoder", {{"type", "Metaspace"}, {"replacement", kSpm}, {"prepend_scheme", "always"}, {"split", true}}},
-      {"post_processor",
-       {{"type", "TemplateProcessing"},
-        {"single", {{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
-        {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
-      {"model", {{"type", "WordLevel"}, {"vocab", vocab}, {"unk_token", "<unk>"}}}};
-  peft::write_json(tdir + "/tokenizer.json", tj);
+  peft::test::write_wave2_wordlevel_tokenizer(tdir);
   auto ref = peft::load_safetensors(peft::test::source_path("tests/fixtures/wave2/generation/llama/reference.safetensors"));
   auto seq = ref.at("base.sequences");
   const int64_t prompt_len = 6;
@@ -141,4 +127,42 @@ TEST(GenerateCli, WaveTwoGreedyIdsPrintWithTheirSpaces) {
     ++checked;
   }
   EXPECT_GE(checked, 2);
+}
+
+// A mixed-adapter batch through the CLI (--adapter NAME=DIR, --row_adapters): each row prints
+// peft's greedy ids of generate(adapter_names=["b", "__base__", "a"]) (wave2 generation/llama).
+TEST(GenerateCli, RowAdaptersPrintPeftsMixedBatch) {
+  auto tdir = peft::test::temp_dir("gen_mixed");
+  peft::test::write_wave2_wordlevel_tokenizer(tdir);
+  const std::string w2 = peft::test::source_path("tests/fixtures/wave2/");
+  auto ref = peft::load_safetensors(w2 + "generation/llama/reference.safetensors");
+  auto seq = ref.at("mixed.sequences");
+  std::string args = "generate --model " + w2 + "models/llama --tokenizer " + tdir + " --adapter a=" + w2 +
+                     "adapters/llama/multi_a --adapter b=" + w2 + "adapters/llama/multi_b --row_adapters b,__base__,a " +
+                     "--max-new-tokens 10 --temperature 0";
+  std::vector<std::string> prompts, expect;
+  for (int64_t r = 0; r < seq.size(0); ++r) {
+    std::string prompt, cont;
+    for (int64_t j = 1; j < seq.size(1); ++j)
+      (j < 6 ? prompt : cont) += (j == 1 ? "w" : " w") + std::to_string(seq[r][j].item<int64_t>());
+    args += " --prompt '" + prompt + "'";
+    prompts.push_back(prompt);
+    expect.push_back(prompt + cont);
+  }
+  std::string out;
+  ASSERT_EQ(peft::test::run_cli(args, &out), 0) << out;
+  const std::vector<std::string> names = {"b", "__base__", "a"};
+  for (size_t r = 0; r < names.size(); ++r)
+    EXPECT_NE(out.find("[" + names[r] + "] " + expect[r] + "\n"), std::string::npos) << "row " << r << ":\n" << out;
+  // An unknown row name and a prompt count that does not match are refused before any work.
+  EXPECT_NE(peft::test::run_cli("generate --model " + w2 + "models/llama --tokenizer " + tdir + " --adapter a=" + w2 +
+                                    "adapters/llama/multi_a --row_adapters a,c --prompt w5",
+                                &out),
+            0);
+  EXPECT_NE(out.find("'c' is not an adapter name"), std::string::npos) << out;
+  EXPECT_NE(peft::test::run_cli("generate --model " + w2 + "models/llama --tokenizer " + tdir + " --adapter a=" + w2 +
+                                    "adapters/llama/multi_a --row_adapters a,a,a --prompt w5 --prompt w6",
+                                &out),
+            0);
+  EXPECT_NE(out.find("give one prompt"), std::string::npos) << out;
 }

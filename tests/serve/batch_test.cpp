@@ -1,7 +1,8 @@
 // Continuous batching's numerics: one decode step over sequences of different lengths, stacked
 // left-padded with their own positions (serve/batch_cache.h), gives each row what the sequence
 // alone gives (logits and extended cache), on Llama and GPT-2; and the per-row-adapter forward
-// over Python peft's two LoRA adapters gives each row what its adapter alone gives.
+// (PeftModel::forward(in, row_adapters)) over Python peft's two LoRA adapters gives each row what
+// its adapter alone gives.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -99,34 +100,52 @@ TEST(ServeBatch, MaskAndPositionsOfTheStackedCache) {
   EXPECT_THROW(serve::stack_caches({}), Error);
 }
 
-TEST(ServeBatch, PerRowAdaptersEqualEachAdapterAlone) {
+// What the engine runs per step: sequences of different lengths, each with its own adapter (or
+// none), prefilled alone, then one stacked step through PeftModel::forward(in, row_adapters);
+// each row equals its sequence run alone with its adapter active (Python peft's LoRA fixtures).
+TEST(ServeBatch, StackedStepWithPerRowAdaptersEqualsEachAdapterAlone) {
   torch::NoGradGuard ng;
-  const std::string base_dir = source_path("tests/fixtures/wave2/models/llama");
-  auto pm = std::make_shared<PeftModel>(load_model(base_dir));
+  auto pm = std::make_shared<PeftModel>(load_model(source_path("tests/fixtures/wave2/models/llama")));
   pm->load_adapter(source_path("tests/fixtures/wave2/adapters/llama/multi_a"), "a");
   pm->load_adapter(source_path("tests/fixtures/wave2/adapters/llama/multi_b"), "b");
   pm->eval();
-  auto rows = serve::grouped_row_forward(pm);
-  torch::manual_seed(4);
-  auto ids = torch::randint(3, 256, {4, 7}, torch::kLong);
-  ModelInput in;
-  in.input_ids = ids;
   const std::vector<std::string> adapters = {"a", serve::kBaseAdapter, "b", "a"};
-  auto mixed = rows(in, adapters).logits;
-  for (int64_t i = 0; i < 4; ++i) {
-    ModelInput one;
-    one.input_ids = ids.slice(0, i, i + 1);
-    if (adapters[i] == serve::kBaseAdapter) {
-      pm->disable_adapters(true);
-    } else {
-      pm->disable_adapters(false);
+  const std::vector<int64_t> lens = {4, 7, 2, 5};
+  torch::manual_seed(4);
+  std::vector<KVCache> caches(4);
+  std::vector<Alone> alone;
+  std::vector<int64_t> next;
+  for (size_t i = 0; i < 4; ++i) {
+    auto alone_fwd = [&](const ModelInput& in) {
+      if (adapters[i] == serve::kBaseAdapter) {
+        pm->disable_adapters(true);
+        auto o = pm->forward(in);
+        pm->disable_adapters(false);
+        return o;
+      }
       pm->set_adapter(adapters[i]);
-    }
-    auto ref = pm->forward(one).logits[0];
-    pm->disable_adapters(false);
-    EXPECT_TRUE(torch::allclose(mixed[i], ref, 1e-6, 1e-6)) << "row " << i << " (" << adapters[i] << ")";
+      return pm->forward(in);
+    };
+    auto ids = torch::randint(3, 256, {lens[i]}, torch::kLong);
+    std::vector<int64_t> prompt(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + lens[i]);
+    next.push_back(10 + static_cast<int64_t>(i));
+    alone.push_back(run_alone(alone_fwd, prompt, next.back(), &caches[i]));
   }
-  // The adapters differ from each other and from the base on these rows.
-  EXPECT_FALSE(torch::allclose(mixed[0], mixed[1], 1e-4, 1e-4));
-  EXPECT_FALSE(torch::allclose(mixed[1], mixed[2], 1e-4, 1e-4));
+  std::vector<const KVCache*> in_caches;
+  std::vector<KVCache*> out_caches;
+  for (auto& c : caches) in_caches.push_back(&c), out_caches.push_back(&c);
+  auto st = serve::stack_caches(in_caches);
+  ModelInput in;
+  in.input_ids = torch::tensor(next, torch::kLong).view({4, 1});
+  in.attention_mask = st.attention_mask;
+  in.position_ids = st.position_ids;
+  in.cache = &st.cache;
+  auto logits = pm->forward(in, adapters).logits;
+  serve::split_caches(st, out_caches);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_TRUE(torch::allclose(logits[i][0], alone[i].logits, 1e-5, 1e-5))
+        << "row " << i << " (" << adapters[i] << "): max diff " << (logits[i][0] - alone[i].logits).abs().max().item<double>();
+    for (size_t l = 0; l < caches[i].k.size(); ++l)
+      EXPECT_TRUE(torch::allclose(caches[i].k[l], alone[i].cache.k[l], 1e-5, 1e-6)) << "row " << i << " layer " << l;
+  }
 }
