@@ -35,6 +35,14 @@ std::string read_text(const std::string& path) {
 }
 
 int run_serve(Args& a) {
+  // SIGTERM / SIGINT are taken by one thread (sigwait); every other thread has them
+  // blocked: before anything starts threads (LibTorch's and OpenMP's pools inherit the mask).
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
   a.reject_unknown({"model", "adapter", "host", "port", "dtype", "quantize", "double_quant", "compute_dtype",
                     "tokenizer", "chat_template", "served_model_name", "max_batch", "max_queue", "max_tokens_limit",
                     "drain_timeout", "threads"});
@@ -66,13 +74,6 @@ int run_serve(Args& a) {
   eo.max_queue = a.get_int("max_queue", 64);
   const int64_t drain_s = a.get_int("drain_timeout", 30);
   PEFT_CHECK(drain_s >= 0, "option --drain_timeout must be >= 0");
-
-  // SIGTERM / SIGINT are taken by one thread (sigwait); every other thread has them blocked.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
   serve::Engine engine(lm.model, tok, eo, adapters);
   serve::ServerOptions so;

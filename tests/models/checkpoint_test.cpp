@@ -23,7 +23,7 @@ namespace {
 
 using test::source_path;
 
-struct Run {
+struct RunResult {
   double loss = 0;
   std::map<std::string, torch::Tensor> grads;  // every parameter with a gradient
   int checkpointed_nodes = 0;
@@ -49,13 +49,13 @@ torch::Tensor loss_of(const ModelOutput& out) {
   return out.logits.square().mean();  // a bare encoder: any scalar of the output
 }
 
-Run run(PeftModel& pm, PretrainedModel& base, const ModelInput& in, bool ckpt, uint64_t seed) {
+RunResult run(PeftModel& pm, PretrainedModel& base, const ModelInput& in, bool ckpt, uint64_t seed) {
   set_memory_options(base, {ckpt, 0});
   for (auto& p : pm.parameters()) p.mutable_grad() = torch::Tensor();
   torch::manual_seed(seed);
   auto out = pm.forward(in);
   auto loss = loss_of(out);
-  Run r;
+  RunResult r;
   r.checkpointed_nodes = count_checkpoint_nodes(loss);
   loss.backward();
   r.loss = loss.item<double>();
@@ -104,7 +104,7 @@ TEST_P(GradientCheckpointing, SameLossAndGradientsAsWithout) {
   ModelInput in = c.model == "stories260K" ? stories_input() : test::fixture_input(c.model);
   const int64_t layers = base->dims().num_layers + base->dims().num_decoder_layers;
 
-  Run plain = run(*pm, *base, in, false, 7), ck = run(*pm, *base, in, true, 7);
+  RunResult plain = run(*pm, *base, in, false, 7), ck = run(*pm, *base, in, true, 7);
   EXPECT_EQ(plain.checkpointed_nodes, 0);
   EXPECT_EQ(ck.checkpointed_nodes, layers) << "every block is one checkpointed node";
   EXPECT_NEAR(ck.loss, plain.loss, 1e-6 * std::max(1.0, std::abs(plain.loss)));
@@ -122,7 +122,7 @@ TEST_P(GradientCheckpointing, SameLossAndGradientsAsWithout) {
   for (auto& [name, g] : ck.grads) total += g.abs().sum().item<double>();
   EXPECT_GT(total, 0);
   if (c.random) {  // the masks matter, so equal gradients above mean equal masks
-    Run other = run(*pm, *base, in, true, 8);
+    RunResult other = run(*pm, *base, in, true, 8);
     double d = 0;
     for (auto& [name, g] : other.grads)  // AdapterDrop: another set of adapters may train
       d = std::max(d, plain.grads.count(name) ? test::max_diff(g, plain.grads.at(name)) : 1.0);
@@ -242,8 +242,8 @@ TEST(GradientCheckpointingEveryMethod, SameGradientsOrClearRefusal) {
     auto in = stories_input();
     if (pm->needs_calibration()) pm->calibrate([&] { return pm->forward(in).loss; });
     pm->train();
-    Run plain = run(*pm, *base, in, false, 7);
-    Run ck;
+    RunResult plain = run(*pm, *base, in, false, 7);
+    RunResult ck;
     try {
       ck = run(*pm, *base, in, true, 7);
     } catch (const Error& e) {

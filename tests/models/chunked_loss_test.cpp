@@ -23,19 +23,19 @@ namespace {
 
 using test::source_path;
 
-struct Run {
+struct RunResult {
   double loss = 0;
   bool has_logits = false;
   std::map<std::string, torch::Tensor> grads;
 };
 
-Run run(PeftModel& pm, PretrainedModel& base, const ModelInput& in, int64_t chunk, bool ckpt) {
+RunResult run(PeftModel& pm, PretrainedModel& base, const ModelInput& in, int64_t chunk, bool ckpt) {
   set_memory_options(base, {ckpt, chunk});
   for (auto& p : pm.parameters()) p.mutable_grad() = torch::Tensor();
   torch::manual_seed(3);
   auto out = pm.forward(in);
   out.loss.backward();
-  Run r;
+  RunResult r;
   r.loss = out.loss.item<double>();
   r.has_logits = out.logits.defined();
   for (auto& kv : pm.named_parameters())
@@ -76,12 +76,12 @@ TEST_P(ChunkedLoss, EqualsUnchunkedLossAndGradients) {
   }
   pm->train();
   auto in = batch(base->dims().vocab_size);
-  Run ref = run(*pm, *base, in, 0, false);
+  RunResult ref = run(*pm, *base, in, 0, false);
   ASSERT_TRUE(ref.has_logits);
   ASSERT_FALSE(ref.grads.empty());
   for (int64_t chunk : {1, 7, 16, 1000}) {
     for (bool ckpt : {false, true}) {
-      Run r = run(*pm, *base, in, chunk, ckpt);
+      RunResult r = run(*pm, *base, in, chunk, ckpt);
       SCOPED_TRACE("chunk " + std::to_string(chunk) + (ckpt ? " + checkpointing" : ""));
       EXPECT_FALSE(r.has_logits) << "training with a chunked loss holds no logits";
       // 1e-6 relative: the reference's float32 mean itself rounds by a few ulps of the loss.
