@@ -106,7 +106,12 @@ TEST_P(GradientCheckpointing, SameLossAndGradientsAsWithout) {
 
   RunResult plain = run(*pm, *base, in, false, 7), ck = run(*pm, *base, in, true, 7);
   EXPECT_EQ(plain.checkpointed_nodes, 0);
-  EXPECT_EQ(ck.checkpointed_nodes, layers) << "every block is one checkpointed node";
+  // T5 with peft's prefix layout (the prefix is the decoder's past_key_values): the decoder blocks
+  // that extend that cache run without checkpointing (docs/MEMORY.md); every other block is one
+  // checkpointed node.
+  const bool cached_prefix = base->is_encoder_decoder() && c.method == "prefix-tuning";
+  EXPECT_EQ(ck.checkpointed_nodes, cached_prefix ? base->dims().num_layers : layers)
+      << "every block is one checkpointed node";
   EXPECT_NEAR(ck.loss, plain.loss, 1e-6 * std::max(1.0, std::abs(plain.loss)));
   ASSERT_FALSE(plain.grads.empty());
   std::map<std::string, torch::Tensor> params;

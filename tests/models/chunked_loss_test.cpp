@@ -89,7 +89,9 @@ TEST_P(ChunkedLoss, EqualsUnchunkedLossAndGradients) {
       ASSERT_EQ(r.grads.size(), ref.grads.size());
       for (auto& [name, g] : ref.grads) {
         ASSERT_TRUE(r.grads.count(name)) << name;
-        EXPECT_LE(test::max_diff(r.grads[name], g), 1e-6) << name;
+        // Summation order: the chunks' float32 gradient contributions add up in another order
+        // (measured up to 1.9e-6 on stories260K with chunks of 1 token): 1e-5 of the gradient's scale.
+        EXPECT_LE(test::max_diff(r.grads[name], g), 1e-5 * std::max(1.0, g.abs().max().item<double>())) << name;
       }
     }
   }
