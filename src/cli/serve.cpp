@@ -6,8 +6,9 @@
 //
 // SIGTERM / SIGINT: new requests get 503, running ones finish for up to --drain_timeout seconds
 // (then they are cancelled), and the process exits 0.
-#include <pthread.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -34,14 +35,24 @@ std::string read_text(const std::string& path) {
   return ss.str();
 }
 
+int g_stop_pipe[2] = {-1, -1};
+extern "C" void on_stop_signal(int sig) {
+  const char c = static_cast<char>(sig);
+  ssize_t w = write(g_stop_pipe[1], &c, 1);
+  (void)w;
+}
+
 int run_serve(Args& a) {
-  // SIGTERM / SIGINT are taken by one thread (sigwait); every other thread has them
-  // blocked: before anything starts threads (LibTorch's and OpenMP's pools inherit the mask).
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // SIGTERM / SIGINT: a handler writes the signal number to a pipe that the watcher thread reads
+  // (a self-pipe: async-signal-safe, and it works whichever thread the signal lands on; LibTorch
+  // starts threads before this point that a signal mask set here would not cover).
+  PEFT_CHECK(pipe(g_stop_pipe) == 0, "peft serve: cannot create the signal pipe");
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
 
   a.reject_unknown({"model", "adapter", "host", "port", "dtype", "quantize", "double_quant", "compute_dtype",
                     "tokenizer", "chat_template", "served_model_name", "max_batch", "max_queue", "max_tokens_limit",
@@ -92,16 +103,22 @@ int run_serve(Args& a) {
 
   std::atomic<bool> stopping{false};
   std::thread watcher([&] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    if (stopping) return;  // run() ended on its own
+    char c = 0;
+    while (read(g_stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
+    }
+    const int sig = c;
+    if (stopping || sig == 0) return;  // run() ended on its own
     std::cout << "peft serve: signal " << sig << ", draining (up to " << drain_s << " s)" << std::endl;
     engine.shutdown(std::chrono::seconds(drain_s));
     server.stop();
   });
   server.run();
   stopping = !engine.closed();
-  if (stopping) pthread_kill(watcher.native_handle(), SIGTERM);
+  if (stopping) {
+    const char zero = 0;  // wakes the watcher: no signal came
+    ssize_t w = write(g_stop_pipe[1], &zero, 1);
+    (void)w;
+  }
   watcher.join();
   engine.shutdown(std::chrono::seconds(0));
   std::cout << "peft serve: stopped" << std::endl;

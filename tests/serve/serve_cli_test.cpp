@@ -127,9 +127,7 @@ TEST(ServeCli, OutputThroughTheServerEqualsPeftGenerate) {
   }
 }
 
-// DISABLED: known defect at the 2026-12-03 stop: the process still dies from SIGTERM's default
-// action instead of draining (some thread does not have the signal blocked); see docs/SERVE.md.
-TEST(ServeCli, DISABLED_SigtermLetsRunningRequestsFinishAndExitsZero) {
+TEST(ServeCli, SigtermLetsRunningRequestsFinishAndExitsZero) {
   Child c("--model " + stories_dir() + " --adapter a=" + story_adapters()[0]);
   ASSERT_GT(c.port, 0) << c.log;
   std::string body;
