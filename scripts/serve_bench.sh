@@ -21,11 +21,11 @@ WORK=$(mktemp -d)
 trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
 SERVER=""
 
-# A adapters: random LoRA factors (init_lora_weights false), no training (learning_rate 0, one step).
+# A adapters: random LoRA factors (init_lora_weights false), one step at learning rate 1e-9 (as good as untrained).
 ADAPTER_ARGS=""
 for i in $(seq 0 $((ADAPTERS - 1))); do
   "$PEFT" train --model "$MODEL" --train assets/e2e/train.jsonl --method lora --output-dir "$WORK/a$i" \
-      --max_steps 1 --learning_rate 0 --init_lora_weights false --seed $((100 + i)) > "$WORK/train$i.log" 2>&1 \
+      --max_steps 1 --learning_rate 1e-9 --init_lora_weights false --seed $((100 + i)) > "$WORK/train$i.log" 2>&1 \
     || { echo "serve_bench: could not make adapter $i:"; tail -5 "$WORK/train$i.log"; exit 1; }
   ADAPTER_ARGS="$ADAPTER_ARGS --adapter a$i=$WORK/a$i"
 done
