@@ -47,6 +47,7 @@ run_load() {  # $1: tag; writes $WORK/$1/<request>.json and .time
   mkdir -p "$WORK/$1"
   local start end
   start=$(date +%s.%N)
+  local pids=()
   for c in $(seq 0 $((CLIENTS - 1))); do
     (
       for r in $(seq "$c" "$CLIENTS" $((REQUESTS - 1))); do
@@ -56,8 +57,9 @@ run_load() {  # $1: tag; writes $WORK/$1/<request>.json and .time
           -d "{\"model\":\"a$a\",\"prompt\":\"$p\",\"max_tokens\":$MAX_TOKENS,\"temperature\":0}" > "$WORK/$1/$r.time" || true
       done
     ) &
+    pids+=($!)
   done
-  wait
+  wait "${pids[@]}"  # the clients only: a bare `wait` would wait for the server too
   end=$(date +%s.%N)
   echo "$start $end" > "$WORK/$1/wall"
 }
