@@ -168,8 +168,19 @@ Engine::Admit Engine::submit(GenRequest req, std::shared_ptr<RequestHandle> h) {
   return Admit::Ok;
 }
 
+void Engine::run_on_engine(std::packaged_task<void()> task) {
+  auto fut = task.get_future();
+  {
+    std::lock_guard<std::mutex> g(m_);
+    PEFT_CHECK(!stop_, "the server is shutting down");
+    commands_.push_back(std::move(task));
+  }
+  cv_.notify_all();
+  fut.get();
+}
+
 void Engine::load_adapter(const std::string& name, const std::string& dir) {
-  std::packaged_task<void()> task([this, name, dir] {
+  run_on_engine(std::packaged_task<void()>([this, name, dir] {
     {
       std::lock_guard<std::mutex> g(m_);
       PEFT_CHECK(!name.empty() && name != opts_.base_name && name != kBaseAdapter,
@@ -184,19 +195,11 @@ void Engine::load_adapter(const std::string& name, const std::string& dir) {
     check_row_forward(internal);
     std::lock_guard<std::mutex> g(m_);
     served_[name] = internal;
-  });
-  auto fut = task.get_future();
-  {
-    std::lock_guard<std::mutex> g(m_);
-    PEFT_CHECK(!stop_, "the server is shutting down");
-    commands_.push_back(std::move(task));
-  }
-  cv_.notify_all();
-  fut.get();
+  }));
 }
 
 void Engine::unload_adapter(const std::string& name) {
-  std::packaged_task<void()> task([this, name] {
+  run_on_engine(std::packaged_task<void()>([this, name] {
     std::lock_guard<std::mutex> g(m_);
     auto it = served_.find(name);
     PEFT_CHECK(it != served_.end(), "no adapter named '", name, "' is loaded");
@@ -206,15 +209,7 @@ void Engine::unload_adapter(const std::string& name) {
     PEFT_CHECK(users == 0, "adapter '", name, "' is in use by ", users, " request(s); unload it when they are done");
     pm_->delete_adapter(it->second);
     served_.erase(it);
-  });
-  auto fut = task.get_future();
-  {
-    std::lock_guard<std::mutex> g(m_);
-    PEFT_CHECK(!stop_, "the server is shutting down");
-    commands_.push_back(std::move(task));
-  }
-  cv_.notify_all();
-  fut.get();
+  }));
 }
 
 bool Engine::has_model(const std::string& name) const {

@@ -120,6 +120,8 @@ class Engine {
   struct Seq;
   void loop();
   void run_commands();
+  /// Queues `task` for the engine thread (between steps), wakes it, waits; rethrows its error.
+  void run_on_engine(std::packaged_task<void()> task);
   void admit();
   void prefill(Seq& s);
   void decode_step();
