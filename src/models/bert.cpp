@@ -281,17 +281,17 @@ struct BertCore {
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/false, x.scalar_type(), x.device());
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c->n_layers, bias, cache);
     if (hs) hs->push_back(x);
-    PEFT_CHECK(!checkpoint_active(checkpoint, *encoder) || !in.prefix_gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
+    refuse_checkpointed_prefix_gate(checkpoint, *encoder, static_cast<bool>(in.prefix_gate));
     for (int64_t i = 0; i < c->n_layers; ++i) {
       torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
       auto block = encoder->blocks[i];
       LayerPrefixGate gate = gates[i];
-      x = run_block(checkpoint, *block, [block, kc, vc, gate](const std::vector<torch::Tensor>& t, bool recompute) {
-            torch::Tensor k = t[2], v = t[3];
-            auto y = block->forward(t[0], t[1], kc ? &k : nullptr, vc ? &v : nullptr, gate);
-            if (kc && !recompute) *kc = k, *vc = v;
-            return y;
-          }, {x, bias, kc ? *kc : torch::Tensor(), vc ? *vc : torch::Tensor()});
+      x = run_cached_block(
+          checkpoint, *block,
+          [block, gate](const std::vector<torch::Tensor>& t, const std::vector<torch::Tensor*>& kv) {
+            return block->forward(t[0], t[1], kv[0], kv[1], gate);
+          },
+          {x, bias}, {kc, vc});
       if (hs) hs->push_back(x);
     }
     return x;

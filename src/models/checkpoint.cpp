@@ -203,4 +203,29 @@ torch::Tensor run_block(bool on, const torch::nn::Module& block, const SegmentFn
   return checkpointed(fn, inputs, params);
 }
 
+torch::Tensor run_cached_block(bool on, const torch::nn::Module& block, const CachedBlockFn& fn,
+                               std::vector<torch::Tensor> inputs, const std::vector<torch::Tensor*>& caches) {
+  const size_t n = inputs.size();
+  for (auto* c : caches) inputs.push_back(c ? *c : torch::Tensor());
+  return run_block(
+      on, block,
+      [fn, caches, n](const std::vector<torch::Tensor>& t, bool recompute) {
+        std::vector<torch::Tensor> args(t.begin(), t.begin() + n), kv(t.begin() + n, t.end());
+        std::vector<torch::Tensor*> slots(caches.size());
+        for (size_t j = 0; j < caches.size(); ++j) slots[j] = caches[j] ? &kv[j] : nullptr;
+        auto y = fn(args, slots);
+        if (!recompute)
+          for (size_t j = 0; j < caches.size(); ++j)
+            if (caches[j]) *caches[j] = kv[j];
+        return y;
+      },
+      inputs);
+}
+
+void refuse_checkpointed_prefix_gate(bool on, const torch::nn::Module& m, bool gated) {
+  PEFT_CHECK(!checkpoint_active(on, m) || !gated,
+             "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without "
+             "gradient_checkpointing");
+}
+
 }  // namespace peft

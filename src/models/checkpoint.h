@@ -55,4 +55,17 @@ bool checkpoint_active(bool on, const torch::nn::Module& m);
 torch::Tensor run_block(bool on, const torch::nn::Module& block, const SegmentFn& fn,
                         const std::vector<torch::Tensor>& inputs);
 
+/// A block whose attention keeps KV-cache slots (`caches`; a null slot: no cache there). The
+/// slots' tensors ride along as the last inputs (so a checkpointed block differentiates through
+/// them); fn gets writable copies through `kv` (null where the slot is) and they are written back
+/// to the caller's slots only in the first forward, never in a recompute.
+using CachedBlockFn =
+    std::function<torch::Tensor(const std::vector<torch::Tensor>& inputs, const std::vector<torch::Tensor*>& kv)>;
+torch::Tensor run_cached_block(bool on, const torch::nn::Module& block, const CachedBlockFn& fn,
+                               std::vector<torch::Tensor> inputs, const std::vector<torch::Tensor*>& caches);
+
+/// Refuses checkpointing a model whose forward has a gated prefix (UniPELT's prefix gate: its
+/// gate scores are written outside the block's inputs).
+void refuse_checkpointed_prefix_gate(bool on, const torch::nn::Module& m, bool gated);
+
 }  // namespace peft

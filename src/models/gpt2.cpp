@@ -177,18 +177,18 @@ class GPT2Model : public Module {
     if (in.token_type_ids.defined()) x = x + to_activation(wte->forward(in.token_type_ids.to(dev)));  // as GPT2Model
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
-    PEFT_CHECK(!checkpoint_active(checkpoint, *this) || !in.prefix_gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
+    refuse_checkpointed_prefix_gate(checkpoint, *this, static_cast<bool>(in.prefix_gate));
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
       torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
       auto block = blocks[i];
       LayerPrefixGate gate = gates[i];
-      x = run_block(checkpoint, *block, [block, kc, vc, gate](const std::vector<torch::Tensor>& t, bool recompute) {
-            torch::Tensor k = t[2], v = t[3];
-            auto y = block->forward(t[0], t[1], kc ? &k : nullptr, vc ? &v : nullptr, gate);
-            if (kc && !recompute) *kc = k, *vc = v;
-            return y;
-          }, {x, bias, kc ? *kc : torch::Tensor(), vc ? *vc : torch::Tensor()});
+      x = run_cached_block(
+          checkpoint, *block,
+          [block, gate](const std::vector<torch::Tensor>& t, const std::vector<torch::Tensor*>& kv) {
+            return block->forward(t[0], t[1], kv[0], kv[1], gate);
+          },
+          {x, bias}, {kc, vc});
     }
     x = ln_f->forward(x);
     if (hs) hs->push_back(x);

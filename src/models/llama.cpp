@@ -257,20 +257,19 @@ class LlamaModel : public Module {
     auto bias = attention_bias(in.attention_mask, B, T, past + T, /*causal=*/true, x.scalar_type(), dev);
     bias = apply_sliding_window(bias, c.sliding_window);
     auto gates = kv_prefix_gates(in.prefix_gate.get(), c.n_layers, bias, cache);
-    PEFT_CHECK(!checkpoint_active(checkpoint, *this) || !in.prefix_gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
+    refuse_checkpointed_prefix_gate(checkpoint, *this, static_cast<bool>(in.prefix_gate));
     for (int64_t i = 0; i < c.n_layers; ++i) {
       if (hs) hs->push_back(x);
       torch::Tensor *kc = cache ? &cache->k[i] : nullptr, *vc = cache ? &cache->v[i] : nullptr;
       auto block = blocks[i];
       LayerPrefixGate gate = gates[i];
-      // The layer's tensors go through run_block's inputs (docs/MEMORY.md); the cache is written
-      // only in the first forward, never in a recompute.
-      x = run_block(checkpoint, *block, [block, kc, vc, gate](const std::vector<torch::Tensor>& t, bool recompute) {
-            torch::Tensor k = t[4], v = t[5];
-            auto y = block->forward(t[0], t[1], t[2], t[3], kc ? &k : nullptr, vc ? &v : nullptr, gate);
-            if (kc && !recompute) *kc = k, *vc = v;
-            return y;
-          }, {x, cos, sin, bias, kc ? *kc : torch::Tensor(), vc ? *vc : torch::Tensor()});
+      // The layer's tensors go through the block's inputs (docs/MEMORY.md).
+      x = run_cached_block(
+          checkpoint, *block,
+          [block, gate](const std::vector<torch::Tensor>& t, const std::vector<torch::Tensor*>& kv) {
+            return block->forward(t[0], t[1], t[2], t[3], kv[0], kv[1], gate);
+          },
+          {x, cos, sin, bias}, {kc, vc});
     }
     x = norm->forward(x);
     if (hs) hs->push_back(x);

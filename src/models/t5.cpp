@@ -296,7 +296,7 @@ class T5Stack : public Module {
       cross_bias = attention_bias(with_ones(enc_mask, Pc), B, T, Pc + enc.size(1), /*causal=*/false, dt, dev);
     }
     auto at = [](const std::vector<torch::Tensor>& v, int64_t i) { return v.empty() ? torch::Tensor() : v[i]; };
-    PEFT_CHECK(!checkpoint_active(checkpoint, *this) || !gate, "gradient checkpointing: a gated prefix (UniPELT's prefix gate) is not supported; train without gradient_checkpointing");
+    refuse_checkpointed_prefix_gate(checkpoint, *this, static_cast<bool>(gate));
     for (int64_t i = 0; i < n; ++i) {
       if (hs) hs->push_back(x);
       auto block = blocks[i];
@@ -305,25 +305,15 @@ class T5Stack : public Module {
       torch::Tensor *xkc = cache && dec ? &cache->cross_k[i] : nullptr, *xvc = cache && dec ? &cache->cross_v[i] : nullptr;
       auto self_gate = gate_of(dec ? PrefixGate::kSelf : PrefixGate::kEncoder, i, P, cache ? &cache->gate_scores : nullptr);
       auto cross_gate = dec ? gate_of(PrefixGate::kCross, i, Pc, cache ? &cache->cross_gate_scores : nullptr) : LayerPrefixGate();
-      auto opt = [](torch::Tensor* p) { return p ? *p : torch::Tensor(); };
-      // Inputs: x, self bias, encoder states, cross bias, self/cross prefixes, self/cross caches.
-      x = run_block(checkpoint, *block,
-                    [block, dec, kc, vc, xkc, xvc, self_gate, cross_gate](const std::vector<torch::Tensor>& t, bool recompute) {
-                      torch::Tensor k = t[8], v = t[9], xk = t[10], xv = t[11];
-                      auto y = block->self_attn->forward(t[0], torch::Tensor(), t[1], kc ? &k : nullptr, vc ? &v : nullptr,
-                                                         t[4], t[5], self_gate);
-                      if (dec)
-                        y = block->cross_attn->forward(y, t[2], t[3], xkc ? &xk : nullptr, xvc ? &xv : nullptr, t[6], t[7],
-                                                       cross_gate);
-                      y = block->ff->forward(y);
-                      if (!recompute) {
-                        if (kc) *kc = k, *vc = v;
-                        if (xkc) *xkc = xk, *xvc = xv;
-                      }
-                      return y;
-                    },
-                    {x, self_bias, enc, cross_bias, at(pk, i), at(pv, i), at(ck, i), at(cv, i), opt(kc), opt(vc), opt(xkc),
-                     opt(xvc)});
+      // Inputs: x, self bias, encoder states, cross bias, self/cross prefixes; caches: self, cross.
+      x = run_cached_block(
+          checkpoint, *block,
+          [block, dec, self_gate, cross_gate](const std::vector<torch::Tensor>& t, const std::vector<torch::Tensor*>& kv) {
+            auto y = block->self_attn->forward(t[0], torch::Tensor(), t[1], kv[0], kv[1], t[4], t[5], self_gate);
+            if (dec) y = block->cross_attn->forward(y, t[2], t[3], kv[2], kv[3], t[6], t[7], cross_gate);
+            return block->ff->forward(y);
+          },
+          {x, self_bias, enc, cross_bias, at(pk, i), at(pv, i), at(ck, i), at(cv, i)}, {kc, vc, xkc, xvc});
     }
     x = final_layer_norm->forward(x);
     if (hs) hs->push_back(x);
