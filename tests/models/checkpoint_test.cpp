@@ -11,6 +11,7 @@
 #include <string>
 #include <unordered_set>
 
+#include "models/memory_test_util.h"
 #include "models/checkpoint.h"
 #include "peft/error.h"
 #include "peft/model.h"
@@ -22,12 +23,6 @@ namespace peft {
 namespace {
 
 using test::source_path;
-
-struct RunResult {
-  double loss = 0;
-  std::map<std::string, torch::Tensor> grads;  // every parameter with a gradient
-  int checkpointed_nodes = 0;
-};
 
 // Autograd nodes of our checkpoint Function reachable from t.
 int count_checkpoint_nodes(const torch::Tensor& t) {
@@ -49,19 +44,14 @@ torch::Tensor loss_of(const ModelOutput& out) {
   return out.logits.square().mean();  // a bare encoder: any scalar of the output
 }
 
+struct RunResult : test::GradRun {
+  int checkpointed_nodes = 0;
+};
+
 RunResult run(PeftModel& pm, PretrainedModel& base, const ModelInput& in, bool ckpt, uint64_t seed) {
-  set_memory_options(base, {ckpt, 0});
-  for (auto& p : pm.parameters()) p.mutable_grad() = torch::Tensor();
-  torch::manual_seed(seed);
-  auto out = pm.forward(in);
-  auto loss = loss_of(out);
   RunResult r;
-  r.checkpointed_nodes = count_checkpoint_nodes(loss);
-  loss.backward();
-  r.loss = loss.item<double>();
-  for (auto& kv : pm.named_parameters())
-    if (kv.value().grad().defined()) r.grads[kv.key()] = kv.value().grad().clone();
-  set_memory_options(base, {});
+  static_cast<test::GradRun&>(r) = test::run_with_memory_options(
+      pm, base, in, {ckpt, 0}, seed, loss_of, [&](const torch::Tensor& loss) { r.checkpointed_nodes = count_checkpoint_nodes(loss); });
   return r;
 }
 
@@ -82,25 +72,14 @@ struct Case {
   bool random = false;  // dropout / AdapterDrop > 0: a second seed must change the gradients
 };
 
-ModelPtr load(const std::string& model) {
-  if (model == "stories260K") return load_model(source_path("assets/stories260K"));
-  return load_model(source_path("tests/fixtures/hf/models/" + model));
-}
+ModelPtr load(const std::string& model) { return test::load_memory_test_model(model); }
 
 class GradientCheckpointing : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GradientCheckpointing, SameLossAndGradientsAsWithout) {
   const Case& c = GetParam();
   auto base = load(c.model);
-  auto pm = std::make_shared<PeftModel>(base);
-  torch::manual_seed(5);
-  if (c.method == "full") {
-    for (auto& p : base->parameters()) p.set_requires_grad(true);
-  } else {
-    pm->add_adapter("default", method_config(c.method, c.options));
-    test::randomize(*pm, 0.2);  // no adapter is the identity (LoRA's B = 0 would hide A's gradient)
-  }
-  pm->train();
+  auto pm = test::trainable_model(base, c.method, c.options);
   ModelInput in = c.model == "stories260K" ? stories_input() : test::fixture_input(c.model);
   const int64_t layers = base->dims().num_layers + base->dims().num_decoder_layers;
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <string>
 
+#include "models/memory_test_util.h"
 #include "models/checkpoint.h"
 #include "models/chunked_loss.h"
 #include "peft/model.h"
@@ -23,25 +24,10 @@ namespace {
 
 using test::source_path;
 
-struct RunResult {
-  double loss = 0;
-  bool has_logits = false;
-  std::map<std::string, torch::Tensor> grads;
-};
+using RunResult = test::GradRun;
 
 RunResult run(PeftModel& pm, PretrainedModel& base, const ModelInput& in, int64_t chunk, bool ckpt) {
-  set_memory_options(base, {ckpt, chunk});
-  for (auto& p : pm.parameters()) p.mutable_grad() = torch::Tensor();
-  torch::manual_seed(3);
-  auto out = pm.forward(in);
-  out.loss.backward();
-  RunResult r;
-  r.loss = out.loss.item<double>();
-  r.has_logits = out.logits.defined();
-  for (auto& kv : pm.named_parameters())
-    if (kv.value().grad().defined()) r.grads[kv.key()] = kv.value().grad().clone();
-  set_memory_options(base, {});
-  return r;
+  return test::run_with_memory_options(pm, base, in, {ckpt, chunk}, 3, [](const ModelOutput& o) { return o.loss; });
 }
 
 ModelInput batch(int64_t vocab) {
@@ -64,17 +50,8 @@ class ChunkedLoss : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ChunkedLoss, EqualsUnchunkedLossAndGradients) {
   const Case& c = GetParam();
-  auto base = c.model == "stories260K" ? load_model(source_path("assets/stories260K"))
-                                       : load_model(source_path("tests/fixtures/hf/models/" + c.model));
-  auto pm = std::make_shared<PeftModel>(base);
-  torch::manual_seed(5);
-  if (c.method == "full") {
-    for (auto& p : base->parameters()) p.set_requires_grad(true);
-  } else {
-    pm->add_adapter("default", method_config(c.method, c.options));
-    test::randomize(*pm, 0.2);
-  }
-  pm->train();
+  auto base = test::load_memory_test_model(c.model);
+  auto pm = test::trainable_model(base, c.method, c.options);
   auto in = batch(base->dims().vocab_size);
   RunResult ref = run(*pm, *base, in, 0, false);
   ASSERT_TRUE(ref.has_logits);
