@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "cli/command.h"
+#include "cli/model_args.h"
 #include "peft/combine.h"
 #include "peft/data.h"
 #include "peft/lorahub.h"
@@ -59,6 +60,22 @@ std::string base_name(std::string p) {
 }
 
 /// LoRAHub: the composition's loss on the examples (evaluate_dataset's eval_loss), searched.
+// --adapter NAME=DIR (a bare DIR is named adapter<i>): names and folders, in order.
+std::pair<std::vector<std::string>, std::vector<std::string>> adapter_specs(const std::vector<std::string>& specs,
+                                                                             const std::string& out_name) {
+  std::vector<std::string> names, dirs;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto [n, d] = split_adapter_name(specs[i]);
+    if (n.empty()) n = "adapter" + std::to_string(i);
+    PEFT_CHECK(n != out_name, "option --adapter '", specs[i], "': the name must not be the output name '", out_name, "'");
+    PEFT_CHECK(seen.insert(n).second, "option --adapter: name '", n, "' given twice");
+    names.push_back(n);
+    dirs.push_back(d);
+  }
+  return {names, dirs};
+}
+
 int run_lorahub(Args& a, PeftModel& pm, const std::vector<std::string>& names, const std::string& name,
                 const std::string& out) {
   PEFT_CHECK(a.has("examples"), "peft combine --search lorahub: give the few examples of the new task as --examples FILE");
@@ -114,14 +131,8 @@ int run_combine(Args& a) {
     auto model = load_model(a.get("model"));
     model->eval();
     auto pm = std::make_shared<PeftModel>(model);
-    std::vector<std::string> names;
-    for (size_t i = 0; i < specs.size(); ++i) {
-      auto eq = specs[i].find('=');
-      names.push_back(eq == std::string::npos ? "adapter" + std::to_string(i) : specs[i].substr(0, eq));
-      PEFT_CHECK(std::count(names.begin(), names.end(), names.back()) == 1 && names.back() != name,
-                 "option --adapter: name '", names.back(), "' given twice or equal to the output name");
-      pm->load_adapter(eq == std::string::npos ? specs[i] : specs[i].substr(eq + 1), names.back());
-    }
+    auto [names, dirs] = adapter_specs(specs, name);
+    for (size_t i = 0; i < names.size(); ++i) pm->load_adapter(dirs[i], names[i]);
     pm->eval();
     return run_lorahub(a, *pm, names, name, out);
   }
@@ -159,16 +170,10 @@ int run_combine(Args& a) {
                     "allow_base_mismatch", "out"});
 
   // NAME=DIR (a bare DIR is named adapter<i>); every config read before the base loads.
-  std::vector<std::string> names, dirs;
-  std::set<std::string> seen;
+  auto [names, dirs] = adapter_specs(specs, name);
   std::string first_base, first_field, first_dir;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    auto eq = specs[i].find('=');
-    std::string n = eq == std::string::npos ? "adapter" + std::to_string(i) : specs[i].substr(0, eq);
-    std::string d = eq == std::string::npos ? specs[i] : specs[i].substr(eq + 1);
-    PEFT_CHECK(!n.empty() && n.find('.') == std::string::npos && n != name, "option --adapter '", specs[i],
-               "': the name must be non-empty, without dots and not the output name '", name, "'");
-    PEFT_CHECK(seen.insert(n).second, "option --adapter: name '", n, "' given twice");
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& d = dirs[i];
     auto cfg = read_adapter_config(d);
     std::string field = base_field(cfg), b = base_name(field);
     if (i == 0) {
@@ -180,8 +185,6 @@ int run_combine(Args& a) {
            " has base_model_name_or_path '", first_field, "', ", join_path(d, "adapter_config.json"), " has '", field,
            "' (pass --allow_base_mismatch if they are the same model)");
     }
-    names.push_back(n);
-    dirs.push_back(d);
   }
 
   auto model = load_model(a.get("model"));
