@@ -95,13 +95,19 @@ class Trainer {
   /// Extra metrics computed at every evaluation (e.g. BLEU/chrF of generated translations),
   /// merged into the eval record ("eval_*" keys); called with the model in eval mode.
   void set_eval_hook(std::function<nlohmann::json()> hook) { eval_hook_ = std::move(hook); }
+  /// The adapter written to checkpoints and output_dir (and restored on resume); empty: the
+  /// model's first adapter. Training over frozen stacked adapters names the one that trains.
+  void set_saved_adapter(std::string name) { saved_adapter_ = std::move(name); }
 
  private:
   void save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state);
   int64_t restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state);
   void prune_checkpoints(const std::string& best);
 
+  std::string saved_adapter() const { return saved_adapter_.empty() ? pm_->first_adapter() : saved_adapter_; }
+
   PeftModelPtr pm_;
+  std::string saved_adapter_;
   TrainingArguments args_;
   const Dataset& train_;
   const Dataset* eval_;

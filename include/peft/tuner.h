@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "peft/model.h"
@@ -85,6 +86,11 @@ class Tuner {
   /// before training (Trainer::train, not on resume: the choice is saved with the adapter), with
   /// `next_loss` giving the loss of the next calibration batch (graph attached).
   virtual bool needs_calibration(const nlohmann::json& cfg) const { return false; }
+  /// Methods that train twice (LT-SFT, Ansell et al. 2022, sec. 3.1: phase 2 is a second
+  /// fine-tuning run): the step at which the second run starts, or -1. The Trainer gives each
+  /// run its own learning-rate schedule; the tuner asks for a fresh optimizer through
+  /// PeftModel::request_optimizer_reset() at the boundary.
+  virtual int64_t second_run_start(const nlohmann::json& cfg) const { return -1; }
   virtual void calibrate(PeftModel& pm, const std::string& name, const std::function<torch::Tensor()>& next_loss) const {}
 };
 using TunerPtr = std::shared_ptr<const Tuner>;
@@ -310,6 +316,12 @@ class PeftModel : public Module {
   torch::Tensor extra_loss();
   void before_step(int64_t step);
   void after_step(int64_t step);
+  /// Tuner::on_step asks that the optimizer restart (Adam moments and steps dropped) after the
+  /// current step; the Trainer takes the request once (take_optimizer_reset).
+  void request_optimizer_reset() { optimizer_reset_ = true; }
+  bool take_optimizer_reset() { return std::exchange(optimizer_reset_, false); }
+  /// The latest Tuner::second_run_start of the active adapters (-1: one run).
+  int64_t second_run_start() const;
   /// True when an active adapter chooses its trainable entries from data (Tuner::calibrate).
   bool needs_calibration() const;
   /// Runs Tuner::calibrate for those adapters, in eval mode (no dropout), then clears gradients.
@@ -348,6 +360,7 @@ class PeftModel : public Module {
   std::vector<std::string> active_;
   std::set<std::string> frozen_;
   bool disabled_ = false;
+  bool optimizer_reset_ = false;
 };
 using PeftModelPtr = std::shared_ptr<PeftModel>;
 

@@ -20,7 +20,6 @@
 #include "peft/metrics.h"
 #include "peft/report.h"
 #include "io/files.h"
-#include "train/optimizer_reset.h"
 
 namespace fs = std::filesystem;
 
@@ -310,7 +309,7 @@ void Trainer::save_checkpoint(int64_t step, const nlohmann::json& data_state, co
   try {
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    pm_->save_adapter(tmp.string());
+    pm_->save_adapter(tmp.string(), saved_adapter());
     {
       // LibTorch's file writer finishes the zip archive in its destructor, where a failed write
       // cannot be reported (std::terminate); serialising to memory first and writing through
@@ -350,7 +349,7 @@ void Trainer::save_checkpoint(int64_t step, const nlohmann::json& data_state, co
 }
 
 int64_t Trainer::restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state) {
-  auto name = pm_->first_adapter();  // the adapter save_checkpoint wrote (save_adapter's default)
+  auto name = saved_adapter();  // the adapter save_checkpoint wrote
   auto w = join_path(dir, "adapter_model.safetensors");
   pm_->load_adapter_state_dict(name, load_safetensors(w), w);
   torch::serialize::InputArchive ar;
@@ -416,14 +415,14 @@ TrainResult Trainer::train(bool resume) {
   if (!no_decay.empty())
     groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(opts.weight_decay(0.0)));
   opt_ = std::make_unique<torch::optim::AdamW>(groups, opts);
-  take_optimizer_reset(*pm_);  // a request left by steps taken outside this trainer does not apply
+  pm_->take_optimizer_reset();  // a request left by steps taken outside this trainer does not apply
 
   DataLoader loader(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed));
   if (g) loader.shard(g->rank(), g->world_size());
   // Learning rate at a step. A tuner that trains twice (LT-SFT, Ansell et al. 2022, sec. 3.1:
   // phase 2 is a second fine-tuning run) gets a schedule per run: warmup and decay over
   // [0, split) and again over [split, total), as two separate runs would.
-  const int64_t split_at = second_run_start(*pm_);
+  const int64_t split_at = pm_->second_run_start();
   const int64_t split = split_at > 0 && split_at < total_steps_ ? split_at : total_steps_;
   auto lr_at = [&](int64_t s) {
     const int64_t begin = s < split ? 0 : split, len = s < split ? split : total_steps_ - split;
@@ -616,7 +615,7 @@ TrainResult Trainer::train(bool resume) {
     opt_->step();
     pm_->after_step(step);
     opt_->zero_grad();
-    if (take_optimizer_reset(*pm_)) opt_->state().clear();  // a tuner's phase boundary (LT-SFT)
+    if (pm_->take_optimizer_reset()) opt_->state().clear();  // a tuner's phase boundary (LT-SFT)
     ++step;
     step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0).count();
     run_tokens += tokens;
@@ -663,7 +662,7 @@ TrainResult Trainer::train(bool resume) {
   }
   do_eval_and_save(/*save=*/true);
   if (main) {
-    pm_->save_adapter(args_.output_dir);
+    pm_->save_adapter(args_.output_dir, saved_adapter());
     write_training_report(args_.output_dir, read_jsonl(log_path), "peft.cpp training report");
   }
   if (g) g->barrier("end of training");  // no rank leaves (and closes the store) before rank 0 is done

@@ -174,6 +174,11 @@ class CompositeTuner : public Tuner {
     for (auto& comp : c["components"]) comp = tuner(comp)->saved_config(comp);
     return c;
   }
+  int64_t second_run_start(const nlohmann::json& c) const override {
+    int64_t start = -1;
+    for (auto& comp : c["components"]) start = std::max(start, tuner(comp)->second_run_start(comp));
+    return start;
+  }
   void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const override {
     for (size_t i = 0; i < pm.adapter(name).config["components"].size(); ++i)
       as_component(pm, name, i, [&](const nlohmann::json& comp) { tuner(comp)->on_step(pm, name, step, before); });

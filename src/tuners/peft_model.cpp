@@ -498,6 +498,12 @@ void PeftModel::after_step(int64_t step) {
   for (auto& a : active_) adapter(a).tuner->on_step(*this, a, step, false);
 }
 
+int64_t PeftModel::second_run_start() const {
+  int64_t start = -1;
+  for (auto& a : active_) start = std::max(start, adapter(a).tuner->second_run_start(adapter(a).config));
+  return start;
+}
+
 bool PeftModel::needs_calibration() const {
   for (auto& a : active_)
     if (adapter(a).tuner->needs_calibration(adapter(a).config)) return true;

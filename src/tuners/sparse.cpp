@@ -34,7 +34,7 @@
 //   numel entries (global across the targeted weights) with the largest |W1 - W0| = |D| are
 //   kept, D is reset to 0 (W0) and phase 2 trains only them: ΔW = M ⊙ D, with a fresh optimizer
 //   as the paper's second run (the Trainer drops the Adam moments and step counts at the phase
-//   boundary, src/train/optimizer_reset.h) and gives each phase its own learning-rate schedule
+//   boundary, PeftModel::request_optimizer_reset) and gives each phase its own learning-rate schedule
 //   (phase 1 over phase1_steps, phase 2 over the remaining max_steps). peft_type "LT_SFT".
 //
 // Once a mask exists the adapter is saved sparsely, as SPARSE_DELTA is: `sparse_indices` [k]
@@ -48,7 +48,6 @@
 #include "peft/error.h"
 #include "peft/tuner.h"
 #include "peft/precision.h"
-#include "train/optimizer_reset.h"
 #include "tuners/partial_common.h"
 
 namespace peft {
@@ -396,8 +395,9 @@ class LtSftTuner : public SparseTuner {
       moved.push_back(l->param(name, "delta_weight").detach().abs());
     }
     select_global(layers, name, moved, c["density"].get<double>(), /*reset=*/true);
-    request_optimizer_reset(pm);  // phase 2 starts with a fresh optimizer (sec. 3.1)
+    pm.request_optimizer_reset();  // phase 2 starts with a fresh optimizer (sec. 3.1)
   }
+  int64_t second_run_start(const nlohmann::json& c) const override { return c.value("phase1_steps", int64_t{-1}); }
 
  protected:
   std::string layer_method() const override { return "lt_sft"; }
