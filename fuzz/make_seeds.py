@@ -189,3 +189,28 @@ json_seed("bnb_state", "quantization_config", {"quantization_config": {
     "llm_int8_skip_modules": None, "llm_int8_threshold": 6.0, "llm_int8_has_fp16_weight": False}})
 dict_file("bnb_state", ["quant_state.bitsandbytes__nf4", "quant_state.bitsandbytes__fp4", "absmax", "quant_map",
                         "nested_absmax", "nested_quant_map", "SCB", "weight_format", "fp4", "nf4", "U8", "I8"])
+
+# peft serve request bodies: first byte 0 = /v1/completions body, 1 = /v1/chat/completions body,
+# 2 = a chat template (rendered for a fixed chat request).
+words.clear()
+json_seed("serve_request", "completion", {"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 8,
+                                          "temperature": 0.7, "top_p": 0.9, "top_k": 20, "seed": 3, "stop": ["."],
+                                          "n": 1, "stream": True, "stream_options": {"include_usage": True}}, b"\x00")
+json_seed("serve_request", "completion_ids", {"model": "stories260K", "prompt": [1, 403, 407], "max_tokens": 4}, b"\x00")
+json_seed("serve_request", "chat", {"model": "stories260K", "max_tokens": 8, "stop": "\n", "messages": [
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon a time"}]}, b"\x01")
+templates = [
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}",
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content']"
+    " | trim + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] | trim + eos_token }}"
+    "{% endif %}{% endfor %}",
+    "{% set ns = namespace(first=true) %}{%- for m in messages -%}{% if loop.first and m.role == 'system' %}<<SYS>>"
+    "{{ m.content }}<</SYS>>{% set ns.first = false %}{% else %}{{ m.content | upper }}{% endif %}{%- endfor -%}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}{{ raise_exception('x') if messages | length > 9 }}",
+]
+for i, t in enumerate(templates):
+    put("serve_request", "template_%d" % i, b"\x02" + t.encode())
+dict_file("serve_request", ["{%", "%}", "{{", "}}", "{#", "#}", "{%-", "-%}", "for", "endfor", "if", "elif", "else",
+                            "endif", "set", "namespace", "loop.index", "messages", "content", "role", "prompt",
+                            "max_tokens", "temperature", "top_p", "top_k", "stream", "stop", "seed", "model", "n",
+                            "stream_options", "include_usage", "add_generation_prompt", "raise_exception", "|"])
