@@ -235,12 +235,12 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   if (mcfg.value("prompt_tuning_init", std::string()) == "TEXT" && mcfg.value("prompt_tuning_init_text", nlohmann::json()).is_string() &&
       !mcfg.contains("prompt_tuning_init_token_ids"))
     mcfg["prompt_tuning_init_token_ids"] = tok->encode(mcfg["prompt_tuning_init_text"].get<std::string>(), true);
-  pm->add_adapter("default", mcfg);
   // stack_adapters NAME=DIR,...: frozen adapters under the new one (AdapterHub's Stack, MAD-X:
-  // a task adapter trained over a language adapter); they act in every forward, only "default"
-  // trains and is saved.
+  // a task adapter trained over a language adapter; AdapterFusion over task adapters); they act
+  // in every forward, only "default" trains and is saved. Loaded first: the new adapter wraps
+  // them and may name them (a composition block).
+  std::vector<std::string> order;
   if (!stack_adapters.empty()) {
-    std::vector<std::string> order;
     for (auto& spec : split_commas(stack_adapters)) {
       auto [name, dir] = split_adapter_name(spec);
       PEFT_CHECK(!name.empty() && name != "default", "option --stack_adapters: '", spec,
@@ -248,6 +248,9 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
       pm->load_adapter(dir, name);
       order.push_back(name);
     }
+  }
+  pm->add_adapter("default", mcfg);
+  if (!stack_adapters.empty()) {
     order.push_back("default");
     pm->set_adapter(order);
     for (size_t i = 0; i + 1 < order.size(); ++i) pm->set_frozen(order[i]);
@@ -257,6 +260,7 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
 
   saved["method"] = method;
   Trainer trainer(pm, args, data.train, data.eval.size() ? &data.eval : nullptr, saved);
+  trainer.set_saved_adapter("default");
   if (env.distributed()) {
     // Every rank must run the same recipe on the same data with the same trainable layout.
     std::vector<std::vector<int64_t>> ids;

@@ -54,8 +54,65 @@ class BottleneckLayer : public TunerLayer {
     double drop_prob;  // AdapterDrop while training
   };
   std::map<std::string, Opts> opts;
+  std::map<std::string, AdapterBlock> blocks;  // composition adapters (Average, Fuse) at this slot
   std::string method() const override { return "bottleneck"; }
-  bool supports_row_adapters(const std::string&) const override { return true; }
+  bool supports_row_adapters(const std::string& a) const override { return !blocks.count(a); }
+  void remove_adapter(const std::string& a) override {
+    TunerLayer::remove_adapter(a);
+    opts.erase(a);
+    blocks.erase(a);
+  }
+
+  void add_block(const std::string& name, const AdapterBlock& b, const std::string& path) {
+    int64_t d = -1;
+    for (auto& c : b.children) {
+      PEFT_CHECK(opts.count(c), "adapter composition '", name, "': module ", path, " holds no bottleneck adapter '", c, "'");
+      const int64_t out = param(c, "adapter_up.weight").size(0);
+      PEFT_CHECK(d < 0 || d == out, "adapter composition '", name, "': adapters of different widths at ", path);
+      d = out;
+    }
+    blocks[name] = b;
+    adapters_.insert(name);
+    if (b.kind != "fuse") return;
+    auto dt = param(b.children[0], "adapter_up.weight").scalar_type();
+    // Pfeiffer et al. 2021 sec. 3.2: V starts as the identity (the fusion begins as a soft
+    // average of the adapters' outputs); Q and K small.
+    auto small = [&] { return (torch::randn({d, d}) * 0.02).to(dt); };
+    add_param(name, "fusion_query.weight", b.init_weights ? small() : kaiming_uniform({d, d}, d).to(dt));
+    add_param(name, "fusion_query.bias", torch::zeros({d}, dt));
+    add_param(name, "fusion_key.weight", b.init_weights ? small() : kaiming_uniform({d, d}, d).to(dt));
+    add_param(name, "fusion_key.bias", torch::zeros({d}, dt));
+    add_param(name, "fusion_value.weight", b.init_weights ? torch::eye(d, dt) : kaiming_uniform({d, d}, d).to(dt));
+    add_param(name, "fusion_value.bias", b.init_weights ? torch::zeros({d}, dt) : kaiming_uniform({d}, d).to(dt));
+  }
+
+  // A block over its children, each on the same input: x for parallel adapters, h (the base
+  // output) for sequential ones.
+  //   Average (AdapterHub's output averaging): h + sum_i w_i z_i.
+  //   Fuse (AdapterFusion, Pfeiffer et al. 2021, sec. 3.2): y_i = h + z_i, per token
+  //   s = softmax_i((Q h)^T (K y_i) / T), output sum_i s_i (V y_i); Q, K, V are d x d Linears.
+  torch::Tensor combine(const std::string& name, const torch::Tensor& x, const torch::Tensor& h) {
+    const auto& b = blocks.at(name);
+    std::vector<torch::Tensor> z;
+    for (auto& c : b.children) {
+      PEFT_CHECK(opts.count(c), "adapter composition '", name, "': adapter '", c, "' is no longer loaded");
+      z.push_back(adapter(c, opts.at(c).parallel ? x : h).to(h.scalar_type()));
+    }
+    if (b.kind == "average") {
+      auto out = h;
+      for (size_t i = 0; i < z.size(); ++i) out = out + z[i] * b.weights[i];
+      return out;
+    }
+    namespace F = torch::nn::functional;
+    std::vector<torch::Tensor> ys;
+    for (auto& zi : z) ys.push_back(h + zi);
+    auto y = torch::stack(ys, -2);  // [..., N, d]
+    auto q = F::linear(h, param(name, "fusion_query.weight"), param(name, "fusion_query.bias")).unsqueeze(-2);
+    auto k = F::linear(y, param(name, "fusion_key.weight"), param(name, "fusion_key.bias"));
+    auto v = F::linear(y, param(name, "fusion_value.weight"), param(name, "fusion_value.bias"));
+    auto s = torch::softmax((q * k).sum(-1) / b.temperature, -1);  // [..., N]
+    return (s.unsqueeze(-1) * v).sum(-2);
+  }
 
   void add(const std::string& a, int64_t in, int64_t out, int64_t b, const Opts& o, bool init_weights) {
     opts[a] = o;
@@ -105,7 +162,18 @@ class BottleneckLayer : public TunerLayer {
     }
     // Parallel adapters read the slot input; sequential ones the (running) output, in order: with
     // several active adapters this is AdapterHub's Stack (a language adapter under a task one).
-    for (auto& a : live_adapters()) {
+    // An active block (Average, Fuse) runs at its place in that order; its children act only
+    // through it.
+    auto live = live_adapters();
+    std::set<std::string> in_block;
+    for (auto& a : live)
+      if (blocks.count(a)) in_block.insert(blocks.at(a).children.begin(), blocks.at(a).children.end());
+    for (auto& a : live) {
+      if (in_block.count(a)) continue;
+      if (blocks.count(a)) {
+        h = combine(a, x, h);
+        continue;
+      }
       auto& o = opts.at(a);
       if (o.drop_prob > 0 && is_training() && torch::rand({1}).item<double>() < o.drop_prob) continue;
       h = h + adapter(a, o.parallel ? x : h);
@@ -176,6 +244,17 @@ PEFT_REGISTER_METHOD("pfeiffer", {{"peft_type", "BOTTLENECK"}, {"adapter_type", 
 PEFT_REGISTER_METHOD("parallel-adapter", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "parallel"}, {"scaling", 4.0}});
 
 }  // namespace
+
+void add_adapter_block(Layer* layer, const std::string& name, const AdapterBlock& block, const std::string& path) {
+  BottleneckLayer* bl = nullptr;
+  for (Layer* l = layer; l && !bl;) {
+    bl = dynamic_cast<BottleneckLayer*>(l);
+    auto* t = dynamic_cast<TunerLayer*>(l);
+    l = t ? t->base_layer.get() : nullptr;
+  }
+  PEFT_CHECK(bl, "adapter composition '", name, "': module ", path, " has no bottleneck adapter to compose");
+  bl->add_block(name, block, path);
+}
 
 int64_t layer_input_dim(Layer* l, int64_t hidden) {
   while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();

@@ -3,6 +3,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "peft/tuner.h"
 
@@ -23,5 +24,19 @@ int64_t adapter_bottleneck_size(const nlohmann::json& c, int64_t hidden);
 /// Input / output width of the Linear under a slot (through wrappers); `hidden` for other layers.
 int64_t layer_input_dim(Layer* l, int64_t hidden);
 int64_t layer_output_dim(Layer* l, int64_t hidden);
+
+/// AdapterHub's composition blocks over the bottleneck adapters at one slot
+/// (src/tuners/composition.cpp; docs/MULTI_ADAPTER.md).
+struct AdapterBlock {
+  std::string kind;                   // "average" | "fuse"
+  std::vector<std::string> children;  // bottleneck adapters at the slot, each computed on the same input
+  std::vector<double> weights;        // average: one per child
+  double temperature = 1.0;           // fuse: the softmax temperature T
+  bool init_weights = true;           // fuse: V = I, small Q, K (false: every matrix random)
+};
+/// Adds block `name` to the bottleneck wrapper at `layer` (found through other wrappers); `path`
+/// names the slot in errors (no bottleneck wrapper there, a child it does not hold). While the
+/// block is active its children act only through it.
+void add_adapter_block(Layer* layer, const std::string& name, const AdapterBlock& block, const std::string& path);
 
 }  // namespace peft

@@ -37,17 +37,14 @@ const std::map<std::string, std::string> kPublicHeaderLayer = {
     {"peft/error.h", "error"},       {"peft/io.h", "io"},           {"peft/tokenizer.h", "tokenizer"},
     {"peft/quant.h", "quant"},       {"peft/model.h", "models"},    {"peft/module.h", "models"},
     {"peft/generate.h", "models"},   {"peft/precision.h", "models"}, {"peft/tuner.h", "tuners"},
-    {"peft/combine.h", "tuners"},    {"peft/presets.h", "tuners"},  {"peft/lorahub.h", "tuners"},  {"peft/dist.h", "dist"},
+    {"peft/combine.h", "tuners"},    {"peft/presets.h", "tuners"},  {"peft/lorahub.h", "tuners"},
+    {"peft/composition.h", "tuners"}, {"peft/dist.h", "dist"},
     {"peft/data.h", "train"},        {"peft/metrics.h", "train"},   {"peft/report.h", "train"},
     {"peft/trainer.h", "train"},
 };
 
 // (file, included header) pairs that break rule 1 today.
-const std::set<std::pair<std::string, std::string>> kIncludeAllowList = {
-    // LT-SFT's optimizer reset goes through a process-wide set that the Trainer polls (issue 18
-    // item 1 replaces it with a tuner training capability; then delete this entry).
-    {"src/tuners/sparse.cpp", "train/optimizer_reset.h"},
-};
+const std::set<std::pair<std::string, std::string>> kIncludeAllowList = {};
 
 // (file, family) pairs that break rule 2 today.
 const std::set<std::pair<std::string, std::string>> kFamilyAllowList = {
@@ -75,8 +72,6 @@ const std::set<std::pair<std::string, std::string>> kMethodAllowList = {
     {"src/cli/bench_step.cpp", "lora"}, {"src/cli/bench_step.cpp", "adalora"},
     // `peft train --method` defaults to "lora".
     {"src/cli/train.cpp", "lora"},
-    // LT-SFT's optimizer reset (issue 18 item 1, as kIncludeAllowList).
-    {"src/train/optimizer_reset.cpp", "lt_sft"},
 };
 
 // ---------------------------------------------------------------------------------------------
