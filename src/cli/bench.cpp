@@ -24,6 +24,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -110,8 +111,15 @@ int run_worker(const Args& a) {
   const torch::Dtype dtype = parse_dtype_name(a.get("dtype", "float32"), "bench: option --dtype", false);
   const int64_t warmup = a.get_int("warmup", 1), steps = a.get_int("steps", 3);
   if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads", 1)));
+  std::optional<quant::QuantConfig> q;
+  if (a.has("quantize")) {
+    q = quant::QuantConfig();
+    q->type = quant::quant_type_from_name(a.get("quantize"), "bench: option --quantize");
+    q->double_quant = a.get_bool("double_quant", false);
+    q->compute_dtype = quant::compute_dtype_from_name(a.get("compute_dtype", "bfloat16"), "bench: option --compute_dtype");
+  }
   Rss start = read_rss();
-  StepBench b(s, method, warmup + steps, dtype);
+  StepBench b(s, method, warmup + steps, dtype, q ? &*q : nullptr);
   const MemoryOptions mem{a.get_bool("gradient_checkpointing", false), a.get_int("loss_chunk_tokens", 0)};
   set_memory_options(b.model(), mem);  // docs/MEMORY.md
   Rss before = read_rss();
@@ -132,6 +140,8 @@ int run_worker(const Args& a) {
   const double step_s = median(times);
   nlohmann::json r = {{"method", method},
                       {"dtype", dtype_name(dtype)},
+                      {"quantize", q ? quant::quant_type_name(q->type) : std::string()},
+                      {"quantized_layers", b.quantized_layers},
                       {"trainable", b.trainable},
                       {"total", b.total},
                       {"targeted_modules", b.targeted_modules},
@@ -459,7 +469,8 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
 int run_bench(Args& a) {
   a.reject_unknown({"worker", "dist_worker", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
-                    "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens"});
+                    "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens", "quantize", "double_quant",
+                    "compute_dtype"});
   if (a.has("worker")) return run_worker(a);
   if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);

@@ -1,5 +1,7 @@
 #include "cli/bench_step.h"
 
+#include "models/quant_linear.h"
+
 #include <fstream>
 #include <sstream>
 
@@ -58,13 +60,21 @@ nlohmann::json bench_method_config(const std::string& method, int64_t total_step
   return method_config(method, over);
 }
 
-StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps, torch::Dtype dtype) {
+StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps, torch::Dtype dtype,
+                     const quant::QuantConfig* quant) {
   torch::manual_seed(0);
   check_compute_dtype(dtype, torch::kCPU, "bench --dtype");
   LoadOptions lo;
   lo.dtype = dtype;
   model_ = create_model(shape.config(), lo);
-  if (is_half_dtype(dtype)) matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(dtype);
+  if (quant) {
+    PEFT_CHECK(method != "full", "bench: full fine-tuning cannot train a quantized base");
+    check_compute_dtype(quant->compute_dtype, torch::kCPU, "bench --compute_dtype");
+    quantized_layers = quantize_model(*model_, *quant).layers;
+    if (is_half_dtype(quant->compute_dtype)) matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(quant->compute_dtype);
+  } else if (is_half_dtype(dtype)) {
+    matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(dtype);
+  }
   std::vector<std::pair<std::string, torch::Tensor>> named;
   if (method == "full") {
     for (auto& p : model_->named_parameters()) {

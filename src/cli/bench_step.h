@@ -16,6 +16,7 @@
 
 #include "peft/model.h"
 #include "peft/precision.h"
+#include "peft/quant.h"
 #include "peft/tuner.h"
 
 namespace peft::cli {
@@ -43,8 +44,11 @@ class StepBench {
   /// (AdamW, lr 1e-4, weight decay 0.01) and one random batch (labels = input ids).
   /// dtype bfloat16: the frozen base in bfloat16, trainable tensors (all of them for "full":
   /// mixed precision) in float32, Linear products in bfloat16 (docs/PRECISION.md).
+  /// quant (4-bit / int8, docs/QUANTIZATION.md): the frozen base's Linear layers quantized after
+  /// the model is built, products in quant->compute_dtype (full fine-tuning is refused).
   StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps = 1000,
-            torch::Dtype dtype = torch::kFloat32);
+            torch::Dtype dtype = torch::kFloat32, const quant::QuantConfig* quant = nullptr);
+  int64_t quantized_layers = 0;
   /// One optimizer step; returns the loss.
   double step();
   /// Called between backward and the optimizer step (the data-parallel gradient sum).

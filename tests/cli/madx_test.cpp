@@ -31,6 +31,15 @@ std::string bytes_of(const std::string& path) {
   return ss.str();
 }
 
+/// `peft train` on stories260K with `data`, into `out`, with the options `flags`; the log on failure.
+void train_stories(const std::string& data, const std::string& out, const std::string& flags) {
+  std::string log;
+  EXPECT_EQ(run_cli("train --model " + source_path("assets/stories260K") + " --train " + data + " --output-dir " + out + flags,
+                    &log),
+            0)
+      << log;
+}
+
 double eval_loss(const std::string& adapters, const std::string& data) {
   std::string out;
   EXPECT_EQ(run_cli("eval --model " + source_path("assets/stories260K") + adapters + " --data " + data +
@@ -62,12 +71,7 @@ TEST(MadX, StackedTaskAdapterOverSwappableLanguageAdapters) {
   const std::string common = " --method pfeiffer --max_steps 30 --learning_rate 5e-3 --per_device_train_batch_size 8"
                              " --max_length 128 --save_steps 0 --logging_steps 10 --progress false --seed 5";
   auto train = [&](const std::string& data, const std::string& out, const std::string& extra) {
-    std::string log;
-    ASSERT_EQ(run_cli("train --model " + source_path("assets/stories260K") + " --train " + data + " --output-dir " + out +
-                          common + extra,
-                      &log),
-              0)
-        << log;
+    train_stories(data, out, common + extra);
   };
   train(en, dir + "/lang_en", "");
   train(ro, dir + "/lang_ro", "");
@@ -108,22 +112,14 @@ TEST(AdapterFusionCli, TrainsOnlyTheFusionOverFrozenAdapters) {
   auto task_eval = head_lines(source_path("assets/e2e/validation.jsonl"), dir + "/eval.jsonl", 24);
   const std::string tatoeba = source_path("assets/mt/tatoeba-en-ro/train.jsonl");
   auto task_b = text_file(tatoeba, "source", 100, dir + "/b.jsonl");
-  const std::string common = " --max_steps 20 --learning_rate 5e-3 --per_device_train_batch_size 8"
-                             " --max_length 128 --save_steps 0 --logging_steps 10 --progress false --seed 5";
-  auto train = [&](const std::string& data, const std::string& out, const std::string& extra) {
-    std::string log;
-    EXPECT_EQ(run_cli("train --model " + source_path("assets/stories260K") + " --train " + data + " --output-dir " + out +
-                          common + extra,
-                      &log),
-              0)
-        << log;
-  };
-  train(task_a, dir + "/a", " --method pfeiffer");
-  train(task_b, dir + "/b", " --method pfeiffer");
+  const std::string run = " --max_steps 20 --learning_rate 5e-3 --per_device_train_batch_size 8 --max_length 128"
+                          " --save_steps 0 --logging_steps 10 --progress false --seed 5 --method ";
+  train_stories(task_a, dir + "/a", run + "pfeiffer");
+  train_stories(task_b, dir + "/b", run + "pfeiffer");
   const std::string a_bytes = bytes_of(dir + "/a/adapter_model.safetensors");
-  train(task_a, dir + "/fusion",
-        " --method adapter_fusion --eval " + task_eval + " --eval_on_start true --eval_steps 20 --stack_adapters a=" +
-            dir + "/a,b=" + dir + "/b");
+  train_stories(task_a, dir + "/fusion",
+                run + "adapter_fusion --eval " + task_eval + " --eval_on_start true --eval_steps 20 --stack_adapters a=" +
+                    dir + "/a,b=" + dir + "/b");
   EXPECT_EQ(bytes_of(dir + "/a/adapter_model.safetensors"), a_bytes);
   auto keys = load_safetensors(dir + "/fusion/adapter_model.safetensors");
   ASSERT_FALSE(keys.empty());
