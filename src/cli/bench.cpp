@@ -34,6 +34,7 @@
 #include "models/checkpoint.h"
 #include "cli/command.h"
 #include "cli/process.h"
+#include "cli/quant_args.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/tuner.h"
@@ -111,13 +112,8 @@ int run_worker(const Args& a) {
   const torch::Dtype dtype = parse_dtype_name(a.get("dtype", "float32"), "bench: option --dtype", false);
   const int64_t warmup = a.get_int("warmup", 1), steps = a.get_int("steps", 3);
   if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads", 1)));
-  std::optional<quant::QuantConfig> q;
-  if (a.has("quantize")) {
-    q = quant::QuantConfig();
-    q->type = quant::quant_type_from_name(a.get("quantize"), "bench: option --quantize");
-    q->double_quant = a.get_bool("double_quant", false);
-    q->compute_dtype = quant::compute_dtype_from_name(a.get("compute_dtype", "bfloat16"), "bench: option --compute_dtype");
-  }
+  std::optional<quant::QuantConfig> q = quant_config_from_args(a);
+  if (q && !a.has("compute_dtype")) q->compute_dtype = torch::kBFloat16;  // the bench measures the fast path
   Rss start = read_rss();
   StepBench b(s, method, warmup + steps, dtype, q ? &*q : nullptr);
   const MemoryOptions mem{a.get_bool("gradient_checkpointing", false), a.get_int("loss_chunk_tokens", 0)};
