@@ -5,6 +5,7 @@
 # base (LoRA only: a quantized base is frozen). Each configuration runs in its own
 # `peft bench --worker` process, so its peak (VmHWM) is its own.
 #   scripts/memory_vs_size.sh [PEFT_BINARY] [OUT.jsonl]
+#   peft assess --memory-vs-size OUT.jsonl --out DIR      # the plot (DIR/memory_vs_size.svg)
 set -euo pipefail
 PEFT=${1:-build/peft}
 OUT=${2:-/dev/null}
@@ -19,7 +20,9 @@ for i in 0 1 2; do
     [ "$base" = nf4 ] && extra="--dtype float32 --quantize nf4 --compute_dtype bfloat16"
     # shellcheck disable=SC2086
     line=$(OMP_WAIT_POLICY=PASSIVE "$PEFT" bench --worker "$method" ${SIZES[$i]} $extra --threads 2 --warmup 1 --steps 1 | tail -1)
-    echo "$line" >> "$OUT"
+    # The record with its labels (peft assess --memory-vs-size OUT.jsonl plots these).
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r.update(config=sys.argv[2]+" "+sys.argv[3], size=sys.argv[4]); print(json.dumps(r))' \
+      "$line" "$method" "$base" "${NAMES[$i]}" >> "$OUT"
     python3 - "${NAMES[$i]}" "$method" "$base" "$line" <<'PY'
 import json, sys
 r = json.loads(sys.argv[4])

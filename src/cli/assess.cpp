@@ -47,7 +47,8 @@ std::string clock_text(double s) {
 
 // The options assess itself reads; every other --KEY VALUE goes to `peft train`.
 const std::vector<std::string> kOwn = {"model", "task", "train", "eval", "methods", "budget_steps", "seeds", "out",
-                                       "batch", "max_length", "max_new_tokens", "gen_examples", "primary"};
+                                       "batch", "max_length", "max_new_tokens", "gen_examples", "primary",
+                                       "memory_vs_size"};
 
 struct Setup {
   std::string model, task, train, eval, out, exe;
@@ -142,6 +143,18 @@ std::string default_primary(const std::string& task, const std::vector<nlohmann:
 }
 
 int run_assess(Args& a) {
+  // --memory-vs-size FILE: scripts/memory_vs_size.sh's records, plotted into the report; alone
+  // (no --task) it only writes that plot.
+  std::vector<nlohmann::json> sizes;
+  if (a.has("memory_vs_size")) sizes = read_memory_vs_size(a.get("memory_vs_size"));
+  if (!sizes.empty() && !a.has("task")) {
+    const std::string out = a.get("out");
+    a.reject_unknown({"memory_vs_size", "out"});
+    fs::create_directories(out);
+    write_file_atomic(join_path(out, "memory_vs_size.svg"), memory_vs_size_svg(sizes));
+    std::cerr << "assess: " << out << "/memory_vs_size.svg (" << sizes.size() << " records)\n";
+    return 0;
+  }
   Setup s;
   s.model = a.get("model");
   s.task = a.get("task");
@@ -212,7 +225,7 @@ int run_assess(Args& a) {
                            {"passthrough", nlohmann::json::object()}};
   for (auto& [k, v] : s.passthrough) header["passthrough"][k] = v;
   auto rows = aggregate_rows(labels, results);
-  write_assessment(s.out, header, rows, results, primary);
+  write_assessment(s.out, header, rows, results, primary, sizes);
   std::cerr << "assess: " << s.out << "/assessment.md (table), assessment.json, assessment.csv, assessment.html\n";
   std::cout << read_file(join_path(s.out, "assessment.md"));
   return 0;
@@ -222,8 +235,8 @@ int run_assess(Args& a) {
 
 PEFT_REGISTER_COMMAND("assess",
                       "--model DIR --task nlg|nlu|mt --train FILE --eval FILE --methods a,b|all --out DIR "
-                      "[--budget-steps N] [--seeds K] [--batch B]: the survey's method comparison (trainable %, "
-                      "peak memory, tokens/s, quality), resumable",
+                      "[--budget-steps N] [--seeds K] [--batch B] [--memory-vs-size FILE]: the survey's method "
+                      "comparison (trainable %, peak memory, tokens/s, quality), resumable",
                       run_assess);
 
 }  // namespace peft::cli

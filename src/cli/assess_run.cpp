@@ -170,8 +170,77 @@ std::string scatter(const nlohmann::json& rows, const std::string& xkey, const s
 
 }  // namespace
 
+std::vector<nlohmann::json> read_memory_vs_size(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(read_file(path));
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const std::exception& e) {
+      fail(path, ":", n, ": not a JSON object (", e.what(), ")");
+    }
+    PEFT_CHECK(j.is_object(), path, ":", n, ": not a JSON object");
+    PEFT_CHECK(j.contains("config") && j["config"].is_string(), path, ":", n,
+               ": field 'config' (a label such as \"lora nf4\") missing or not a string");
+    for (const char* k : {"total", "peak_rss_mib"})
+      PEFT_CHECK(j.contains(k) && j[k].is_number() && j[k].get<double>() > 0, path, ":", n, ": field '", k,
+                 "' missing or not a positive number");
+    out.push_back(j);
+  }
+  PEFT_CHECK(!out.empty(), path, ": no records");
+  return out;
+}
+
+std::string memory_vs_size_svg(const std::vector<nlohmann::json>& records) {
+  std::vector<std::string> order;  // configs in first-seen order
+  std::map<std::string, std::vector<std::pair<double, double>>> series;
+  for (auto& r : records) {
+    const auto c = r["config"].get<std::string>();
+    if (!series.count(c)) order.push_back(c);
+    series[c].emplace_back(std::log10(r["total"].get<double>()), r["peak_rss_mib"].get<double>());
+  }
+  double x0 = 1e300, x1 = -1e300, y0 = 0, y1 = 0;
+  for (auto& [c, pts] : series) {
+    std::sort(pts.begin(), pts.end());
+    for (auto& p : pts) x0 = std::min(x0, p.first), x1 = std::max(x1, p.first), y1 = std::max(y1, p.second);
+  }
+  const double px = x1 > x0 ? (x1 - x0) * 0.08 : 0.5;
+  x0 -= px, x1 += px, y1 *= 1.08;
+  const double W = 560, H = 360, L = 70, R = 130, T = 30, B = 50;
+  auto X = [&](double v) { return L + (v - x0) / (x1 - x0) * (W - L - R); };
+  auto Y = [&](double v) { return T + (1 - (v - y0) / (y1 - y0)) * (H - T - B); };
+  static const char* colors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+  std::ostringstream s;
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+    << "\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"" << (W - R + L) / 2
+    << "\" y=\"16\" text-anchor=\"middle\" font-size=\"13\">peak RSS (MiB) vs model size</text>\n<rect x=\"" << L
+    << "\" y=\"" << T << "\" width=\"" << W - L - R << "\" height=\"" << H - T - B << "\" fill=\"none\" stroke=\"#888\"/>\n";
+  for (int i = 0; i <= 4; ++i) {
+    const double xv = x0 + (x1 - x0) * i / 4, yv = y0 + (y1 - y0) * i / 4;
+    s << "<text x=\"" << X(xv) << "\" y=\"" << H - B + 15 << "\" text-anchor=\"middle\">" << num(std::pow(10.0, xv) / 1e6, 3)
+      << "M</text>\n<text x=\"" << L - 5 << "\" y=\"" << Y(yv) + 4 << "\" text-anchor=\"end\">" << num(yv, 0) << "</text>\n";
+  }
+  s << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 12
+    << "\" text-anchor=\"middle\">parameters (log scale)</text>\n";
+  for (size_t k = 0; k < order.size(); ++k) {
+    const char* col = colors[k % 8];
+    auto& pts = series[order[k]];
+    s << "<polyline fill=\"none\" stroke=\"" << col << "\" stroke-width=\"1.5\" points=\"";
+    for (auto& p : pts) s << X(p.first) << "," << Y(p.second) << " ";
+    s << "\"/>\n";
+    for (auto& p : pts) s << "<circle cx=\"" << X(p.first) << "\" cy=\"" << Y(p.second) << "\" r=\"3\" fill=\"" << col << "\"/>\n";
+    s << "<text x=\"" << W - R + 10 << "\" y=\"" << T + 14 * (k + 1) << "\" fill=\"" << col << "\">" << esc(order[k])
+      << "</text>\n";
+  }
+  return s.str() + "</svg>\n";
+}
+
 void write_assessment(const std::string& out, const nlohmann::json& header, const nlohmann::json& rows,
-                      const std::vector<nlohmann::json>& cells, const std::string& primary) {
+                      const std::vector<nlohmann::json>& cells, const std::string& primary,
+                      const std::vector<nlohmann::json>& sizes) {
   const std::string md = markdown(header, rows);
   write_file_atomic(join_path(out, "assessment.md"), md);
   write_file_atomic(join_path(out, "assessment.csv"), csv(rows));
@@ -191,7 +260,9 @@ void write_assessment(const std::string& out, const nlohmann::json& header, cons
   }
   h << "</table>\n<p>" << scatter(rows, "trainable_pct", "trainable %", true, primary, primary) << "\n"
     << scatter(rows, "peak_rss_mib", "peak RSS (MiB)", false, primary, primary) << "\n"
-    << scatter(rows, "trainable_pct", "trainable %", true, "peak_rss_mib", "peak RSS (MiB)") << "</p>\n</body></html>\n";
+    << scatter(rows, "trainable_pct", "trainable %", true, "peak_rss_mib", "peak RSS (MiB)") << "</p>\n";
+  if (!sizes.empty()) h << "<h2>Memory vs model size</h2>\n<p>" << memory_vs_size_svg(sizes) << "</p>\n";
+  h << "</body></html>\n";
   write_file_atomic(join_path(out, "assessment.html"), h.str());
 }
 

@@ -1,5 +1,10 @@
-// `peft merge --model DIR --adapter DIR[:SCALE]... --out DIR`: folds adapters into the base and
-// writes a plain Hugging Face checkpoint (config.json + model.safetensors + tokenizer files).
+// `peft merge --model DIR --adapter DIR[:SCALE]... --out DIR [--dequantize float32|bfloat16]`:
+// folds adapters into the base and writes a Hugging Face checkpoint (config.json +
+// model.safetensors + tokenizer files). A quantized base (a bitsandbytes checkpoint, or
+// --quantize) is merged as peft does it: dequantize, add, quantize again (a warning says the
+// result carries the rounding), and written as a bitsandbytes checkpoint; --dequantize DTYPE
+// turns the quantized layers into float ones first, so the merge is exact and the output a float
+// checkpoint (merge_and_unload to bf16 / fp32).
 #include <torch/torch.h>
 
 #include <filesystem>
@@ -7,6 +12,9 @@
 
 #include "cli/command.h"
 #include "cli/model_args.h"
+#include "cli/quant_args.h"
+#include "models/quant_linear.h"
+#include "peft/precision.h"
 #include "peft/error.h"
 #include "peft/io.h"
 
@@ -17,8 +25,17 @@ int run_merge(Args& a) {
   std::string out = a.get("out");
   PEFT_CHECK(a.has("adapter"), "peft merge: give at least one --adapter DIR");
   LoadedModel lm = load_model_from_args(a);
-  a.reject_unknown({"model", "adapter", "out", "dtype"});
+  std::vector<std::string> known = {"model", "adapter", "out", "dtype", "dequantize"};
+  for (auto& k : quant_keys()) known.push_back(k);
+  a.reject_unknown(known);
   torch::NoGradGuard ng;
+  if (a.has("dequantize")) {
+    auto dt = parse_dtype_name(a.get("dequantize"), "option --dequantize", /*allow_double=*/false);
+    check_compute_dtype(dt, torch::kCPU, "option --dequantize");
+    int64_t n = dequantize_model(*lm.model, dt);
+    PEFT_CHECK(n > 0, "option --dequantize: the base of ", a.get("model"), " has no quantized layers");
+    std::cerr << "dequantized " << n << " quantized Linear layers to " << quant::dtype_name(dt) << "\n";
+  }
   auto merged = lm.peft->merge_and_unload();
   merged->save_pretrained(out);
   // Tokenizer files travel with the weights so the folder is complete.

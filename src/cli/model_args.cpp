@@ -8,6 +8,7 @@
 #include "cli/process.h"
 #include "cli/quant_args.h"
 #include "models/quant_linear.h"
+#include "tuners/loftq.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/precision.h"
@@ -77,7 +78,14 @@ LoadedModel load_model_from_args(Args& a) {
     if (arch.find("ForSequenceClassification") == std::string::npos)
       classifier_from_adapter(parse_adapter_arg(split_adapter_name(adapters[0]).second).first, &opts);
   }
-  if (auto qc = quant_config_from_args(a)) {  // --quantize: a quantized frozen base (docs/QUANTIZATION.md)
+  auto qc = quant_config_from_args(a);  // --quantize: a quantized frozen base (docs/QUANTIZATION.md)
+  // An adapter whose initialisation rewrites the float base (LoftQ: peft re-runs it on load) needs
+  // the float model; it is quantized once the adapters are in.
+  bool quantize_after = false;
+  for (auto& spec : adapters)
+    if (qc && init_rewrites_base(read_adapter_config(parse_adapter_arg(split_adapter_name(spec).second).first)))
+      quantize_after = true;
+  if (qc && !quantize_after) {
     QuantizeReport rep;
     lm.model = load_model_quantized(a.get("model"), *qc, opts, &rep);
     std::cerr << rep.to_string() << "\n";
@@ -110,6 +118,7 @@ LoadedModel load_model_from_args(Args& a) {
     scales.push_back(scale);
     std::cerr << "adapter " << dir << " (" << lm.peft->adapter(name).tuner->peft_type() << ", scale " << scale << ")\n";
   }
+  if (quantize_after) std::cerr << quantize_model(*lm.model, *qc).to_string() << " (after loading the adapters)\n";
   lm.peft->set_adapter(names);  // all of them act together (each with its scale)
   for (size_t i = 0; i < names.size(); ++i) lm.peft->set_scale(names[i], scales[i]);
   auto pm = lm.peft;

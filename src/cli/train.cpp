@@ -21,6 +21,7 @@
 #include "cli/recipe.h"
 #include "cli/seq2seq_gen.h"
 #include "models/quant_linear.h"
+#include "tuners/loftq.h"
 #include "peft/data.h"
 #include "peft/dist.h"
 #include "peft/error.h"
@@ -186,7 +187,10 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
     lo.num_labels = data.train.regression ? 1 : static_cast<int64_t>(data.train.label_names.size());
   }
   ModelPtr model;
-  if (qcfg) {
+  // An initialisation that reads and rewrites the float base weights (LoftQ) needs them: the
+  // model then loads in float and is quantized once the adapter is in (tuners/loftq.h).
+  const bool quantize_after = qcfg && init_rewrites_base(method_config(method, r));
+  if (qcfg && !quantize_after) {
     QuantizeReport rep;
     model = load_model_quantized(model_dir, *qcfg, lo, &rep);
     if (main) std::cerr << rep.to_string() << "\n";
@@ -250,6 +254,10 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
     }
   }
   pm->add_adapter("default", mcfg);
+  if (quantize_after) {
+    auto rep = quantize_model(*model, *qcfg);
+    if (main) std::cerr << rep.to_string() << " (after the adapter's initialisation)\n";
+  }
   if (!stack_adapters.empty()) {
     order.push_back("default");
     pm->set_adapter(order);

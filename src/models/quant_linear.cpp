@@ -186,6 +186,25 @@ void QuantLinear::set_int8(quant::QuantInt8 q, const std::string& what) {
   q8 = std::move(q);
 }
 
+void QuantLinear::requantize(const torch::Tensor& w_out_in) {
+  torch::NoGradGuard ng;
+  PEFT_CHECK(w_out_in.dim() == 2 && w_out_in.size(0) == out_features && w_out_in.size(1) == in_features,
+             "quantized Linear: requantizing a weight of shape ", w_out_in.sizes(), " for a layer of ", in_features,
+             " -> ", out_features, " features");
+  PEFT_CHECK(torch::isfinite(w_out_in).all().item<bool>(),
+             "quantized Linear: the weight to requantize has NaN or Inf entries (the merged adapter is not finite)");
+  if (type == quant::QuantType::Int8) {
+    auto dt = q8.dtype;
+    q8 = quant::quantize_int8_rowwise(w_out_in).to(q8.CB.device());
+    q8.dtype = dt;
+    return;
+  }
+  auto dt = q4.dtype;
+  auto dev = q4.packed.device();
+  q4 = quant::quantize_4bit(w_out_in, type, q4.blocksize, q4.nested).to(dev);
+  q4.dtype = dt;
+}
+
 torch::Tensor QuantLinear::dequantized_weight(torch::ScalarType dtype) const {
   PEFT_CHECK(loaded(), "quantized Linear: the weight was never loaded");
   return type == quant::QuantType::Int8 ? quant::dequantize_int8(q8, dtype) : quant::dequantize_4bit(q4, dtype);
@@ -228,6 +247,28 @@ void QuantLinear::to(torch::Device device, bool non_blocking) {
   Linear::to(device, non_blocking);  // bias and the empty placeholder
   if (q4.packed.defined()) q4 = q4.to(device);
   if (q8.CB.defined()) q8 = q8.to(device);
+}
+
+int64_t dequantize_model(PretrainedModel& m, torch::ScalarType dtype) {
+  torch::NoGradGuard ng;
+  int64_t n = 0;
+  for (auto& ref : find_slots(m)) {
+    auto l = ref.get();
+    auto* q = dynamic_cast<QuantLinear*>(l.get());
+    if (!q) continue;
+    auto lin = std::make_shared<Linear>(q->in_features, q->out_features, q->bias.defined());
+    auto W = q->dequantized_weight(dtype);
+    lin->weight.set_data(W);
+    lin->weight.set_requires_grad(false);
+    if (q->bias.defined()) {
+      lin->bias.set_data(q->bias.detach().to(dtype));
+      lin->bias.set_requires_grad(false);
+    }
+    ref.parent->replace_slot(ref.name, lin);
+    ++n;
+  }
+  if (m.config.is_object()) m.config.erase("quantization_config");
+  return n;
 }
 
 std::string QuantizeReport::to_string() const {

@@ -45,6 +45,9 @@ class QuantLinear : public Linear {
   /// Sets the quantized weight after checking its shape is [out, in]; `what` names errors.
   void set_4bit(quant::Quant4bit q, const std::string& what);
   void set_int8(quant::QuantInt8 q, const std::string& what);
+  /// Quantizes `w_out_in` ([out, in], any float dtype) into this layer in its own format (type,
+  /// block size, double quantization): what merging an adapter into a quantized base stores.
+  void requantize(const torch::Tensor& w_out_in);
 
   quant::QuantType type;
   torch::ScalarType compute_dtype;
@@ -97,6 +100,11 @@ TensorMap load_quantized_layers(PretrainedModel& m, const TensorMap& weights, co
 /// For PretrainedModel::state_dict: replaces each QuantLinear's placeholder `weight` in *sd by
 /// its bitsandbytes tensors.
 void add_quantized_state(const PretrainedModel& m, TensorMap* sd);
+
+/// The inverse for merge_and_unload into a float model: replaces every QuantLinear slot of `m`
+/// (under tuner wrappers too: their base_layer is a slot) by a float Linear holding the
+/// dequantized weight in `dtype`, and drops config["quantization_config"]. Returns the count.
+int64_t dequantize_model(PretrainedModel& m, torch::ScalarType dtype);
 
 /// Loads a float checkpoint and quantizes its Linear layers on the way (quantize_from_checkpoint).
 /// *report (optional) receives what was quantized.

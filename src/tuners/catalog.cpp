@@ -18,6 +18,7 @@ const std::vector<MethodCard>& cards() {
       {"dora", "reparameterized", "Liu et al. 2024, DoRA: Weight-Decomposed Low-Rank Adaptation (arXiv:2402.09353)"},
       {"pissa", "reparameterized", "Meng et al. 2024, PiSSA: Principal Singular Values and Singular Vectors Adaptation (arXiv:2404.02948)"},
       {"olora", "reparameterized", "Buyukakyuz 2024, OLoRA: Orthonormal Low-Rank Adaptation (arXiv:2406.01775)"},
+      {"loftq", "reparameterized", "Li et al. 2023, LoftQ: LoRA-Fine-Tuning-Aware Quantization for Large Language Models (arXiv:2310.08659)"},
       {"lora-fa", "reparameterized", "Zhang et al. 2023, LoRA-FA: Memory-efficient Low-rank Adaptation (arXiv:2308.03303)"},
       {"dylora", "reparameterized", "Valipour et al. 2023, DyLoRA: Dynamic Search-Free Low-Rank Adaptation (arXiv:2210.07558)"},
       {"delta-lora", "reparameterized", "Zi et al. 2023, Delta-LoRA: Fine-Tuning High-Rank Parameters with the Delta of Low-Rank Matrices (arXiv:2309.02411)"},

@@ -8,6 +8,8 @@
 // LoRA-FA (Zhang et al. 2023): A frozen at its random init, only B trains.
 // PiSSA (Meng et al. 2024): A, B from the top-r singular triplets of W0, W0 keeps the residual.
 // OLoRA (Büyükakyüz 2024): A, B from the QR decomposition of W0 (B = Q[:, :r], A = R[:r]).
+// LoftQ (Li et al. 2023, Algorithm 1; tuners/loftq.h): W0 becomes dequant(Q_T) of the
+//   alternating quantization / SVD, A and B start from the SVD of the last residual.
 // DyLoRA (Valipour et al. 2023): each training forward uses the first b ~ U{1..r} ranks with
 //   s = α / b (nested-dropout style), so every prefix rank works at inference.
 // Delta-LoRA (Zi et al. 2023, eq. 8): after each step W += λ (B_{t+1} A_{t+1} − B_t A_t).
@@ -25,6 +27,7 @@
 #include "models/quant_linear.h"
 #include "peft/tuner.h"
 #include "peft/precision.h"
+#include "tuners/loftq.h"
 #include "tuners/lora_bias.h"
 #include "tuners/patterns.h"
 
@@ -37,7 +40,8 @@ struct LoraOptions {
   bool dora = false, fa = false, dylora = false, rslora = false, gate = false;
   double delta_lambda = 0;
   int64_t delta_start = 0;
-  std::string init = "default";  // default | gaussian | pissa | olora | false(B and A random: test use)
+  std::string init = "default";  // default | gaussian | pissa | olora | loftq | false(B and A random: test use)
+  int64_t loftq_bits = 4, loftq_iter = 1;
 };
 
 class LoraLinear : public TunerLayer {
@@ -55,11 +59,16 @@ class LoraLinear : public TunerLayer {
     opt[a] = o;
     Linear& lin = base_linear();
     // A quantized base (models/quant_linear.h) has no float weight to decompose, normalise or update.
-    if (auto* q = as_quantized(&lin))
+    if (auto* q = as_quantized(&lin)) {
       PEFT_CHECK(!((o.init == "pissa" || o.init == "olora") && !loading) && !o.dora && o.delta_lambda <= 0,
                  o.dora ? "DoRA" : o.delta_lambda > 0 ? "Delta-LoRA" : o.init == "pissa" ? "PiSSA" : "OLoRA",
                  " needs the float base weight; the base is quantized (", quant::quant_type_name(q->type),
                  "): use plain LoRA (or rsLoRA, LoRA-FA, DyLoRA) on a quantized base, or load it in float");
+      // A saved LoftQ adapter over a quantized base takes that base as the one it was made for.
+      PEFT_CHECK(o.init != "loftq" || loading, "LoftQ needs the float base weight to quantize; the base is already "
+                 "quantized (", quant::quant_type_name(q->type), "): load the float model (peft train --quantize "
+                 "nf4 does so for LoftQ and quantizes after the initialisation)");
+    }
     const int64_t in = lin.in_features, out = lin.out_features, r = o.r;
     auto W = lin.weight_out_in();
     auto dt = trainable_dtype(W.scalar_type());  // adapters in float32 on a half base
@@ -85,6 +94,19 @@ class LoraLinear : public TunerLayer {
       res_A[a] = A.clone().to(dt);
       res_B[a] = B.clone().to(dt);
       res_coef[a] = -o.scaling;
+    } else if (o.init == "loftq") {
+      // peft re-runs LoftQ when it loads such an adapter, so the base becomes dequant(Q_T) again
+      // (deterministic); the factors then come from the file.
+      if (!as_quantized(&lin)) {
+        auto lq = loftq_decompose(W, o.loftq_bits, r, o.loftq_iter, /*factors=*/!loading);
+        W.copy_(lq.base.to(W.scalar_type()));
+        A = lq.A;
+        B = lq.B;
+      }
+      if (!A.defined()) {
+        A = torch::zeros({r, in});
+        B = torch::zeros({out, r});
+      }
     } else if (o.init == "gaussian") {
       A = torch::randn({r, in}) / static_cast<double>(r);
       B = torch::zeros({out, r});
@@ -299,10 +321,31 @@ class LoraTuner : public Tuner {
     PEFT_CHECK(c["bias"].is_string() && (c["bias"] == "none" || c["bias"] == "all" || c["bias"] == "lora_only"),
                "adapter config: field 'bias' must be \"none\", \"all\" or \"lora_only\", got ", c["bias"].dump());
     auto& init = c["init_lora_weights"];
-    PEFT_CHECK(init.is_boolean() || (init.is_string() && (init == "gaussian" || init == "pissa" || init == "olora")),
-               "adapter config: field 'init_lora_weights' must be true, false, \"gaussian\", \"pissa\" or \"olora\"");
+    PEFT_CHECK(init.is_boolean() ||
+                   (init.is_string() && (init == "gaussian" || init == "pissa" || init == "olora" || init == "loftq")),
+               "adapter config: field 'init_lora_weights' must be true, false, \"gaussian\", \"pissa\", \"olora\" or "
+               "\"loftq\"");
     PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");
-    PEFT_CHECK(c["loftq_config"].is_null() || c["loftq_config"].empty(), "adapter config: field 'loftq_config' is not supported");
+    auto& lq = c["loftq_config"];
+    if (init == "loftq") {
+      PEFT_CHECK(lq.is_object() && !lq.empty(), "adapter config: field 'init_lora_weights' = \"loftq\" needs "
+                 "field 'loftq_config' (e.g. {\"loftq_bits\": 4, \"loftq_iter\": 1}), as peft's LoftQConfig");
+      for (auto& kv : lq.items())
+        PEFT_CHECK(kv.key() == "loftq_bits" || kv.key() == "loftq_iter", "adapter config: field 'loftq_config': key '",
+                   kv.key(), "' is unknown (LoftQConfig has loftq_bits and loftq_iter)");
+      auto bits = lq.value("loftq_bits", nlohmann::json(4)), iters = lq.value("loftq_iter", nlohmann::json(1));
+      PEFT_CHECK(bits.is_number_integer() && (bits == 2 || bits == 4 || bits == 8),
+                 "adapter config: field 'loftq_config': loftq_bits must be 2, 4 or 8, got ", bits.dump());
+      PEFT_CHECK(iters.is_number_integer() && iters.get<int64_t>() >= 1,
+                 "adapter config: field 'loftq_config': loftq_iter must be an integer >= 1, got ", iters.dump());
+      PEFT_CHECK(!c.value("use_dora", false) && !c.value("lora_fa", false) && !c.value("dylora", false) &&
+                     c.value("delta_lora_lambda", 0.0) <= 0,
+                 "adapter config: field 'init_lora_weights' = \"loftq\" cannot be combined with use_dora, lora_fa, dylora or "
+                 "delta_lora_lambda");
+    } else {
+      PEFT_CHECK(lq.is_null() || lq.empty(), "adapter config: field 'loftq_config' is set but init_lora_weights is "
+                 "not \"loftq\" (it would be ignored)");
+    }
     PEFT_CHECK(!(c.value("use_dora", false) && c.value("dylora", false)), "adapter config: DoRA and DyLoRA cannot be combined");
     PEFT_CHECK(!(c.value("use_dora", false) && c.value("lora_gate", false)), "adapter config: DoRA and lora_gate cannot be combined");
   }
@@ -346,6 +389,10 @@ class LoraTuner : public Tuner {
     o.delta_start = c.value("delta_lora_start", 0);
     auto& init = c["init_lora_weights"];
     o.init = init.is_string() ? init.get<std::string>() : (init.get<bool>() ? "default" : "false");
+    if (o.init == "loftq") {
+      o.loftq_bits = c["loftq_config"].value("loftq_bits", int64_t(4));
+      o.loftq_iter = c["loftq_config"].value("loftq_iter", int64_t(1));
+    }
     layer->add(name, o, pm.loading());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
     if (layer->res_A.count(name) && o.delta_lambda <= 0) pm.mutable_config(name)["peft_cpp_residual"] = true;
@@ -372,6 +419,8 @@ PEFT_REGISTER_METHOD("rslora", {{"peft_type", "LORA"}, {"use_rslora", true}});
 PEFT_REGISTER_METHOD("dora", {{"peft_type", "LORA"}, {"use_dora", true}});
 PEFT_REGISTER_METHOD("pissa", {{"peft_type", "LORA"}, {"init_lora_weights", "pissa"}});
 PEFT_REGISTER_METHOD("olora", {{"peft_type", "LORA"}, {"init_lora_weights", "olora"}});
+PEFT_REGISTER_METHOD("loftq", {{"peft_type", "LORA"}, {"init_lora_weights", "loftq"},
+                               {"loftq_config", {{"loftq_bits", 4}, {"loftq_iter", 1}}}});
 PEFT_REGISTER_METHOD("lora-fa", {{"peft_type", "LORA"}, {"lora_fa", true}});
 PEFT_REGISTER_METHOD("dylora", {{"peft_type", "LORA"}, {"dylora", true}});
 PEFT_REGISTER_METHOD("delta-lora", {{"peft_type", "LORA"}, {"delta_lora_lambda", 0.5}, {"delta_lora_start", 0}});

@@ -530,6 +530,49 @@ std::string layer_ns(const TunerLayer& t, const std::string& a) {
   }
   return "";
 }
+
+/// Merging into a quantized base (QLoRA), as peft's Linear4bit / Linear8bitLt.merge: the frozen
+/// weight under each given wrapper is dequantized to float32 into the layer's `weight` member (where
+/// TunerLayer::merge adds its delta), then quantized back in the layer's own format. The merged
+/// weight is rounded to 4 / 8 bits again, so the merged model differs from the unmerged forward by
+/// that rounding (warned once); unmerging rounds again. Exact alternative: dequantize_model (the
+/// `peft merge --dequantize DTYPE` route) before loading the adapters.
+class DequantizedBases {
+ public:
+  DequantizedBases(const std::vector<std::pair<std::string, TunerLayer*>>& layers, const char* what) {
+    torch::NoGradGuard ng;
+    for (auto& kv : layers) {
+      Layer* inner = kv.second->base_layer.get();
+      while (auto* t = dynamic_cast<TunerLayer*>(inner)) inner = t->base_layer.get();
+      auto* q = dynamic_cast<QuantLinear*>(inner);
+      if (!q || placeholders_.count(q)) continue;
+      placeholders_[q] = q->weight;
+      q->weight = q->dequantized_weight(torch::kFloat32);
+      if (type_.empty()) type_ = quant::quant_type_name(q->type);
+    }
+    if (!placeholders_.empty())
+      std::cerr << "warning: " << what << " adapters into a quantized base (" << type_ << ", " << placeholders_.size()
+                << " layers): the weights are dequantized, changed and quantized again, so the result differs from "
+                   "the adapter's forward by the quantization rounding (merge into a float model for an exact merge: "
+                   "peft merge --dequantize float32)\n";
+  }
+  /// Stores the changed weights quantized again and restores each layer's empty placeholder.
+  void requantize() {
+    torch::NoGradGuard ng;
+    for (auto& [q, ph] : placeholders_) {
+      q->requantize(q->weight);
+      q->weight = ph;
+    }
+    placeholders_.clear();
+  }
+  ~DequantizedBases() {  // a failed merge: drop the float copies, the quantized data is unchanged
+    for (auto& [q, ph] : placeholders_) q->weight = ph;
+  }
+
+ private:
+  std::map<QuantLinear*, torch::Tensor> placeholders_;
+  std::string type_;
+};
 }  // namespace
 
 void PeftModel::merge() {
@@ -539,15 +582,6 @@ void PeftModel::merge() {
                ns_note(e.input ? e.input->key_namespace : ""), " changes the model input and cannot be merged");
   }
   // Checked for every layer first, so a refusal leaves nothing half merged.
-  for (auto& kv : tuner_layers()) {
-    Layer* inner = kv.second->base_layer.get();
-    while (auto* t = dynamic_cast<TunerLayer*>(inner)) inner = t->base_layer.get();
-    if (auto* q = as_quantized(inner))
-      for (auto& a : active_)
-        PEFT_CHECK(!kv.second->has_adapter(a), kv.second->method(), " adapter '", a, "' at ", kv.first,
-                   ": merging into a quantized base (", quant::quant_type_name(q->type),
-                   ") is not implemented; load the float model (without --quantize / quantization_config) to merge");
-  }
   for (auto& kv : tuner_layers())
     for (auto& a : active_)
       PEFT_CHECK(!kv.second->has_adapter(a) || kv.second->can_merge(), kv.second->method(), " adapter '", a, "'",
@@ -559,6 +593,14 @@ void PeftModel::merge() {
   // first and the outer one then acts on that weight, so merged == forward; unmerge() undoes
   // them outermost first.
   auto layers = tuner_layers();
+  std::vector<std::pair<std::string, TunerLayer*>> todo;
+  for (auto& kv : layers)
+    for (auto& a : active_)
+      if (kv.second->has_adapter(a) && !kv.second->merged.count(a)) {
+        todo.push_back(kv);
+        break;
+      }
+  DequantizedBases deq(todo, "merging");
   for (auto it = layers.rbegin(); it != layers.rend(); ++it)
     for (auto& a : active_) {
       auto* t = it->second;
@@ -566,10 +608,15 @@ void PeftModel::merge() {
       t->merge(a);
       t->merged.insert(a);
     }
+  deq.requantize();
 }
 
 void PeftModel::unmerge() {
-  for (auto& kv : tuner_layers()) {
+  std::vector<std::pair<std::string, TunerLayer*>> todo;
+  for (auto& kv : tuner_layers())
+    if (!kv.second->merged.empty()) todo.push_back(kv);
+  DequantizedBases deq(todo, "unmerging");
+  for (auto& kv : todo) {
     auto* t = kv.second;
     std::vector<std::string> m(t->merged.begin(), t->merged.end());
     for (auto it = m.rbegin(); it != m.rend(); ++it) {
@@ -577,6 +624,7 @@ void PeftModel::unmerge() {
       t->merged.erase(*it);
     }
   }
+  deq.requantize();
 }
 
 ModelPtr PeftModel::merge_and_unload() {

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 
 #include "peft/io.h"
 #include "peft/report.h"
@@ -105,4 +106,52 @@ TEST(AssessCli, BadInputIsAClearError) {
   EXPECT_NE(log.find("--task"), std::string::npos) << log;
   EXPECT_EQ(run_cli("assess --model " + model + " --task nlg --train " + dir + "/missing.jsonl --eval " + data + " --out " + dir + "/o", &log), 1);
   EXPECT_NE(log.find("missing.jsonl"), std::string::npos) << log;
+}
+
+// The memory-vs-size plot from scripts/memory_vs_size.sh's records: one line per config through
+// its points in parameter order, placed by the record values; malformed records name file and line.
+TEST(AssessCli, MemoryVsSizePlotDrawsOneLinePerConfig) {
+  auto dir = temp_dir("assess_sizes");
+  {
+    std::ofstream f(dir + "/sizes.jsonl");
+    f << R"({"config": "full float32", "total": 1000000, "peak_rss_mib": 400})" << "\n"
+      << R"({"config": "lora float32", "total": 1000000, "peak_rss_mib": 300})" << "\n"
+      << R"({"config": "full float32", "total": 100000000, "peak_rss_mib": 4000})" << "\n"
+      << "\n"
+      << R"({"config": "lora float32", "total": 100000000, "peak_rss_mib": 2000})" << "\n";
+  }
+  std::string out;
+  ASSERT_EQ(run_cli("assess --memory-vs-size " + dir + "/sizes.jsonl --out " + dir + "/o", &out), 0) << out;
+  auto svg = peft::read_file(dir + "/o/memory_vs_size.svg");
+  std::smatch m;
+  std::vector<std::vector<std::pair<double, double>>> lines;
+  std::string rest = svg;
+  while (std::regex_search(rest, m, std::regex("points=\"([^\"]*)\""))) {
+    std::istringstream ps(m[1].str());
+    std::vector<std::pair<double, double>> pts;
+    std::string xy;
+    while (ps >> xy) pts.emplace_back(std::stod(xy.substr(0, xy.find(','))), std::stod(xy.substr(xy.find(',') + 1)));
+    lines.push_back(pts);
+    rest = m.suffix();
+  }
+  ASSERT_EQ(lines.size(), 2u) << svg;
+  for (auto& l : lines) {
+    ASSERT_EQ(l.size(), 2u);
+    EXPECT_LT(l[0].first, l[1].first);   // 1M left of 100M
+    EXPECT_GT(l[0].second, l[1].second);  // more memory is higher up (smaller y)
+  }
+  // Same x for the same size; full fine-tuning above LoRA at 100M (4000 vs 2000 MiB), with the
+  // y axis linear from 0: the distance from the bottom doubles.
+  EXPECT_DOUBLE_EQ(lines[0][1].first, lines[1][1].first);
+  const double bottom = 360 - 50;
+  EXPECT_NEAR((bottom - lines[0][1].second) / (bottom - lines[1][1].second), 2.0, 1e-3);
+  EXPECT_NE(svg.find(">full float32<"), std::string::npos);
+  EXPECT_NE(svg.find(">lora float32<"), std::string::npos);
+  {
+    std::ofstream f(dir + "/bad.jsonl");
+    f << R"({"config": "full float32", "total": 1000000, "peak_rss_mib": 400})" << "\n"
+      << R"({"config": "lora", "total": "many", "peak_rss_mib": 300})" << "\n";
+  }
+  EXPECT_NE(run_cli("assess --memory-vs-size " + dir + "/bad.jsonl --out " + dir + "/o2", &out), 0);
+  EXPECT_NE(out.find("bad.jsonl:2: field 'total'"), std::string::npos) << out;
 }

@@ -15,6 +15,14 @@ using peft::test::temp_dir;
 
 namespace {
 
+// "loss" of the JSON line `peft eval` prints last.
+double eval_cmd_loss(const std::string& out) {
+  auto p = out.rfind("\n{");
+  EXPECT_NE(p, std::string::npos) << out;
+  if (p == std::string::npos) return 0;
+  return nlohmann::json::parse(out.substr(p + 1))["loss"].get<double>();
+}
+
 double eval_loss(const std::string& out) {
   auto p = out.rfind("eval: ");
   EXPECT_NE(p, std::string::npos) << out;
@@ -96,4 +104,50 @@ TEST(QuantCli, BadOptionsAreRefusedByName) {
   EXPECT_NE(o2.find("double_quant"), std::string::npos) << o2;
   EXPECT_NE(run_cli(base + " --load_in_4bit true --load_in_8bit true", &o3), 0);
   EXPECT_NE(o3.find("load_in_8bit"), std::string::npos) << o3;
+}
+
+// LoftQ over an NF4 base from the command line: the float model is initialised, then quantized;
+// peft eval reproduces the run's final loss (LoftQ re-run on load, then quantized the same way);
+// peft merge into the quantized checkpoint rounds (warned), with --dequantize it is exact.
+TEST(QuantCli, LoftQTrainsOnNf4AndMergesIntoQuantizedAndDequantizedBases) {
+  auto dir = temp_dir("qcli_loftq");
+  const std::string model = source_path("assets/stories260K"), val = source_path("assets/e2e/validation.jsonl");
+  std::string tr;
+  ASSERT_EQ(run_cli("train --model " + model + " --train " + e2e_subset(dir, 120) + " --eval " + val +
+                        " --method loftq --r 8 --lora_alpha 8 --target_modules q_proj,v_proj,down_proj --max_length 192"
+                        " --bad_rows skip --learning_rate 0.004 --max_steps 12 --per_device_train_batch_size 8"
+                        " --per_device_eval_batch_size 32 --eval_steps 12 --save_steps 12 --seed 3 --progress false"
+                        " --quantize nf4 --output-dir " + dir + "/a", &tr), 0) << tr;
+  EXPECT_NE(tr.find("after the adapter's initialisation"), std::string::npos) << tr;
+  const double trained = eval_loss(tr);
+  auto cfg = peft::read_json(dir + "/a/adapter_config.json");
+  EXPECT_EQ(cfg["init_lora_weights"], "loftq");
+  const std::string ev = "eval --data " + val + " --max_length 192 --batch_size 32 --metrics loss --adapter " + dir + "/a";
+  std::string e1;
+  ASSERT_EQ(run_cli(ev + " --model " + model + " --quantize nf4", &e1), 0) << e1;
+  EXPECT_NEAR(eval_cmd_loss(e1), trained, 1e-4 * trained) << e1;
+  // A pre-quantized checkpoint (nf4, no double quantization) stores LoftQ's one-iteration base.
+  std::string q;
+  ASSERT_EQ(run_cli("quantize --model " + model + " --out " + dir + "/q --quant nf4 --double_quant false", &q), 0) << q;
+  std::string e2;
+  ASSERT_EQ(run_cli(ev + " --model " + dir + "/q", &e2), 0) << e2;
+  EXPECT_NEAR(eval_cmd_loss(e2), trained, 1e-4 * trained) << e2;
+  // Merged into the quantized checkpoint: dequantize, add, quantize again (warned; rounding).
+  std::string m1, m2, e3, e4;
+  ASSERT_EQ(run_cli("merge --model " + dir + "/q --adapter " + dir + "/a --out " + dir + "/m1", &m1), 0) << m1;
+  EXPECT_NE(m1.find("quantized again"), std::string::npos) << m1;
+  EXPECT_TRUE(peft::read_json(dir + "/m1/config.json").contains("quantization_config"));
+  ASSERT_EQ(run_cli("eval --data " + val + " --max_length 192 --batch_size 32 --metrics loss --model " + dir + "/m1", &e3), 0)
+      << e3;
+  EXPECT_NEAR(eval_cmd_loss(e3), trained, 0.05 * trained) << e3;
+  // --dequantize float32: a float checkpoint, the merge exact.
+  ASSERT_EQ(run_cli("merge --model " + dir + "/q --adapter " + dir + "/a --dequantize float32 --out " + dir + "/m2", &m2), 0)
+      << m2;
+  EXPECT_FALSE(peft::read_json(dir + "/m2/config.json").contains("quantization_config"));
+  ASSERT_EQ(run_cli("eval --data " + val + " --max_length 192 --batch_size 32 --metrics loss --model " + dir + "/m2", &e4), 0)
+      << e4;
+  EXPECT_NEAR(eval_cmd_loss(e4), trained, 1e-4 * trained) << e4;
+  std::string bad;
+  EXPECT_NE(run_cli("merge --model " + model + " --adapter " + dir + "/a --dequantize float32 --out " + dir + "/m3", &bad), 0);
+  EXPECT_NE(bad.find("no quantized layers"), std::string::npos) << bad;
 }

@@ -145,7 +145,7 @@ TEST(QuantModel, QuantizesEveryLinearButTheHeadAndLoraWrapsIt) {
   EXPECT_EQ(with_grad, 2 * 2 * 2);  // lora_A and lora_B of q and v in 2 layers
   auto r = pm->trainable_report();
   EXPECT_GT(r.total, 2 * 7 * 64 * 64);  // the quantized weights count with their logical size
-  expect_error([&] { pm->merge(); }, {"model.layers.0.self_attn.q_proj", "quantized base (nf4)"});
+  // Merging into the quantized base: QuantMerge.* below.
   auto pm2 = std::make_shared<PeftModel>(load_model(llama_fixture()));
   quantize_model(*pm2->model, cfg(QuantType::NF4));
   expect_error([&] { pm2->add_adapter("d", method_config("dora", {{"r", 4}})); }, {"DoRA", "quantized"});
@@ -341,3 +341,75 @@ TEST_P(QuantFamilies, EqualsTheFloatModelWithDequantizedWeights) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, QuantFamilies,
                          ::testing::Values("llama", "gpt2", "bert_cls", "roberta_cls", "t5", "t5_v1_1"));
+
+namespace {
+// The tuner layers of `pm` with the quantized layer each wraps.
+std::vector<std::pair<TunerLayer*, QuantLinear*>> quantized_targets(PeftModel& pm) {
+  std::vector<std::pair<TunerLayer*, QuantLinear*>> out;
+  for (auto& kv : pm.tuner_layers())
+    if (auto* q = dynamic_cast<QuantLinear*>(&kv.second->base_linear())) out.emplace_back(kv.second, q);
+  return out;
+}
+torch::Tensor requantized(const QuantLinear& q, const torch::Tensor& w) {
+  if (q.type == QuantType::Int8) return dequantize_int8(quantize_int8_rowwise(w));
+  return dequantize_4bit(quantize_4bit(w, q.type, q.q4.blocksize, q.q4.nested));
+}
+}  // namespace
+
+// peft's Linear4bit / Linear8bitLt.merge: W' = quantize(dequant(W) + delta), unmerge:
+// quantize(dequant(W') - delta), in the layer's own format.
+TEST(QuantMerge, MergeStoresTheRequantizedSumAndUnmergeTheRequantizedDifference) {
+  for (auto [t, dq] : {std::pair{QuantType::NF4, true}, std::pair{QuantType::FP4, false}, std::pair{QuantType::Int8, false}}) {
+    auto m = load_model(llama_fixture());
+    quantize_model(*m, cfg(t, dq));
+    auto pm = std::make_shared<PeftModel>(m);
+    torch::manual_seed(4);
+    pm->add_adapter("default", method_config("lora", {{"r", 4}, {"target_modules", {"q_proj", "v_proj", "down_proj"}},
+                                                      {"init_lora_weights", false}}));
+    auto targets = quantized_targets(*pm);
+    ASSERT_EQ(targets.size(), 6u);
+    std::vector<torch::Tensor> before, delta;
+    for (auto& [tl, q] : targets) {
+      before.push_back(q->dequantized_weight(torch::kFloat32));
+      delta.push_back(tl->delta_weight("default").detach());
+    }
+    auto y0 = pm->forward(ids_input()).logits;
+    pm->merge();
+    std::vector<torch::Tensor> merged;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      auto* q = targets[i].second;
+      merged.push_back(q->dequantized_weight(torch::kFloat32));
+      EXPECT_TRUE(torch::equal(merged.back(), requantized(*q, before[i] + delta[i]))) << quant_type_name(t) << " " << i;
+      EXPECT_EQ(q->weight.numel(), 0) << "the float copy is released";
+      EXPECT_EQ(q->q4.nested, dq && t != QuantType::Int8);
+    }
+    // The merged model runs the base only; it is the adapter's forward up to the rounding.
+    auto y1 = pm->forward(ids_input()).logits;
+    EXPECT_FALSE(torch::equal(y1, y0));
+    EXPECT_LT((y1 - y0).abs().max().item<double>(), 0.5 * (y0.abs().max().item<double>() + 1));
+    pm->unmerge();
+    for (size_t i = 0; i < targets.size(); ++i) {
+      auto* q = targets[i].second;
+      EXPECT_TRUE(torch::equal(q->dequantized_weight(torch::kFloat32), requantized(*q, merged[i] - delta[i])))
+          << quant_type_name(t) << " " << i;
+    }
+  }
+}
+
+// merge_and_unload into a float model: dequantize_model first, then the merge is exact.
+TEST(QuantMerge, DequantizedModelMergesExactly) {
+  auto m = load_model(llama_fixture());
+  quantize_model(*m, cfg(QuantType::NF4, true));
+  auto pm = std::make_shared<PeftModel>(m);
+  torch::manual_seed(6);
+  pm->add_adapter("default", method_config("lora", {{"r", 4}, {"target_modules", {"q_proj", "v_proj"}},
+                                                    {"init_lora_weights", false}}));
+  auto y0 = pm->forward(ids_input()).logits;
+  EXPECT_EQ(dequantize_model(*m, torch::kFloat32), 14);
+  EXPECT_FALSE(m->config.contains("quantization_config"));
+  for (auto& s : find_slots(*m)) EXPECT_EQ(as_quantized(s.get().get()), nullptr) << s.path;
+  EXPECT_TRUE(torch::allclose(pm->forward(ids_input()).logits, y0, 1e-5, 1e-5));
+  auto merged = pm->merge_and_unload();
+  EXPECT_TRUE(torch::allclose(merged->forward(ids_input()).logits, y0, 1e-5, 1e-5));
+  EXPECT_EQ(dequantize_model(*merged, torch::kFloat32), 0);
+}

@@ -28,7 +28,11 @@ std::vector<Refusal> refusals() {
   return {
       {"LORA", "layer_replication", {{0, 1}, {1, 2}}},
       {"LORA", "loftq_config", {{"loftq_bits", 4}}},
-      {"LORA", "init_lora_weights", "loftq"},
+      {"LORA", "init_lora_weights", "loftq"},  // without loftq_config (peft refuses it too)
+      {"LORA", "loftq_config", {{"loftq_bits", 3}}, {{"init_lora_weights", "loftq"}}},
+      {"LORA", "loftq_config", {{"loftq_iter", 0}}, {{"init_lora_weights", "loftq"}}},
+      {"LORA", "loftq_config", {{"loftq_bits", 4}, {"bits", 4}}, {{"init_lora_weights", "loftq"}}},
+      {"LORA", "init_lora_weights", "loftq", {{"loftq_config", {{"loftq_bits", 4}}}, {"use_dora", true}}},
       {"LORA", "init_lora_weights", "pissa_niter_4"},
       {"LORA", "bias", "some"},
       {"ADALORA", "rank_pattern", {{"model.layers.0.self_attn.q_proj.lora_E", {true, false, true, true}}}, ada},
