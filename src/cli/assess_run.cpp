@@ -8,6 +8,8 @@
 #include <map>
 #include <sstream>
 
+#include "io/json_parse.h"
+#include "io/lines.h"
 #include "peft/error.h"
 #include "peft/io.h"
 #include "peft/tuner.h"
@@ -172,24 +174,18 @@ std::string scatter(const nlohmann::json& rows, const std::string& xkey, const s
 
 std::vector<nlohmann::json> read_memory_vs_size(const std::string& path) {
   std::vector<nlohmann::json> out;
-  std::istringstream in(read_file(path));
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const std::exception& e) {
-      fail(path, ":", n, ": not a JSON object (", e.what(), ")");
-    }
-    PEFT_CHECK(j.is_object(), path, ":", n, ": not a JSON object");
-    PEFT_CHECK(j.contains("config") && j["config"].is_string(), path, ":", n,
+  const std::string bytes = read_file(path);
+  for_each_nonblank_line(bytes, [&](int64_t n, const std::string& line) {
+    const std::string where = path + ":" + std::to_string(n);
+    auto j = parse_json_limited(line.data(), line.data() + line.size(), where);
+    PEFT_CHECK(j.is_object(), where, ": not a JSON object");
+    PEFT_CHECK(j.contains("config") && j["config"].is_string(), where,
                ": field 'config' (a label such as \"lora nf4\") missing or not a string");
     for (const char* k : {"total", "peak_rss_mib"})
-      PEFT_CHECK(j.contains(k) && j[k].is_number() && j[k].get<double>() > 0, path, ":", n, ": field '", k,
+      PEFT_CHECK(j.contains(k) && j[k].is_number() && j[k].get<double>() > 0, where, ": field '", k,
                  "' missing or not a positive number");
-    out.push_back(j);
-  }
+    out.push_back(std::move(j));
+  });
   PEFT_CHECK(!out.empty(), path, ": no records");
   return out;
 }

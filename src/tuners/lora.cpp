@@ -390,8 +390,8 @@ class LoraTuner : public Tuner {
     auto& init = c["init_lora_weights"];
     o.init = init.is_string() ? init.get<std::string>() : (init.get<bool>() ? "default" : "false");
     if (o.init == "loftq") {
-      o.loftq_bits = c["loftq_config"].value("loftq_bits", int64_t(4));
-      o.loftq_iter = c["loftq_config"].value("loftq_iter", int64_t(1));
+      o.loftq_bits = c["loftq_config"].value("loftq_bits", o.loftq_bits);  // LoftQConfig's defaults: 4 bits, 1 iteration
+      o.loftq_iter = c["loftq_config"].value("loftq_iter", o.loftq_iter);
     }
     layer->add(name, o, pm.loading());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
