@@ -14,6 +14,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -60,6 +61,11 @@ class Group {
   /// In-place sums over the ranks (float32/float64/int64 CPU tensors, contiguous). Launched
   /// together, then waited for, in order.
   void all_reduce_sum(std::vector<torch::Tensor> tensors, const std::string& what);
+  /// Starts an in-place sum and returns at once (the tensor must not change until it is done);
+  /// finish_pending() waits for every started one, in launch order, with the errors of
+  /// all_reduce_sum. Gradient buckets overlap their sums with backward this way.
+  void start_all_reduce_sum(torch::Tensor t, const std::string& what);
+  void finish_pending();
   /// In place from `root`.
   void broadcast(torch::Tensor t, int64_t root, const std::string& what);
   std::string broadcast_string(const std::string& s, int64_t root, const std::string& what);
@@ -79,9 +85,23 @@ using GroupPtr = std::shared_ptr<Group>;
 /// The trainable gradients, all-reduced (summed) in flat buffers of about `cap_mb` MiB each
 /// (reverse parameter order, as backward produces them), not one call per tensor. A gradient
 /// no rank has (a parameter no forward reached) stays undefined, as in a single process.
+///
+/// Overlap with backward (`overlap`, PyTorch DDP's reducer, Li et al. 2020 sec. 3.2.3): each
+/// parameter gets a gradient hook; after arm(), the backward of the optimizer step's last
+/// micro-batch copies every final gradient (plus what earlier micro-batches accumulated) into its
+/// bucket, and a bucket whose gradients are all in starts its sum at once. Buckets start strictly
+/// in bucket order, so every rank issues the same sequence of collectives whatever its backward
+/// reached; reduce() starts the rest (a parameter this rank's backward did not reach contributes
+/// what its .grad holds, or zeros) and waits.
 class GradBuckets {
  public:
-  GradBuckets(GroupPtr group, std::vector<torch::Tensor> params, double cap_mb = 25);
+  GradBuckets(GroupPtr group, std::vector<torch::Tensor> params, double cap_mb = 25, bool overlap = true);
+  ~GradBuckets();
+  GradBuckets(const GradBuckets&) = delete;
+  GradBuckets& operator=(const GradBuckets&) = delete;
+  /// The next backward is the optimizer step's last: its gradient hooks start the buckets'
+  /// sums (no-op without overlap).
+  void arm();
   /// Sums every parameter's gradient over the ranks (missing = zeros), in place. `stats`
   /// (float64, any length) is summed along in the same round.
   void reduce(torch::Tensor stats);
@@ -89,15 +109,29 @@ class GradBuckets {
   void broadcast_parameters();
   size_t num_buckets() const { return buckets_.size(); }
   double last_seconds() const { return last_seconds_; }  // wall time of the last reduce()
+  /// Buckets whose sum the last step started during backward.
+  size_t last_started_in_backward() const { return last_in_backward_; }
 
  private:
   struct Bucket {
     std::vector<size_t> members;  // indices into params_
     torch::Tensor flat;
+    size_t ready = 0;  // members whose gradient is in flat (this step)
+    bool started = false;
   };
+  void on_gradient(size_t i, const torch::Tensor& grad);
+  void start_ready_buckets();
+  void start(Bucket& b);
   GroupPtr group_;
   std::vector<torch::Tensor> params_;
   std::vector<Bucket> buckets_;
+  std::vector<std::pair<size_t, int64_t>> where_;  // per parameter: (bucket, offset in flat)
+  std::vector<char> seen_;                         // per parameter: gradient copied this step
+  std::vector<unsigned> hooks_;
+  bool overlap_ = true, armed_ = false;
+  size_t next_ = 0;  // the first bucket not started
+  size_t in_backward_ = 0, last_in_backward_ = 0;
+  std::exception_ptr hook_error_;
   double last_seconds_ = 0;
 };
 

@@ -53,6 +53,7 @@ struct TrainingArguments {
   double ddp_timeout = 300;
   double ddp_bucket_cap_mb = 25;
   std::string ddp_backend = "gloo";
+  bool ddp_overlap = true;  // ours: start each bucket's sum during backward (DDP's reducer); false: after it
 
   /// Reads the keys it knows from `j` and removes them; errors name the key and the type.
   static TrainingArguments from_json(nlohmann::json& j);
@@ -100,6 +101,7 @@ class Trainer {
   void set_saved_adapter(std::string name) { saved_adapter_ = std::move(name); }
 
  private:
+  struct Run;  // one call of train(): its state and steps (src/train/trainer.cpp)
   void save_checkpoint(int64_t step, const nlohmann::json& data_state, const nlohmann::json& trainer_state);
   int64_t restore_checkpoint(const std::string& dir, nlohmann::json* data_state, nlohmann::json* trainer_state);
   void prune_checkpoints(const std::string& best);

@@ -53,6 +53,23 @@ struct TargetSelector {
 /// string (full match); null matches nothing.
 bool module_name_matches(const nlohmann::json& spec, const std::string& path);
 
+/// What only the trainer knows when a run starts, for Tuner::prepare_training_config.
+struct TrainingSetup {
+  int64_t total_steps = 0;  // optimizer steps of the whole run
+  /// The run's tokenizer (special tokens added, as a Hugging Face tokenizer call does); may be
+  /// empty when there is none.
+  std::function<std::vector<int64_t>(const std::string&)> encode;
+};
+
+/// One training forward as a tuner's loss term sees it (Tuner::loss_term, PeftModel::forward).
+struct LossTermInput {
+  const ModelInput& input;    // after the input adapters
+  const ModelOutput& output;  // its task loss defined
+  TaskType task;
+  /// One more forward of the same input (a fresh random draw of dropout and routing).
+  const std::function<ModelOutput()>& forward_again;
+};
+
 /// One PEFT method. Subclasses live in src/tuners/, one file per method family.
 class Tuner {
  public:
@@ -92,6 +109,12 @@ class Tuner {
   /// PeftModel::request_optimizer_reset() at the boundary.
   virtual int64_t second_run_start(const nlohmann::json& cfg) const { return -1; }
   virtual void calibrate(PeftModel& pm, const std::string& name, const std::function<torch::Tensor()>& next_loss) const {}
+  /// Fills config fields that depend on the run before the adapter is added (AdaLoRA's
+  /// total_step, prompt tuning's TEXT init ids); fields the user set are kept.
+  virtual void prepare_training_config(nlohmann::json& cfg, const TrainingSetup& setup) const {}
+  /// A term added to the task loss in training forwards (AdaMix's consistency loss); undefined
+  /// for none. Called by PeftModel::forward for each active adapter.
+  virtual torch::Tensor loss_term(const nlohmann::json& cfg, const LossTermInput& in) const { return {}; }
 };
 using TunerPtr = std::shared_ptr<const Tuner>;
 
@@ -117,6 +140,11 @@ struct MethodCard {
 /// Every card (src/tuners/catalog.cpp); nullptr for a name without one.
 std::vector<MethodCard> method_cards();
 const MethodCard* method_card(const std::string& name);
+
+/// The layer under every TunerLayer wrapper of `l` (`l` itself when it is none).
+Layer* innermost(Layer* l);
+/// innermost(l) as a Linear, or nullptr when the wrapped layer is none.
+Linear* innermost_linear(Layer* l);
 
 /// The rows of a mixed-adapter batch (PeftModel::forward with row_adapters; peft's
 /// adapter_names=): for each adapter named, the batch rows that use it. Rows named "__base__"

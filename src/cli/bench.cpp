@@ -187,6 +187,7 @@ nlohmann::json run_json_child(const std::string& cmd, const std::string& what) {
 struct Driver {
   BenchShape shape;
   int64_t warmup = 1, steps = 3, repeats = 3;
+  double bucket_mb = 25;  // the dist suite's gradient buckets (--ddp_bucket_cap_mb)
   std::string exe;
   bool quiet = false;
 
@@ -263,39 +264,54 @@ void print_table(std::ostream& os, const std::vector<std::string>& head, const s
 }
 
 // Data-parallel LoRA step: 1 rank x 1 thread vs 2 ranks x 1 thread, each rank with the full
-// per-device batch (weak scaling). Efficiency = tokens/s of 2 ranks / (2 x tokens/s of 1).
+// per-device batch (weak scaling), the 2 ranks with the buckets' sums started during backward
+// (as DDP) and after it. Efficiency = tokens/s of 2 ranks / (2 x tokens/s of 1).
 nlohmann::json dist_suite(const Driver& d, std::ostream& os) {
-  std::vector<double> t1, t2, eff, red, wait, s1, s2;
+  std::vector<double> t1, t2, t2s, eff, red, reds, wait, s1, s2, s2s, started;
   nlohmann::json runs = nlohmann::json::array();
-  auto cmd = [&](int n) {
+  auto cmd = [&](int n, bool overlap) {
     return quote(d.exe) + " bench --dist_worker " + std::to_string(n) + shape_args(d.shape) + " --warmup " +
-           std::to_string(d.warmup) + " --steps " + std::to_string(d.steps);
+           std::to_string(d.warmup) + " --steps " + std::to_string(d.steps) + " --ddp_bucket_cap_mb " +
+           fixed(d.bucket_mb, 6) + " --ddp_overlap " + (overlap ? "true" : "false");
   };
+  int64_t buckets = 0;
   for (int64_t r = 0; r < d.repeats; ++r) {
     d.progress("dist round " + std::to_string(r + 1) + ": 1 rank");
-    auto one = run_json_child("env OMP_NUM_THREADS=1 " + cmd(1), "1-rank LoRA step");
+    auto one = run_json_child("env OMP_NUM_THREADS=1 " + cmd(1, true), "1-rank LoRA step");
     d.progress("dist round " + std::to_string(r + 1) + ": 2 ranks");
-    auto two = run_json_child("env OMP_NUM_THREADS=1 " + cmd(2), "2-rank LoRA step");
+    auto two = run_json_child("env OMP_NUM_THREADS=1 " + cmd(2, true), "2-rank LoRA step");
+    d.progress("dist round " + std::to_string(r + 1) + ": 2 ranks, sums after backward");
+    auto after = run_json_child("env OMP_NUM_THREADS=1 " + cmd(2, false), "2-rank LoRA step (sums after backward)");
     t1.push_back(one["tokens_per_s"].get<double>());
     t2.push_back(two["tokens_per_s"].get<double>());
+    t2s.push_back(after["tokens_per_s"].get<double>());
     s1.push_back(one["step_s"].get<double>());
     s2.push_back(two["step_s"].get<double>());
+    s2s.push_back(after["step_s"].get<double>());
     red.push_back(two["allreduce_s"].get<double>());
+    reds.push_back(after["allreduce_s"].get<double>());
     wait.push_back(two["wait_s"].get<double>());
+    started.push_back(two["buckets_started_in_backward"].get<double>());
+    buckets = two["buckets"].get<int64_t>();
     eff.push_back(t2.back() / (2 * t1.back()));
-    runs.push_back({{"one", one}, {"two", two}});
+    runs.push_back({{"one", one}, {"two", two}, {"two_after_backward", after}});
   }
   os << "\n## data-parallel LoRA step (c10d Gloo on loopback, 1 thread per rank, batch " << d.shape.batch
      << " x seq " << d.shape.seq << " per rank)\n\n";
   print_table(os, {"ranks x threads", "tokens/s", "step s", "all-reduce s/step", "wait s/step", "scaling efficiency"},
               {{"1 x 1", fixed(median(t1), 0), fixed(median(s1), 3), "-", "-", "-"},
                {"2 x 1", fixed(median(t2), 0), fixed(median(s2), 3), fixed(median(red), 4), fixed(median(wait), 4),
-                fixed(median(eff), 2)}});
-  os << "\nall-reduce: the gradient sum alone; wait: for the slower rank (a barrier before the sum); scaling "
+                fixed(median(eff), 2)},
+               {"2 x 1, sums after backward", fixed(median(t2s), 0), fixed(median(s2s), 3), fixed(median(reds), 4), "-",
+                fixed(median(t2s) / (2 * median(t1)), 2)}});
+  os << "\nall-reduce: the time spent in the gradient sum after backward (" << buckets << " bucket(s) of <= "
+     << fixed(d.bucket_mb, 3) << " MiB; " << fixed(median(started), 1)
+     << " started during backward); wait: for the slower rank (a barrier before the sum); scaling "
         "efficiency = tokens/s(2) / (2 x tokens/s(1)), median of "
      << d.repeats << " rounds\n";
   return {{"tokens_per_s_1", median(t1)}, {"tokens_per_s_2", median(t2)}, {"allreduce_s", median(red)},
-          {"wait_s", median(wait)},
+          {"tokens_per_s_2_after_backward", median(t2s)}, {"allreduce_s_after_backward", median(reds)},
+          {"buckets", buckets}, {"buckets_started_in_backward", median(started)}, {"wait_s", median(wait)},
           {"scaling_efficiency", median(eff)}, {"runs", runs}};
 }
 
@@ -463,7 +479,7 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
 }
 
 int run_bench(Args& a) {
-  a.reject_unknown({"worker", "dist_worker", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
+  a.reject_unknown({"worker", "dist_worker", "ddp_overlap", "ddp_bucket_cap_mb", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
                     "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens", "quantize", "double_quant",
                     "compute_dtype"});
@@ -475,6 +491,7 @@ int run_bench(Args& a) {
   d.warmup = a.get_int("warmup", 1);
   d.steps = a.get_int("steps", small ? 2 : 3);
   d.repeats = a.get_int("repeats", small ? 1 : 3);
+  d.bucket_mb = a.get_double("ddp_bucket_cap_mb", 25);
   d.exe = self_exe("bench");
   d.quiet = a.get_bool("quiet", false);
   PEFT_CHECK(d.warmup >= 0 && d.steps > 0 && d.repeats > 0, "bench: --steps and --repeats must be > 0");

@@ -29,7 +29,9 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
   double wait_s = 0;
   if (env.distributed()) {
     group = dist::Group::join(env, dist::GroupOptions(), {{"bench", shape.config()}});
-    buckets = std::make_unique<dist::GradBuckets>(group, b.trainable_params());
+    buckets = std::make_unique<dist::GradBuckets>(group, b.trainable_params(), a.get_double("ddp_bucket_cap_mb", 25),
+                                                  a.get_bool("ddp_overlap", true));
+    b.before_backward = [&] { buckets->arm(); };
     // The barrier first separates waiting for the slower rank from the gradient sum itself.
     b.before_update = [&] {
       auto t0 = std::chrono::steady_clock::now();
@@ -38,7 +40,7 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
       buckets->reduce(torch::Tensor());
     };
   }
-  std::vector<double> times, reduce, waits;
+  std::vector<double> times, reduce, waits, overlapped;
   for (int64_t i = 0; i < warmup + steps; ++i) {
     auto t0 = std::chrono::steady_clock::now();
     b.step();
@@ -47,6 +49,7 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
       times.push_back(dt);
       reduce.push_back(buckets ? buckets->last_seconds() : 0.0);
       waits.push_back(wait_s);
+      overlapped.push_back(buckets ? static_cast<double>(buckets->last_started_in_backward()) : 0.0);
     }
   }
   if (group) group->barrier("end of the benchmark");
@@ -61,6 +64,7 @@ int run_dist_worker(const Args& a, const BenchShape& shape) {
                               {"allreduce_s", med(reduce)},
                               {"wait_s", med(waits)},
                               {"buckets", buckets ? buckets->num_buckets() : 0},
+                              {"buckets_started_in_backward", med(overlapped)},
                               {"trainable", b.trainable},
                               {"tokens_per_s", static_cast<double>(n * shape.tokens_per_step()) / step_s}}
                    .dump()

@@ -48,16 +48,13 @@ nlohmann::json BenchShape::config() const {
 
 nlohmann::json bench_method_config(const std::string& method, int64_t total_steps) {
   if (method == "full") return nullptr;
-  nlohmann::json base = method_config(method);
-  nlohmann::json over = nlohmann::json::object();
-  const std::string type = base["peft_type"].get<std::string>();
-  if (type == "LORA" || type == "ADALORA") over["r"] = 8;
-  if (type == "ADALORA") {
-    over["init_r"] = 12;
-    over["target_r"] = 8;
-    over["total_step"] = total_steps;
-  }
-  return method_config(method, over);
+  // Each method at its defaults (LoRA r 8, AdaLoRA's budget 12 -> 8, as Python peft's), with
+  // what depends on the run (AdaLoRA's total_step) filled in as `peft train` does.
+  nlohmann::json cfg = method_config(method);
+  TrainingSetup setup;
+  setup.total_steps = total_steps;
+  find_tuner(cfg["peft_type"].get<std::string>())->prepare_training_config(cfg, setup);
+  return cfg;
 }
 
 StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps, torch::Dtype dtype,
@@ -110,6 +107,7 @@ StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t
 
 double StepBench::step() {
   ModelOutput out = pm_ ? pm_->forward(in_) : model_->forward(in_);
+  if (before_backward) before_backward();
   out.loss.backward();
   if (before_update) before_update();
   if (pm_) pm_->before_step(step_);

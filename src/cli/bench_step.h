@@ -51,8 +51,9 @@ class StepBench {
   int64_t quantized_layers = 0;
   /// One optimizer step; returns the loss.
   double step();
-  /// Called between backward and the optimizer step (the data-parallel gradient sum).
-  std::function<void()> before_update;
+  /// Called before backward (arming the data-parallel buckets' overlap) and between backward and
+  /// the optimizer step (the gradient sum).
+  std::function<void()> before_backward, before_update;
   const std::vector<torch::Tensor>& trainable_params() const { return params_; }
   /// The base model (its gradient_checkpointing / loss_chunk_tokens switches).
   PretrainedModel& model() { return *model_; }

@@ -228,17 +228,14 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   for (auto& kv : r.items())
     PEFT_CHECK(defaults.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end(),
                "peft train: unknown option --", kv.key(), " (not a training, data or ", tuner->peft_type(), " key)");
-  if (defaults.contains("total_step") && (!mcfg.contains("total_step") || mcfg["total_step"].is_null()))
-    mcfg["total_step"] = total_training_steps(args, static_cast<int64_t>(data.train.size()), env.world_size);
+  TrainingSetup setup;
+  setup.total_steps = total_training_steps(args, static_cast<int64_t>(data.train.size()), env.world_size);
+  setup.encode = [&tok](const std::string& text) { return tok->encode(text, true); };
+  tuner->prepare_training_config(mcfg, setup);
   if (lo.task && (!mcfg.contains("modules_to_save") || mcfg["modules_to_save"].is_null())) {
     auto roles = model->roles();  // a new classification head must train (peft does the same)
     if (roles.count("head")) mcfg["modules_to_save"] = {roles["head"]};
   }
-  // Prompt tuning's TEXT init: the tuner has no tokenizer, so the ids are filled in here (with
-  // special tokens, as peft's tokenizer(prompt_tuning_init_text) call adds them).
-  if (mcfg.value("prompt_tuning_init", std::string()) == "TEXT" && mcfg.value("prompt_tuning_init_text", nlohmann::json()).is_string() &&
-      !mcfg.contains("prompt_tuning_init_token_ids"))
-    mcfg["prompt_tuning_init_token_ids"] = tok->encode(mcfg["prompt_tuning_init_text"].get<std::string>(), true);
   // stack_adapters NAME=DIR,...: frozen adapters under the new one (AdapterHub's Stack, MAD-X:
   // a task adapter trained over a language adapter; AdapterFusion over task adapters); they act
   // in every forward, only "default" trains and is saved. Loaded first: the new adapter wraps

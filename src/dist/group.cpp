@@ -84,6 +84,13 @@ struct Group::Impl {
   std::atomic<int64_t> seq{0};  // collectives entered
   bool failed = false;       // something went wrong: never block in the destructor
   bool comm_failed = false;  // a collective failed: the process group may be stuck
+  struct Pending {
+    c10::intrusive_ptr<c10d::Work> work;
+    int64_t seq;
+    std::string what;
+    Clock::time_point t0;
+  };
+  std::vector<Pending> pending;  // start_all_reduce_sum's, in launch order
 
   std::string key(const char* k, int64_t r) const { return std::string(k) + "/" + std::to_string(r); }
 
@@ -303,6 +310,22 @@ void Group::all_reduce_sum(std::vector<torch::Tensor> tensors, const std::string
     works.emplace_back(w, s);
   }
   for (auto& [w, s] : works) impl_->wait(w, s, what, t0);
+}
+
+void Group::start_all_reduce_sum(torch::Tensor t, const std::string& what) {
+  PEFT_CHECK(t.is_contiguous(), "distributed: all-reduce of a non-contiguous tensor (", what, ")");
+  int64_t s = 0;
+  auto w = impl_->launch(what, &s, [&] {
+    std::vector<at::Tensor> v{t};
+    return impl_->pg->allreduce(v);
+  });
+  impl_->pending.push_back({w, s, what, Clock::now()});
+}
+
+void Group::finish_pending() {
+  auto pending = std::move(impl_->pending);
+  impl_->pending.clear();
+  for (auto& p : pending) impl_->wait(p.work, p.seq, p.what, p.t0);
 }
 
 void Group::broadcast(torch::Tensor t, int64_t root, const std::string& what) {

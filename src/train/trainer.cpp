@@ -71,6 +71,7 @@ TrainingArguments TrainingArguments::from_json(nlohmann::json& j) {
   take(j, "ddp_timeout", a.ddp_timeout);
   take(j, "ddp_bucket_cap_mb", a.ddp_bucket_cap_mb);
   take(j, "ddp_backend", a.ddp_backend);
+  take(j, "ddp_overlap", a.ddp_overlap);
   PEFT_CHECK(a.learning_rate > 0, "training option 'learning_rate' must be > 0");
   PEFT_CHECK(a.per_device_train_batch_size > 0 && a.per_device_eval_batch_size > 0,
              "training option 'per_device_*_batch_size' must be > 0");
@@ -95,7 +96,7 @@ nlohmann::json TrainingArguments::to_json() const {
           {"metric_for_best_model", metric_for_best_model}, {"greater_is_better", greater_is_better},
           {"early_stopping_patience", early_stopping_patience}, {"eval_on_start", eval_on_start},
           {"progress", progress}, {"ddp_timeout", ddp_timeout}, {"ddp_bucket_cap_mb", ddp_bucket_cap_mb},
-          {"ddp_backend", ddp_backend}};
+          {"ddp_backend", ddp_backend}, {"ddp_overlap", ddp_overlap}};
 }
 
 std::vector<std::string> TrainingArguments::keys() {
@@ -386,61 +387,100 @@ void align_rng(int64_t seed, int64_t step) {
 }
 }  // namespace
 
-TrainResult Trainer::train(bool resume) {
-  dist::Group* g = group_.get();
-  const bool main = !g || g->is_main();  // rank 0 (or the only process) writes every file
-  if (main) fs::create_directories(args_.output_dir);
-  torch::manual_seed(static_cast<uint64_t>(args_.seed));
-  // Data-driven masks (FISH, Child-Tuning_D) are chosen before the first step from training
-  // batches of their own loader; a resumed run reads the mask from its checkpoint instead.
-  // (Every rank computes the same mask from the same batches.)
-  if (!resume && pm_->needs_calibration()) {
-    DataLoader cal(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed) + 1);
-    pm_->calibrate([&] { return pm_->forward(model_input(cal.next_batch())).loss; });
-  }
-  pm_->train();
+// ---- the training run -----------------------------------------------------------------------
+// Trainer::train is the list of the run's steps; Trainer::Run holds what lives for one run
+// (data order, optimizer schedule, logs, checkpoint bookkeeping) and does each step.
 
-  // AdamW with weight decay on matrices only (not on biases, norms or scaling vectors).
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& [name, p] : pm_->named_trainable_parameters())
-    (p.dim() < 2 || name.find("bias") != std::string::npos || name.find("norm") != std::string::npos ? no_decay : decay)
-        .push_back(p);
-  PEFT_CHECK(!decay.empty() || !no_decay.empty(), "training: the model has no trainable parameters");
-  auto opts = torch::optim::AdamWOptions(args_.learning_rate)
-                  .betas({args_.adam_beta1, args_.adam_beta2})
-                  .eps(args_.adam_epsilon);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  if (!decay.empty())
-    groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts.weight_decay(args_.weight_decay)));
-  if (!no_decay.empty())
-    groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(opts.weight_decay(0.0)));
-  opt_ = std::make_unique<torch::optim::AdamW>(groups, opts);
-  pm_->take_optimizer_reset();  // a request left by steps taken outside this trainer does not apply
-
-  DataLoader loader(train_, args_.per_device_train_batch_size, static_cast<uint64_t>(args_.seed));
-  if (g) loader.shard(g->rank(), g->world_size());
-  // Learning rate at a step. A tuner that trains twice (LT-SFT, Ansell et al. 2022, sec. 3.1:
-  // phase 2 is a second fine-tuning run) gets a schedule per run: warmup and decay over
-  // [0, split) and again over [split, total), as two separate runs would.
-  const int64_t split_at = pm_->second_run_start();
-  const int64_t split = split_at > 0 && split_at < total_steps_ ? split_at : total_steps_;
-  auto lr_at = [&](int64_t s) {
-    const int64_t begin = s < split ? 0 : split, len = s < split ? split : total_steps_ - split;
-    const int64_t warmup = args_.warmup_steps > 0 ? args_.warmup_steps
-                                                  : static_cast<int64_t>(std::ceil(args_.warmup_ratio * len));
-    return args_.learning_rate * lr_lambda(args_.lr_scheduler_type, s - begin, warmup, len);
+struct Trainer::Run {
+  /// What one optimizer step measured (after the data-parallel sum: the global batch's).
+  struct StepStats {
+    double loss = 0;
+    int64_t tokens = 0;
   };
-  const std::string log_path = join_path(args_.output_dir, "metrics.jsonl");
-  if (main) clean_leftovers(args_.output_dir);
+
+  Trainer& t;
+  dist::Group* g;
+  const bool main;  // rank 0 (or the only process) writes every file
+  DataLoader loader;
+  const std::string log_path;
   int64_t step = 0;
+  int64_t split = 0;  // where a tuner's second run starts (total_steps_: one run)
   nlohmann::json tstate = {{"best_metric", nullptr}, {"best_checkpoint", ""}, {"bad_evals", 0}};
-  if (resume) {
-    // Rank 0 picks the checkpoint; every rank loads that one (the output directory must be
-    // shared, or copied to every node, for a multi-node resume).
+  std::unique_ptr<JsonlLogger> log;
+  std::unique_ptr<ProgressBar> bar;
+  TrainResult result;
+  double window_loss = 0;
+  int64_t window_n = 0;
+  std::vector<torch::Tensor> params;
+  const bool has_eval;
+  std::unique_ptr<dist::GradBuckets> buckets;
+  double reduce_seconds = 0, buckets_in_backward = 0;
+  // Throughput of the optimizer steps alone (evaluation and checkpoints excluded), for the
+  // summary record at the end (as Trainer's train_runtime / train_samples_per_second).
+  double step_seconds = 0;
+  int64_t run_tokens = 0, run_steps = 0;
+  std::vector<Batch> micro;
+
+  explicit Run(Trainer& tr)
+      : t(tr),
+        g(tr.group_.get()),
+        main(!g || g->is_main()),
+        loader(tr.train_, tr.args_.per_device_train_batch_size, static_cast<uint64_t>(tr.args_.seed)),
+        log_path(join_path(tr.args_.output_dir, "metrics.jsonl")),
+        has_eval(tr.eval_ && tr.eval_->size() > 0),
+        micro(static_cast<size_t>(tr.args_.gradient_accumulation_steps)) {
+    if (main) fs::create_directories(t.args_.output_dir);
+    if (g) loader.shard(g->rank(), g->world_size());
+    torch::manual_seed(static_cast<uint64_t>(t.args_.seed));
+  }
+
+  /// Data-driven masks (FISH, Child-Tuning_D) are chosen before the first step from training
+  /// batches of their own loader; a resumed run reads the mask from its checkpoint instead.
+  /// (Every rank computes the same mask from the same batches.)
+  void calibrate_tuners() {
+    if (!t.pm_->needs_calibration()) return;
+    DataLoader cal(t.train_, t.args_.per_device_train_batch_size, static_cast<uint64_t>(t.args_.seed) + 1);
+    t.pm_->calibrate([&] { return t.pm_->forward(model_input(cal.next_batch())).loss; });
+  }
+
+  /// AdamW with weight decay on matrices only (not on biases, norms or scaling vectors). A tuner
+  /// that trains twice (LT-SFT, Ansell et al. 2022, sec. 3.1: phase 2 is a second fine-tuning
+  /// run) gets a learning-rate schedule per run, as two separate runs would.
+  void build_optimizer() {
+    const auto& a = t.args_;
+    std::vector<torch::Tensor> decay, no_decay;
+    for (auto& [name, p] : t.pm_->named_trainable_parameters())
+      (p.dim() < 2 || name.find("bias") != std::string::npos || name.find("norm") != std::string::npos ? no_decay : decay)
+          .push_back(p);
+    PEFT_CHECK(!decay.empty() || !no_decay.empty(), "training: the model has no trainable parameters");
+    auto opts = torch::optim::AdamWOptions(a.learning_rate).betas({a.adam_beta1, a.adam_beta2}).eps(a.adam_epsilon);
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    if (!decay.empty())
+      groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(opts.weight_decay(a.weight_decay)));
+    if (!no_decay.empty())
+      groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(opts.weight_decay(0.0)));
+    t.opt_ = std::make_unique<torch::optim::AdamW>(groups, opts);
+    t.pm_->take_optimizer_reset();  // a request left by steps taken outside this trainer does not apply
+    const int64_t split_at = t.pm_->second_run_start();
+    split = split_at > 0 && split_at < t.total_steps_ ? split_at : t.total_steps_;
+  }
+
+  /// Learning rate at step s: warmup and decay over [0, split) and again over [split, total).
+  double lr_at(int64_t s) const {
+    const auto& a = t.args_;
+    const int64_t begin = s < split ? 0 : split, len = s < split ? split : t.total_steps_ - split;
+    const int64_t warmup = a.warmup_steps > 0 ? a.warmup_steps : static_cast<int64_t>(std::ceil(a.warmup_ratio * len));
+    return a.learning_rate * lr_lambda(a.lr_scheduler_type, s - begin, warmup, len);
+  }
+
+  /// Rank 0 picks the newest checkpoint; every rank loads that one (the output directory must be
+  /// shared, or copied to every node, for a multi-node resume). The log keeps exactly the
+  /// records up to the checkpoint, so curves have no duplicates.
+  void resume_from_checkpoint() {
     std::string chosen;
     if (main) {
-      auto all = list_checkpoints(args_.output_dir);
-      PEFT_CHECK(!all.empty(), "--resume: no checkpoint-N folder with trainer_state.json in ", args_.output_dir);
+      auto all = list_checkpoints(t.args_.output_dir);
+      PEFT_CHECK(!all.empty(), "--resume: no checkpoint-N folder with trainer_state.json in ", t.args_.output_dir);
       chosen = all.back().second;
     }
     if (g) chosen = g->broadcast_string(chosen, 0, "the checkpoint to resume from");
@@ -448,87 +488,193 @@ TrainResult Trainer::train(bool resume) {
                " cannot read ", chosen, " (rank 0 resumes from it): a multi-node run needs the output directory "
                "on a shared file system, or copied to every node");
     nlohmann::json dstate;
-    step = restore_checkpoint(chosen, &dstate, &tstate);
+    step = t.restore_checkpoint(chosen, &dstate, &tstate);
     const int64_t was_world = dstate.value("world_size", int64_t(1)), was_batch = dstate.value("batch_size", int64_t(0));
     loader.restore(dstate);
-    if (main && (was_world != (g ? g->world_size() : 1) || was_batch != args_.per_device_train_batch_size))
+    if (!main) return;
+    if (was_world != (g ? g->world_size() : 1) || was_batch != t.args_.per_device_train_batch_size)
       std::cerr << "resume: the checkpoint was written with " << was_world << " rank(s) x batch " << was_batch
-                << ", this run has " << (g ? g->world_size() : 1) << " x " << args_.per_device_train_batch_size
+                << ", this run has " << (g ? g->world_size() : 1) << " x " << t.args_.per_device_train_batch_size
                 << "; the data continues at example " << loader.position() << " of epoch " << loader.epoch()
                 << " (nothing skipped or repeated), with the new global batch\n";
-    if (main) {
-      // The log keeps exactly the records up to the checkpoint, so curves have no duplicates.
-      std::vector<nlohmann::json> kept;
-      if (file_exists(log_path))
-        for (auto& r : read_jsonl(log_path))
-          if (r.value("step", int64_t(0)) <= step) kept.push_back(r);
-      std::string text;
-      for (auto& r : kept) text += r.dump() + "\n";
-      write_file_atomic(log_path, text);
-      std::cerr << "resumed from " << chosen << " (step " << step << ")\n";
-    }
-  } else if (main && file_exists(log_path)) {
-    fs::remove(log_path);
+    std::vector<nlohmann::json> kept;
+    if (file_exists(log_path))
+      for (auto& r : read_jsonl(log_path))
+        if (r.value("step", int64_t(0)) <= step) kept.push_back(r);
+    std::string text;
+    for (auto& r : kept) text += r.dump() + "\n";
+    write_file_atomic(log_path, text);
+    std::cerr << "resumed from " << chosen << " (step " << step << ")\n";
   }
-  if (main) write_json(join_path(args_.output_dir, "run_config.json"), run_config_);
-  std::unique_ptr<JsonlLogger> log;
-  if (main) log = std::make_unique<JsonlLogger>(log_path);
-  auto log_record = [&](const nlohmann::json& r) {
-    if (log) log->log(r);
-  };
-  ProgressOptions popt;
-  if (!args_.progress || !main) popt.every = 1 << 30;
-  ProgressBar bar(total_steps_, popt);
-  TrainResult result;
-  double window_loss = 0;
-  int64_t window_n = 0;
-  auto params = pm_->trainable_parameters();
-  const bool has_eval = eval_ && eval_->size() > 0;
-  std::unique_ptr<dist::GradBuckets> buckets;
-  if (g) {
-    buckets = std::make_unique<dist::GradBuckets>(group_, params, args_.ddp_bucket_cap_mb);
-    buckets->broadcast_parameters();  // identical starting points, whatever each rank initialised
-  }
-  double reduce_seconds = 0;
 
-  // Every rank must hold the same adapter; checked whenever rank 0 is about to save it.
-  auto check_in_sync = [&] {
+  /// Temporaries of an interrupted run removed; a fresh run starts a fresh log.
+  void clean_output(bool resume) {
+    if (!main) return;
+    clean_leftovers(t.args_.output_dir);
+    if (!resume && file_exists(log_path)) fs::remove(log_path);
+  }
+
+  /// run_config.json, the metrics log, the progress bar; data-parallel: the gradient buckets and
+  /// identical starting points, whatever each rank initialised.
+  void open_run() {
+    if (main) write_json(join_path(t.args_.output_dir, "run_config.json"), t.run_config_);
+    if (main) log = std::make_unique<JsonlLogger>(log_path);
+    ProgressOptions popt;
+    if (!t.args_.progress || !main) popt.every = 1 << 30;
+    bar = std::make_unique<ProgressBar>(t.total_steps_, popt);
+    params = t.pm_->trainable_parameters();
+    if (g) {
+      buckets = std::make_unique<dist::GradBuckets>(t.group_, params, t.args_.ddp_bucket_cap_mb, t.args_.ddp_overlap);
+      buckets->broadcast_parameters();
+    }
+  }
+
+  void log_record(const nlohmann::json& r) {
+    if (log) log->log(r);
+  }
+
+  std::string last_checkpoint_hint() const {
+    auto all = list_checkpoints(t.args_.output_dir);
+    return all.empty() ? std::string("No checkpoint was written yet.")
+                       : "The last good checkpoint is " + all.back().second + " (resume with --resume).";
+  }
+  [[noreturn]] void fail_on_loss(double loss, const std::string& hint) const {
+    fail("step ", step + 1, ": the loss is ", loss, " (NaN/Inf); training stopped. ", hint,
+         " Try a lower learning_rate or max_grad_norm.");
+  }
+
+  /// Forward and backward over the step's micro-batches (gradient accumulation). Data-parallel:
+  /// rank r's micro-batch k is a mean over its n_rk loss units (tokens or examples); scaling it by
+  /// n_rk / sum_r n_rk before the gradient sum gives exactly the gradient of the mean over the
+  /// global batch, as one process with the whole batch computes.
+  StepStats accumulate_gradients() {
+    StepStats s;
+    const double accum = static_cast<double>(micro.size());
+    std::vector<double> units(micro.size(), 1.0), total(micro.size(), 1.0);
+    for (auto& b : micro) b = loader.next_batch();
+    if (g) {
+      for (size_t k = 0; k < micro.size(); ++k) units[k] = loss_units(t.train_, micro[k]);
+      auto u = torch::tensor(units, torch::kFloat64);
+      g->all_reduce_sum({u}, "loss weights");
+      for (size_t k = 0; k < micro.size(); ++k) total[k] = u[static_cast<int64_t>(k)].item<double>();
+    }
+    for (size_t k = 0; k < micro.size(); ++k) {
+      const Batch& b = micro[k];
+      if (g && (b.size() == 0 || units[k] == 0)) continue;  // nothing of this micro-batch here
+      auto out = t.pm_->forward(model_input(b));
+      const double lv = out.loss.item<double>();
+      if (!g && !std::isfinite(lv)) fail_on_loss(lv, last_checkpoint_hint());
+      if (buckets && k + 1 == micro.size()) buckets->arm();  // the step's last backward starts the sums
+      if (!g) {
+        (out.loss / accum).backward();
+        s.loss += lv / accum;
+      } else {
+        const double w = units[k] / total[k];
+        (out.loss * (w / accum)).backward();
+        s.loss += w * lv / accum;
+      }
+      s.tokens += b.num_tokens;
+    }
+    return s;
+  }
+
+  /// Data-parallel: one bucketed all-reduce of the trainable gradients (and the step's loss and
+  /// tokens); a NaN/Inf loss is the same sum on every rank, so all stop together.
+  void reduce_gradients(StepStats& s) {
+    if (!g) return;
+    auto stats = torch::tensor({s.loss, static_cast<double>(s.tokens)}, torch::kFloat64);
+    buckets->reduce(stats);
+    reduce_seconds += buckets->last_seconds();
+    buckets_in_backward += static_cast<double>(buckets->last_started_in_backward());
+    s.loss = stats[0].item<double>();
+    s.tokens = static_cast<int64_t>(stats[1].item<double>());
+    if (!std::isfinite(s.loss)) fail_on_loss(s.loss, main ? last_checkpoint_hint() : std::string());
+    align_rng(t.args_.seed, step);
+  }
+
+  /// The tuners' step hooks around clipping and the AdamW step; returns the gradient norm
+  /// (after the sum every rank holds the global gradient: the norm clipped is the global one).
+  double optimizer_step(double lr) {
+    for (auto& pg : t.opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(pg.options()).lr(lr);
+    t.pm_->before_step(step);
+    double gnorm = t.args_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(params, t.args_.max_grad_norm) : 0.0;
+    t.opt_->step();
+    t.pm_->after_step(step);
+    t.opt_->zero_grad();
+    if (t.pm_->take_optimizer_reset()) t.opt_->state().clear();  // a tuner's phase boundary (LT-SFT)
+    ++step;
+    return gnorm;
+  }
+
+  /// The progress line, and a metrics record every logging_steps (the window's mean loss).
+  void log_step(const StepStats& s, double lr, double gnorm, double seconds) {
+    step_seconds += seconds;
+    run_tokens += s.tokens;
+    ++run_steps;
+    window_loss += s.loss;
+    ++window_n;
+    if (main) bar->update(step, s.loss, s.tokens, str_cat("lr ", lr));
+    if (step % std::max<int64_t>(1, t.args_.logging_steps) != 0 && step != t.total_steps_) return;
+    result.train_loss = window_loss / window_n;
+    nlohmann::json rec = {{"step", step}, {"loss", result.train_loss}, {"lr", lr}, {"grad_norm", gnorm},
+                          {"epoch", double(loader.epoch()) + double(loader.position()) / double(t.train_.size())}};
+    if (g) {
+      // Means per step over the window: the time spent in the sum after backward, and the share
+      // of the buckets whose sum backward had started.
+      rec["allreduce_s"] = reduce_seconds / window_n;
+      rec["allreduce_overlapped"] = buckets_in_backward / window_n / static_cast<double>(buckets->num_buckets());
+    }
+    reduce_seconds = 0;
+    buckets_in_backward = 0;
+    log_record(rec);
+    window_loss = 0;
+    window_n = 0;
+  }
+
+  /// Every rank must hold the same adapter; checked whenever rank 0 is about to save it.
+  void check_in_sync() {
     if (!g) return;
     auto hashes = g->all_gather_strings(std::to_string(dist::tensor_hash(params)), "parameter check");
     for (size_t r = 1; r < hashes.size(); ++r)
       PEFT_CHECK(hashes[r] == hashes[0], "distributed: at step ", step, " the trainable parameters of rank ", r,
                  " differ from rank 0's (a tuner drew random numbers or read data differently on the ranks)");
-  };
-  auto save = [&] {
+  }
+  void save() {
     check_in_sync();
     if (!main) return;
-    save_checkpoint(step, loader.state(), tstate);
-    prune_checkpoints(tstate["best_checkpoint"].get<std::string>());
-  };
-  auto run_eval = [&] {
-    nlohmann::json ev = evaluate();
-    if (eval_hook_) {
-      bool was_training = pm_->is_training();
-      pm_->eval();
-      const nlohmann::json extra = eval_hook_();  // (items() of a temporary would dangle)
+    t.save_checkpoint(step, loader.state(), tstate);
+    t.prune_checkpoints(tstate["best_checkpoint"].get<std::string>());
+  }
+  nlohmann::json run_eval() {
+    nlohmann::json ev = t.evaluate();
+    if (t.eval_hook_) {
+      bool was_training = t.pm_->is_training();
+      t.pm_->eval();
+      const nlohmann::json extra = t.eval_hook_();  // (items() of a temporary would dangle)
       for (auto& kv : extra.items()) ev[kv.key()] = kv.value();
-      pm_->train(was_training);
+      t.pm_->train(was_training);
     }
     // Rank 0's record (it holds the gathered generation metrics) decides for every rank.
     if (g) ev = nlohmann::json::parse(g->broadcast_string(ev.dump(), 0, "evaluation record"));
     return ev;
-  };
-  auto do_eval_and_save = [&](bool do_save) {
-    nlohmann::json ev;
+  }
+  /// The curve's starting point (eval_on_start).
+  void eval_at_start() {
+    if (!t.args_.eval_on_start || !has_eval || step != 0) return;
+    auto ev = run_eval();
+    ev["step"] = 0;
+    log_record(ev);
+  }
+  void eval_and_save(bool do_save) {
     if (has_eval) {
-      ev = run_eval();
+      nlohmann::json ev = run_eval();
       ev["step"] = step;
       log_record(ev);
       result.final_eval = ev;
-      if (ev.contains(args_.metric_for_best_model)) {
-        double m = ev[args_.metric_for_best_model].get<double>();
+      if (ev.contains(t.args_.metric_for_best_model)) {
+        double m = ev[t.args_.metric_for_best_model].get<double>();
         bool better = tstate["best_metric"].is_null() ||
-                      (args_.greater_is_better ? m > tstate["best_metric"].get<double>() : m < tstate["best_metric"].get<double>());
+                      (t.args_.greater_is_better ? m > tstate["best_metric"].get<double>() : m < tstate["best_metric"].get<double>());
         if (better) {
           tstate["best_metric"] = m;
           tstate["best_checkpoint"] = ckpt_name(step);
@@ -539,117 +685,28 @@ TrainResult Trainer::train(bool resume) {
       }
     }
     if (do_save) save();
-  };
+  }
+  /// Evaluation and checkpoints due at this step (the last step's come in finish()); true when
+  /// early stopping ends the run.
+  bool evaluate_save_or_stop() {
+    const auto& a = t.args_;
+    bool eval_now = a.eval_steps > 0 && step % a.eval_steps == 0;
+    bool save_now = a.save_steps > 0 && step % a.save_steps == 0;
+    if (!(eval_now || save_now) || step >= t.total_steps_) return false;
+    if (eval_now) eval_and_save(save_now);
+    else save();
+    if (a.early_stopping_patience <= 0 || tstate["bad_evals"].get<int64_t>() < a.early_stopping_patience) return false;
+    if (main)
+      std::cerr << "\nearly stopping at step " << step << ": " << a.metric_for_best_model << " did not improve in "
+                << a.early_stopping_patience << " evaluations\n";
+    result.stopped_early = true;
+    return true;
+  }
 
-  if (args_.eval_on_start && has_eval && step == 0) {  // the starting point of the curve
-    auto ev = run_eval();
-    ev["step"] = 0;
-    log_record(ev);
-  }
-  const int64_t accum = args_.gradient_accumulation_steps;
-  std::vector<Batch> micro(static_cast<size_t>(accum));
-  // Throughput of the optimizer steps alone (evaluation and checkpoints excluded), for the
-  // summary record at the end (as Trainer's train_runtime / train_samples_per_second).
-  double step_seconds = 0;
-  int64_t run_tokens = 0, run_steps = 0;
-  while (step < total_steps_) {
-    const auto step_t0 = std::chrono::steady_clock::now();
-    double step_loss = 0;
-    int64_t tokens = 0;
-    // Data-parallel: rank r's micro-batch k is a mean over its n_rk loss units (tokens or
-    // examples); scaling it by n_rk / sum_r n_rk before the gradient sum gives exactly the
-    // gradient of the mean over the global batch, as one process with the whole batch computes.
-    std::vector<double> units(static_cast<size_t>(accum), 1.0), total(static_cast<size_t>(accum), 1.0);
-    for (auto& b : micro) b = loader.next_batch();
-    if (g) {
-      for (size_t k = 0; k < micro.size(); ++k) units[k] = loss_units(train_, micro[k]);
-      auto t = torch::tensor(units, torch::kFloat64);
-      g->all_reduce_sum({t}, "loss weights");
-      for (size_t k = 0; k < micro.size(); ++k) total[k] = t[static_cast<int64_t>(k)].item<double>();
-    }
-    for (size_t k = 0; k < micro.size(); ++k) {
-      const Batch& b = micro[k];
-      if (g && (b.size() == 0 || units[k] == 0)) continue;  // nothing of this micro-batch here
-      auto out = pm_->forward(model_input(b));
-      double lv = out.loss.item<double>();
-      if (!g) {
-        if (!std::isfinite(lv)) {
-          auto all = list_checkpoints(args_.output_dir);
-          fail("step ", step + 1, ": the loss is ", lv, " (NaN/Inf); training stopped. ",
-               all.empty() ? std::string("No checkpoint was written yet.")
-                           : "The last good checkpoint is " + all.back().second + " (resume with --resume).",
-               " Try a lower learning_rate or max_grad_norm.");
-        }
-        (out.loss / double(accum)).backward();
-        step_loss += lv / accum;
-      } else {
-        const double w = units[k] / total[k];
-        (out.loss * (w / double(accum))).backward();
-        step_loss += w * lv / accum;
-      }
-      tokens += b.num_tokens;
-    }
-    if (g) {
-      auto stats = torch::tensor({step_loss, static_cast<double>(tokens)}, torch::kFloat64);
-      buckets->reduce(stats);
-      reduce_seconds += buckets->last_seconds();
-      step_loss = stats[0].item<double>();
-      tokens = static_cast<int64_t>(stats[1].item<double>());
-      if (!std::isfinite(step_loss)) {  // the same sum on every rank: all stop together
-        std::string last;
-        if (main) {
-          auto all = list_checkpoints(args_.output_dir);
-          last = all.empty() ? std::string("No checkpoint was written yet.")
-                             : "The last good checkpoint is " + all.back().second + " (resume with --resume).";
-        }
-        fail("step ", step + 1, ": the loss is ", step_loss, " (NaN/Inf); training stopped. ", last,
-             " Try a lower learning_rate or max_grad_norm.");
-      }
-      align_rng(args_.seed, step);
-    }
-    const double lr = lr_at(step);
-    for (auto& pg : opt_->param_groups()) static_cast<torch::optim::AdamWOptions&>(pg.options()).lr(lr);
-    pm_->before_step(step);
-    // After the sum every rank holds the global gradient: the norm clipped is the global one.
-    double gnorm = args_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(params, args_.max_grad_norm) : 0.0;
-    opt_->step();
-    pm_->after_step(step);
-    opt_->zero_grad();
-    if (pm_->take_optimizer_reset()) opt_->state().clear();  // a tuner's phase boundary (LT-SFT)
-    ++step;
-    step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_t0).count();
-    run_tokens += tokens;
-    ++run_steps;
-    window_loss += step_loss;
-    ++window_n;
-    if (main) bar.update(step, step_loss, tokens, str_cat("lr ", lr));
-    if (step % std::max<int64_t>(1, args_.logging_steps) == 0 || step == total_steps_) {
-      result.train_loss = window_loss / window_n;
-      nlohmann::json rec = {{"step", step}, {"loss", result.train_loss}, {"lr", lr}, {"grad_norm", gnorm},
-                            {"epoch", double(loader.epoch()) + double(loader.position()) / double(train_.size())}};
-      if (g) rec["allreduce_s"] = reduce_seconds / window_n;  // mean per step over the window
-      reduce_seconds = 0;
-      log_record(rec);
-      window_loss = 0;
-      window_n = 0;
-    }
-    bool eval_now = args_.eval_steps > 0 && step % args_.eval_steps == 0;
-    bool save_now = args_.save_steps > 0 && step % args_.save_steps == 0;
-    if ((eval_now || save_now) && step < total_steps_) {
-      if (eval_now) do_eval_and_save(save_now);
-      else save();
-      if (args_.early_stopping_patience > 0 && tstate["bad_evals"].get<int64_t>() >= args_.early_stopping_patience) {
-        if (main)
-          std::cerr << "\nearly stopping at step " << step << ": " << args_.metric_for_best_model
-                    << " did not improve in " << args_.early_stopping_patience << " evaluations\n";
-        result.stopped_early = true;
-        break;
-      }
-    }
-  }
-  if (main) bar.finish();
-  {
-    const auto rep = pm_->trainable_report();
+  /// The summary record, the final evaluation and checkpoint, the adapter and the report.
+  TrainResult finish() {
+    if (main) bar->finish();
+    const auto rep = t.pm_->trainable_report();
     nlohmann::json summary = {{"step", step},
                               {"train_steps_run", run_steps},
                               {"train_step_seconds", step_seconds},
@@ -659,17 +716,38 @@ TrainResult Trainer::train(bool resume) {
                               {"all_params", rep.total}};
     if (g) summary["world_size"] = g->world_size();
     log_record(summary);
+    eval_and_save(/*do_save=*/true);
+    if (main) {
+      t.pm_->save_adapter(t.args_.output_dir, t.saved_adapter());
+      write_training_report(t.args_.output_dir, read_jsonl(log_path), "peft.cpp training report");
+    }
+    if (g) g->barrier("end of training");  // no rank leaves (and closes the store) before rank 0 is done
+    result.steps = step;
+    result.best_checkpoint = tstate["best_checkpoint"].get<std::string>();
+    t.pm_->eval();
+    return result;
   }
-  do_eval_and_save(/*save=*/true);
-  if (main) {
-    pm_->save_adapter(args_.output_dir, saved_adapter());
-    write_training_report(args_.output_dir, read_jsonl(log_path), "peft.cpp training report");
+};
+
+TrainResult Trainer::train(bool resume) {
+  Run run(*this);
+  if (!resume) run.calibrate_tuners();
+  pm_->train();
+  run.build_optimizer();
+  run.clean_output(resume);
+  if (resume) run.resume_from_checkpoint();
+  run.open_run();
+  run.eval_at_start();
+  while (run.step < total_steps_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto stats = run.accumulate_gradients();
+    run.reduce_gradients(stats);
+    const double lr = run.lr_at(run.step);
+    const double gnorm = run.optimizer_step(lr);
+    run.log_step(stats, lr, gnorm, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (run.evaluate_save_or_stop()) break;
   }
-  if (g) g->barrier("end of training");  // no rank leaves (and closes the store) before rank 0 is done
-  result.steps = step;
-  result.best_checkpoint = tstate["best_checkpoint"].get<std::string>();
-  pm_->eval();
-  return result;
+  return run.finish();
 }
 
 }  // namespace peft

@@ -121,6 +121,10 @@ class AdaLoraTuner : public Tuner {
                c["orth_reg_weight"].get<double>(), c["init_lora_weights"] != false);
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
   }
+  /// The rank schedule spans the run (sec. 3.3): total_step defaults to the run's length.
+  void prepare_training_config(nlohmann::json& c, const TrainingSetup& setup) const override {
+    if (!c.contains("total_step") || c["total_step"].is_null()) c["total_step"] = setup.total_steps;
+  }
   void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const override {
     if (!before) return;
     auto& c = pm.adapter(name).config;

@@ -11,8 +11,8 @@
 // BOTTLENECK adapter it is at inference (sec. 3.4: the averaged weights, Pfeiffer placement on
 // the same modules, same non-linearity); it gives the AdaMix model's eval-mode logits bit for bit.
 // Consistency regulariser (sec. 3.3, "Consistency regularization"): while training with labels,
-// PeftModel::forward runs the model twice on the same batch (two independent routings A, B) and
-// returns
+// the tuner's loss term (Tuner::loss_term) runs the model a second time on the same batch (two
+// independent routings A, B), and the loss PeftModel::forward returns is
 //   loss = loss(A) + w * 1/2 (KL(p_B || p_A) + KL(p_A || p_B)),   w = consistency_weight,
 // the logits being A's. As in the official code (microsoft/AdaMix, `symmetric_KL_loss` in
 // RobertaForSequenceClassification and in the NLG GPT2LMModel): only the first routing's task
@@ -81,6 +81,34 @@ class AdaMixLayer : public TunerLayer {
   }
 };
 
+/// The rows of `logits` the task loss counts, [N, C] in the loss's dtype: SeqCls one per example
+/// (single-label classification only); causal LM logits[:, :-1] where labels[:, 1:] != -100 (the
+/// shift of causal_lm_loss); seq2seq where labels != -100. Undefined where the outputs are no
+/// softmax distribution (regression, multi-label, feature extraction).
+torch::Tensor counted_rows(const torch::Tensor& logits, const torch::Tensor& labels, TaskType task) {
+  const int64_t C = logits.size(-1);
+  auto rows = logits.to(compute_dtype(logits.scalar_type()));
+  if (task == TaskType::SeqCls) {
+    bool integral = labels.scalar_type() == torch::kLong || labels.scalar_type() == torch::kInt;
+    return integral && C > 1 && labels.numel() == logits.numel() / C ? rows.reshape({-1, C}) : torch::Tensor();
+  }
+  if (task == TaskType::CausalLM)
+    return rows.slice(1, 0, -1).reshape({-1, C}).index({labels.slice(1, 1).reshape({-1}) != -100});
+  if (task == TaskType::Seq2SeqLM) return rows.reshape({-1, C}).index({labels.reshape({-1}) != -100});
+  return {};
+}
+
+/// 1/2 (KL(sg p2 || p1) + KL(sg p1 || p2)) (the official `symmetric_KL_loss`), summed over
+/// classes and averaged over the rows; sg is a stop-gradient on the target distribution, so each
+/// routing is pulled towards the other.
+torch::Tensor symmetric_kl(const torch::Tensor& z1, const torch::Tensor& z2) {
+  if (z1.size(0) == 0) return torch::zeros({}, z1.options());
+  auto lp1 = torch::log_softmax(z1, -1), lp2 = torch::log_softmax(z2, -1);
+  auto t1 = lp1.detach(), t2 = lp2.detach();
+  auto kl = (t2.exp() * (t2 - lp1)).sum(-1) + (t1.exp() * (t1 - lp2)).sum(-1);
+  return 0.5 * kl.mean();
+}
+
 class AdaMixTuner : public Tuner {
  public:
   std::string peft_type() const override { return "ADAMIX"; }
@@ -122,6 +150,14 @@ class AdaMixTuner : public Tuner {
                     : c["bottleneck_size"].get<int64_t>();
     layer->add(name, c["num_experts"].get<int64_t>(), b, c["init_weights"].get<bool>(), c["non_linearity"].get<std::string>());
     if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+  }
+  torch::Tensor loss_term(const nlohmann::json& c, const LossTermInput& in) const override {
+    const double w = c["consistency_weight"].get<double>();
+    if (w <= 0) return {};
+    auto rows = counted_rows(in.output.logits, in.input.labels, in.task);
+    if (!rows.defined()) return {};
+    auto rows2 = counted_rows(in.forward_again().logits, in.input.labels, in.task);
+    return w * symmetric_kl(rows, rows2);
   }
 };
 

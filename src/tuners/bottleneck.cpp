@@ -257,14 +257,12 @@ void add_adapter_block(Layer* layer, const std::string& name, const AdapterBlock
 }
 
 int64_t layer_input_dim(Layer* l, int64_t hidden) {
-  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->in_features;
-  return hidden;
+  auto* lin = innermost_linear(l);
+  return lin ? lin->in_features : hidden;
 }
 int64_t layer_output_dim(Layer* l, int64_t hidden) {
-  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-  if (auto* lin = dynamic_cast<Linear*>(l)) return lin->out_features;
-  return hidden;
+  auto* lin = innermost_linear(l);
+  return lin ? lin->out_features : hidden;
 }
 int64_t adapter_bottleneck_size(const nlohmann::json& c, int64_t hidden) {
   return c["bottleneck_size"].is_null()

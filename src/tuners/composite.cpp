@@ -179,6 +179,20 @@ class CompositeTuner : public Tuner {
     for (auto& comp : c["components"]) start = std::max(start, tuner(comp)->second_run_start(comp));
     return start;
   }
+  void prepare_training_config(nlohmann::json& c, const TrainingSetup& setup) const override {
+    if (!c.contains("components") || !c["components"].is_array()) return;  // validate() says so
+    for (auto& comp : c["components"])
+      if (comp.is_object() && comp.contains("peft_type") && comp["peft_type"].is_string())
+        tuner(comp)->prepare_training_config(comp, setup);
+  }
+  torch::Tensor loss_term(const nlohmann::json& c, const LossTermInput& in) const override {
+    torch::Tensor sum;
+    for (auto& comp : c["components"]) {
+      auto t = tuner(comp)->loss_term(comp, in);
+      if (t.defined()) sum = sum.defined() ? sum + t : t;
+    }
+    return sum;
+  }
   void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const override {
     for (size_t i = 0; i < pm.adapter(name).config["components"].size(); ++i)
       as_component(pm, name, i, [&](const nlohmann::json& comp) { tuner(comp)->on_step(pm, name, step, before); });

@@ -291,9 +291,7 @@ class LoraLinear : public TunerLayer {
 
 /// The bias of the Linear under any wrappers (undefined when it has none).
 torch::Tensor innermost_bias(const LayerPtr& l) {
-  Layer* x = l.get();
-  while (auto* t = dynamic_cast<TunerLayer*>(x)) x = t->base_layer.get();
-  auto* lin = dynamic_cast<Linear*>(x);
+  auto* lin = innermost_linear(l.get());
   return lin ? lin->bias : torch::Tensor();
 }
 

@@ -12,11 +12,6 @@
 namespace peft {
 namespace partial {
 
-/// The layer under every wrapper.
-inline Layer* innermost(Layer* l) {
-  while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-  return l;
-}
 inline torch::ScalarType dtype_of(Layer& l) {
   for (auto& p : l.parameters()) return trainable_dtype(p.scalar_type());
   return torch::kFloat32;

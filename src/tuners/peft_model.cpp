@@ -11,7 +11,6 @@
 #include "io/adapter_config.h"
 #include "io/memory_budget.h"
 #include "models/quant_linear.h"
-#include "tuners/config_parts.h"
 #include "tuners/default_targets.h"
 
 namespace peft {
@@ -87,9 +86,7 @@ void record_fan_in_fan_out(PeftModel& pm, const std::string& name) {
   if (!cfg.contains("fan_in_fan_out") || targeted.empty()) return;
   for (auto& ref : find_slots(*pm.model)) {
     if (ref.path != targeted.back()) continue;
-    Layer* l = ref.get().get();
-    while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-    if (auto* lin = dynamic_cast<Linear*>(l)) cfg["fan_in_fan_out"] = lin->conv1d;
+    if (auto* lin = innermost_linear(ref.get().get())) cfg["fan_in_fan_out"] = lin->conv1d;
     return;
   }
 }
@@ -325,46 +322,6 @@ TrainableReport PeftModel::trainable_report() const {
   return r;
 }
 
-namespace {
-/// The largest `consistency_weight` in an adapter config (a COMPOSITE's: among its components).
-double consistency_weight_of(const nlohmann::json& config) {
-  double w = 0.0;
-  for_each_config_part(config, [&](const nlohmann::json& c) {
-    if (c.contains("consistency_weight") && c["consistency_weight"].is_number())
-      w = std::max(w, c["consistency_weight"].get<double>());
-  });
-  return w;
-}
-
-/// The rows of `logits` the task loss counts, [N, C] in the loss's dtype: SeqCls one per example
-/// (single-label classification only); causal LM logits[:, :-1] where labels[:, 1:] != -100 (the
-/// shift of causal_lm_loss); seq2seq where labels != -100. Undefined where the outputs are no
-/// softmax distribution (regression, multi-label, feature extraction).
-torch::Tensor counted_rows(const torch::Tensor& logits, const torch::Tensor& labels, TaskType task) {
-  const int64_t C = logits.size(-1);
-  auto rows = logits.to(compute_dtype(logits.scalar_type()));
-  if (task == TaskType::SeqCls) {
-    bool integral = labels.scalar_type() == torch::kLong || labels.scalar_type() == torch::kInt;
-    return integral && C > 1 && labels.numel() == logits.numel() / C ? rows.reshape({-1, C}) : torch::Tensor();
-  }
-  if (task == TaskType::CausalLM)
-    return rows.slice(1, 0, -1).reshape({-1, C}).index({labels.slice(1, 1).reshape({-1}) != -100});
-  if (task == TaskType::Seq2SeqLM) return rows.reshape({-1, C}).index({labels.reshape({-1}) != -100});
-  return {};
-}
-
-/// AdaMix's consistency term (Wang et al. 2022, sec. 3.3; the official `symmetric_KL_loss`):
-/// 1/2 (KL(sg p2 || p1) + KL(sg p1 || p2)), summed over classes and averaged over the rows; sg is
-/// a stop-gradient on the target distribution, so each routing is pulled towards the other.
-torch::Tensor symmetric_kl(const torch::Tensor& z1, const torch::Tensor& z2) {
-  if (z1.size(0) == 0) return torch::zeros({}, z1.options());
-  auto lp1 = torch::log_softmax(z1, -1), lp2 = torch::log_softmax(z2, -1);
-  auto t1 = lp1.detach(), t2 = lp2.detach();
-  auto kl = (t2.exp() * (t2 - lp1)).sum(-1) + (t1.exp() * (t1 - lp2)).sum(-1);
-  return 0.5 * kl.mean();
-}
-}  // namespace
-
 ModelOutput PeftModel::forward(const ModelInput& in_) {
   ModelInput in = in_;
   KVCache storage;
@@ -373,21 +330,24 @@ ModelOutput PeftModel::forward(const ModelInput& in_) {
       auto& e = adapter(a);
       if (e.input) e.input->apply(*model, in, storage);
     }
-  // AdaMix (sec. 3.3): a second stochastic forward of the same (already adapted) input; not with
-  // a caller's KV cache, which the first forward extends.
-  double w = 0;
-  if (is_training() && in.labels.defined() && !in_.cache && !disabled_)
-    for (auto& a : active_) w = std::max(w, consistency_weight_of(adapter(a).config));
-  KVCache storage2;  // an input adapter's pre-filled cache, before the first forward extends it
-  if (w > 0) storage2 = storage;
+  // The tuners' loss terms (Tuner::loss_term) see training forwards with labels; not with a
+  // caller's KV cache, which the first forward extends.
+  const bool terms = is_training() && in.labels.defined() && !in_.cache && !disabled_;
+  KVCache prefilled;  // an input adapter's pre-filled cache, before the first forward extends it
+  if (terms) prefilled = storage;
   ModelOutput out = model->forward(in);
-  torch::Tensor rows;
-  if (w > 0 && out.loss.defined()) rows = counted_rows(out.logits, in.labels, model->task());
-  if (rows.defined()) {
-    ModelInput again = in;
-    if (in.cache == &storage) again.cache = &storage2;
-    auto rows2 = counted_rows(model->forward(again).logits, in.labels, model->task());
-    out.loss = out.loss + w * symmetric_kl(rows, rows2);
+  if (terms && out.loss.defined()) {
+    const std::function<ModelOutput()> again = [&] {
+      ModelInput second = in;
+      KVCache fresh = prefilled;
+      if (in.cache == &storage) second.cache = &fresh;
+      return model->forward(second);
+    };
+    for (auto& a : active_) {
+      auto& e = adapter(a);
+      auto term = e.tuner->loss_term(e.config, LossTermInput{in, out, model->task(), again});
+      if (term.defined()) out.loss = out.loss + term;
+    }
   }
   auto reg = extra_loss();
   if (out.loss.defined() && reg.defined() && is_training()) out.loss = out.loss + reg;
@@ -542,9 +502,7 @@ class DequantizedBases {
   DequantizedBases(const std::vector<std::pair<std::string, TunerLayer*>>& layers, const char* what) {
     torch::NoGradGuard ng;
     for (auto& kv : layers) {
-      Layer* inner = kv.second->base_layer.get();
-      while (auto* t = dynamic_cast<TunerLayer*>(inner)) inner = t->base_layer.get();
-      auto* q = dynamic_cast<QuantLinear*>(inner);
+      auto* q = dynamic_cast<QuantLinear*>(innermost(kv.second->base_layer.get()));
       if (!q || placeholders_.count(q)) continue;
       placeholders_[q] = q->weight;
       q->weight = q->dequantized_weight(torch::kFloat32);

@@ -320,6 +320,13 @@ class PromptLearningTuner : public Tuner {
     }
     return d;
   }
+  /// TEXT init: the tuner has no tokenizer, so the run's fills in the ids (special tokens added,
+  /// as peft's tokenizer(prompt_tuning_init_text) call adds them).
+  void prepare_training_config(nlohmann::json& c, const TrainingSetup& setup) const override {
+    if (kind_ != Kind::Prompt || !setup.encode || c.contains("prompt_tuning_init_token_ids")) return;
+    if (c.value("prompt_tuning_init", std::string()) == "TEXT" && c.value("prompt_tuning_init_text", nlohmann::json()).is_string())
+      c["prompt_tuning_init_token_ids"] = setup.encode(c["prompt_tuning_init_text"].get<std::string>());
+  }
   std::vector<std::string> extension_keys() const override {
     if (kind_ == Kind::Prompt) return {"prompt_tuning_init_token_ids"};
     if (kind_ == Kind::Prefix) return {"prefix_gate", "prefix_layout"};

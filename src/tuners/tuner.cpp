@@ -260,9 +260,14 @@ bool TargetSelector::matches(const std::string& path, const Module* mod) const {
 
 TunerLayer::TunerLayer(LayerPtr base) { register_slot("base_layer", base_layer, std::move(base)); }
 
-Linear& TunerLayer::base_linear() const {
-  Layer* l = base_layer.get();
+Layer* innermost(Layer* l) {
   while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
+  return l;
+}
+Linear* innermost_linear(Layer* l) { return dynamic_cast<Linear*>(innermost(l)); }
+
+Linear& TunerLayer::base_linear() const {
+  Layer* l = innermost(base_layer.get());
   auto* lin = dynamic_cast<Linear*>(l);
   PEFT_CHECK(lin, "this method wraps Linear layers only; the targeted module is a ", l->name());
   return *lin;

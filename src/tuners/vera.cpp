@@ -117,9 +117,7 @@ class VeraTuner : public Tuner {
     for (auto& ref : find_slots(*pm.model)) {
       auto mod = ref.get();
       if (!sel.matches(ref.path, mod.get())) continue;
-      Layer* l = mod.get();
-      while (auto* t = dynamic_cast<TunerLayer*>(l)) l = t->base_layer.get();
-      if (auto* lin = dynamic_cast<Linear*>(l)) {
+      if (auto* lin = innermost_linear(mod.get())) {
         max_in = std::max(max_in, lin->in_features);
         max_out = std::max(max_out, lin->out_features);
       }

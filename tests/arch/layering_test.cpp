@@ -67,9 +67,6 @@ const std::set<std::pair<std::string, std::string>> kMethodAllowList = {
     {"src/cli/bench_dist.cpp", "lora"},
     // The multi-adapter bench measures LoRA adapters in a mixed batch against a merged one.
     {"src/cli/bench_multi.cpp", "lora"},
-    // The bench step's per-method overrides (rank 8; AdaLoRA's schedule needs total_step):
-    // belongs to the tuners' typed configs (issue 18 items 1-2).
-    {"src/cli/bench_step.cpp", "lora"}, {"src/cli/bench_step.cpp", "adalora"},
     // `peft train --method` defaults to "lora".
     {"src/cli/train.cpp", "lora"},
 };

@@ -76,14 +76,17 @@ TEST(BenchCli, StepBenchLoraMatchesClosedForm) {
 }
 
 // `peft bench --suites dist`: 1 rank vs 2 ranks x 1 thread, tokens/s, scaling efficiency, and the
-// all-reduce time per step of the 2-rank run (one bucket for the small model's LoRA gradients).
+// all-reduce time per step of the 2-rank run (one bucket for the small model's LoRA gradients),
+// whose sum backward starts (overlap) or, with --ddp_overlap false, the step after backward.
 TEST(BenchCli, DistSuiteReportsScalingAndAllReduceTime) {
   std::string dir = test::temp_dir("bench_dist");
   std::string out;
   ASSERT_EQ(test::run_cli("bench --small --quiet --suites dist --repeats 1 --out " + dir + "/r.json", &out), 0) << out;
-  auto one = table_row(out, "1 x 1"), two = table_row(out, "2 x 1");
+  auto one = table_row(out, "1 x 1"), two = table_row(out, "2 x 1"),
+       after = table_row(out, "2 x 1, sums after backward");
   ASSERT_EQ(one.size(), 6u) << out;
   ASSERT_EQ(two.size(), 6u) << out;
+  ASSERT_EQ(after.size(), 6u) << out;
   auto r = read_json(dir + "/r.json")["dist"];
   EXPECT_GT(r["tokens_per_s_1"].get<double>(), 0);
   EXPECT_GT(r["tokens_per_s_2"].get<double>(), 0);
@@ -95,4 +98,7 @@ TEST(BenchCli, DistSuiteReportsScalingAndAllReduceTime) {
   EXPECT_EQ(two_run["ranks"].get<int64_t>(), 2);
   EXPECT_EQ(two_run["buckets"].get<int64_t>(), 1);
   EXPECT_EQ(two_run["trainable"], r["runs"][0]["one"]["trainable"]);
+  EXPECT_EQ(two_run["buckets_started_in_backward"].get<double>(), 1.0);
+  EXPECT_EQ(r["runs"][0]["two_after_backward"]["buckets_started_in_backward"].get<double>(), 0.0);
+  EXPECT_GT(r["tokens_per_s_2_after_backward"].get<double>(), 0);
 }

@@ -152,7 +152,8 @@ TEST(Combine, UnequalRanksRefusedAsPeft) {
       EXPECT_EQ(res.r, r["new_rank"].get<int64_t>()) << type;
       EXPECT_EQ(pm->adapters().size(), before + 1);
     } else {
-      auto err = error_of([&] { add_weighted_adapter(*pm, {"a", "c"}, {0.7, 0.3}, "w_" + type, o); });
+      const std::string name = "w_" + type;  // (a structured binding: not capturable before C++20)
+      auto err = error_of([&] { add_weighted_adapter(*pm, {"a", "c"}, {0.7, 0.3}, name, o); });
       EXPECT_NE(err.find("All adapters must have the same r value"), std::string::npos) << type << ": " << err;
       EXPECT_EQ(pm->adapters().size(), before) << type;  // nothing half-applied
     }
