@@ -1,7 +1,6 @@
 // LoRA fine-tuning through the installed library alone (find_package(peft), peft::peft).
 //   finetune MODEL_DIR TRAIN.jsonl OUT_DIR   e.g. assets/stories260K assets/e2e/train.jsonl out
-#include <peft/tokenizer.h>
-#include <peft/trainer.h>
+#include <peft/peft.h>  // the user API in one header
 
 #include <iostream>
 

@@ -17,6 +17,7 @@
 
 #include "peft/dist.h"
 #include "peft/error.h"
+#include "peft/log.h"
 
 namespace peft::dist {
 namespace {
@@ -63,9 +64,9 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
     unsigned hw = std::thread::hardware_concurrency();
     int64_t per = std::max<int64_t>(1, static_cast<int64_t>(hw ? hw : 1) / opt.nproc);
     setenv("OMP_NUM_THREADS", std::to_string(per).c_str(), 1);
-    std::cerr << "launcher: OMP_NUM_THREADS=" << per << " per rank (" << opt.nproc << " ranks)\n";
+    log_info("launcher: OMP_NUM_THREADS=", per, " per rank (", opt.nproc, " ranks)");
   }
-  std::cerr << "launcher: " << opt.nproc << " ranks, store at " << opt.master_addr << ":" << port << "\n";
+  log_info("launcher: ", opt.nproc, " ranks, store at ", opt.master_addr, ":", port);
 
   struct sigaction sa{};
   sa.sa_handler = on_signal;
@@ -95,7 +96,7 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
       for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);
       execv("/proc/self/exe", args.data());
-      std::cerr << "launcher: cannot start rank " << r << ": execv(/proc/self/exe): " << std::strerror(errno) << "\n";
+      log_warning("launcher: cannot start rank ", r, ": execv(/proc/self/exe): ", std::strerror(errno));
       _exit(127);
     }
     pids.push_back(pid);
@@ -111,7 +112,7 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
     if (g_signal) {
       int s = g_signal;
       g_signal = 0;
-      std::cerr << "launcher: got signal " << s << "; passing it to the ranks\n";
+      log_info("launcher: got signal ", s, "; passing it to the ranks");
       for (size_t i = 0; i < pids.size(); ++i)
         if (!done[i]) kill(pids[i], s);
       if (!failed) {
@@ -132,16 +133,16 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opt)
           failed = true;
           fail_at = Clock::now();
           rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-          std::cerr << "launcher: rank " << i << " (pid " << p << ") " << describe(st)
-                    << "; waiting up to " << opt.grace_s << " s for the other ranks to stop\n";
+          log_info("launcher: rank ", i, " (pid ", p, ") ", describe(st), "; waiting up to ", opt.grace_s,
+                   " s for the other ranks to stop");
         } else if (!ok) {
-          std::cerr << "launcher: rank " << i << " (pid " << p << ") " << describe(st) << "\n";
+          log_info("launcher: rank ", i, " (pid ", p, ") ", describe(st));
         }
       }
       continue;
     }
     if (failed && !terminated && Clock::now() - fail_at > std::chrono::duration<double>(opt.grace_s)) {
-      std::cerr << "launcher: terminating the ranks still running\n";
+      log_info("launcher: terminating the ranks still running");
       for (size_t i = 0; i < pids.size(); ++i)
         if (!done[i]) kill(pids[i], SIGTERM);
       terminated = true;

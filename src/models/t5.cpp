@@ -287,7 +287,8 @@ class T5Stack : public Module {
       }
     }
     auto gate_of = [&](int site, int64_t i, int64_t p, std::vector<torch::Tensor>* cached) {
-      return layer_prefix_gate(gate, site, i, p, visible, cached ? &(*cached)[i] : nullptr);
+      // (the score caches exist only with a gate: no reference into an empty vector)
+      return layer_prefix_gate(gate, site, i, p, visible, gate && cached ? &(*cached)[i] : nullptr);
     };
     torch::Tensor cross_bias;
     if (decoder) {

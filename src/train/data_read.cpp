@@ -3,6 +3,7 @@
 
 #include "peft/data.h"
 #include "peft/error.h"
+#include "peft/log.h"
 #include "peft/io.h"
 #include "io/lines.h"
 #include "tokenizer/unicode.h"
@@ -23,8 +24,8 @@ void BadRows::add(const std::string& where, const std::string& reason) {
 
 void BadRows::warn(const std::string& file) const {
   if (stats_->skipped == 0) return;
-  std::cerr << "warning: " << file << ": skipped " << stats_->skipped << " bad row" << (stats_->skipped == 1 ? "" : "s")
-            << " (first: " << stats_->skipped_reasons.front() << ")\n";
+  log_warning(file, ": skipped ", stats_->skipped, " bad row", stats_->skipped == 1 ? "" : "s", " (first: ",
+              stats_->skipped_reasons.front(), ")");
 }
 
 }  // namespace data_detail

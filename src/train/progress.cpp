@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "peft/error.h"
+#include "peft/log.h"
 #include "peft/io.h"
 #include "io/lines.h"
 #include "peft/report.h"
@@ -101,8 +102,8 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
     size_t cut = bytes.rfind('\n');
     cut = cut == std::string::npos ? 0 : cut + 1;
     if (!nlohmann::json::accept(bytes.substr(cut))) {
-      std::cerr << "warning: " << path << ": dropping an incomplete last record (" << bytes.size() - cut
-                << " bytes, a run interrupted while logging)\n";
+      log_warning(path, ": dropping an incomplete last record (", bytes.size() - cut,
+                  " bytes, a run interrupted while logging)");
       bytes.resize(cut);
     }
   }

@@ -16,6 +16,7 @@
 
 #include "peft/dist.h"
 #include "peft/error.h"
+#include "peft/log.h"
 #include "peft/io.h"
 #include "peft/metrics.h"
 #include "peft/report.h"
@@ -291,11 +292,11 @@ static void clean_leftovers(const std::string& dir) {
     }
   }
   for (auto& p : remove) {
-    std::cerr << "removing " << p.string() << " (left by an interrupted run)\n";
+    log_info("removing ", p.string(), " (left by an interrupted run)");
     fs::remove_all(p);
   }
   for (auto& [from, to] : restore) {
-    std::cerr << "restoring " << to.string() << " from " << from.string() << " (its replacement was never completed)\n";
+    log_info("restoring ", to.string(), " from ", from.string(), " (its replacement was never completed)");
     fs::rename(from, to);
   }
 }
@@ -493,10 +494,10 @@ struct Trainer::Run {
     loader.restore(dstate);
     if (!main) return;
     if (was_world != (g ? g->world_size() : 1) || was_batch != t.args_.per_device_train_batch_size)
-      std::cerr << "resume: the checkpoint was written with " << was_world << " rank(s) x batch " << was_batch
-                << ", this run has " << (g ? g->world_size() : 1) << " x " << t.args_.per_device_train_batch_size
-                << "; the data continues at example " << loader.position() << " of epoch " << loader.epoch()
-                << " (nothing skipped or repeated), with the new global batch\n";
+      log_info("resume: the checkpoint was written with ", was_world, " rank(s) x batch ", was_batch,
+               ", this run has ", g ? g->world_size() : 1, " x ", t.args_.per_device_train_batch_size,
+               "; the data continues at example ", loader.position(), " of epoch ", loader.epoch(),
+               " (nothing skipped or repeated), with the new global batch");
     std::vector<nlohmann::json> kept;
     if (file_exists(log_path))
       for (auto& r : read_jsonl(log_path))
@@ -504,7 +505,7 @@ struct Trainer::Run {
     std::string text;
     for (auto& r : kept) text += r.dump() + "\n";
     write_file_atomic(log_path, text);
-    std::cerr << "resumed from " << chosen << " (step " << step << ")\n";
+    log_info("resumed from ", chosen, " (step ", step, ")");
   }
 
   /// Temporaries of an interrupted run removed; a fresh run starts a fresh log.
@@ -697,8 +698,8 @@ struct Trainer::Run {
     else save();
     if (a.early_stopping_patience <= 0 || tstate["bad_evals"].get<int64_t>() < a.early_stopping_patience) return false;
     if (main)
-      std::cerr << "\nearly stopping at step " << step << ": " << a.metric_for_best_model << " did not improve in "
-                << a.early_stopping_patience << " evaluations\n";
+      log_info("\nearly stopping at step ", step, ": ", a.metric_for_best_model, " did not improve in ",
+               a.early_stopping_patience, " evaluations");
     result.stopped_early = true;
     return true;
   }

@@ -108,6 +108,9 @@ class AdaLoraTuner : public Tuner {
                "adapter config: field 'target_r' must be in [1, init_r]");
     PEFT_CHECK(!c["use_dora"].get<bool>(), "adapter config: field 'use_dora': AdaLoRA does not support DoRA");
     PEFT_CHECK(c["bias"] == "none", "adapter config: field 'bias': only 'none' is supported");
+    const auto& p = c["lora_dropout"];  // (found by fuzz_adapter_config: 5 reached LibTorch's dropout)
+    PEFT_CHECK(p.is_number() && p.get<double>() >= 0 && p.get<double>() < 1,
+               "adapter config: field 'lora_dropout' must be a number in [0, 1), got ", p.dump());
     PEFT_CHECK(c["rank_pattern"].is_null(), "adapter config: field 'rank_pattern' (the ranks a finished AdaLoRA run kept, "
                "with tensors cut to them) is not supported; save the adapter with its full init_r tensors");
     PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");

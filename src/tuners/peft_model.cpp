@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "peft/error.h"
+#include "peft/log.h"
 #include "peft/io.h"
 #include "peft/tuner.h"
 #include "peft/precision.h"
@@ -119,8 +120,7 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   for (auto& kv : cfg.items()) {
     bool known = full.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end();
     if (!known)
-      std::cerr << "warning: adapter config: unknown field '" << kv.key() << "' for " << tuner->peft_type()
-                << " ignored\n";
+      log_warning("adapter config: unknown field '", kv.key(), "' for ", tuner->peft_type(), " ignored");
     else
       full[kv.key()] = kv.value();
   }
@@ -509,10 +509,10 @@ class DequantizedBases {
       if (type_.empty()) type_ = quant::quant_type_name(q->type);
     }
     if (!placeholders_.empty())
-      std::cerr << "warning: " << what << " adapters into a quantized base (" << type_ << ", " << placeholders_.size()
-                << " layers): the weights are dequantized, changed and quantized again, so the result differs from "
-                   "the adapter's forward by the quantization rounding (merge into a float model for an exact merge: "
-                   "peft merge --dequantize float32)\n";
+      log_warning(what, " adapters into a quantized base (", type_, ", ", placeholders_.size(),
+                  " layers): the weights are dequantized, changed and quantized again, so the result differs from "
+                  "the adapter's forward by the quantization rounding (merge into a float model for an exact merge: "
+                  "peft merge --dequantize float32)");
   }
   /// Stores the changed weights quantized again and restores each layer's empty placeholder.
   void requantize() {

@@ -358,6 +358,9 @@ class PromptLearningTuner : public Tuner {
       PEFT_CHECK(t == "MLP" || t == "LSTM", "adapter config: field 'encoder_reparameterization_type' must be MLP or LSTM, got ",
                  t.dump());
       pos("encoder_num_layers", false);
+      const auto& p = c["encoder_dropout"];  // the LSTM head's (torch::nn::LSTM refuses others)
+      PEFT_CHECK(p.is_number() && p.get<double>() >= 0 && p.get<double>() <= 1,
+                 "adapter config: field 'encoder_dropout' must be a number in [0, 1], got ", p.dump());
     }
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
