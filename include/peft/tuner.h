@@ -317,11 +317,15 @@ class PeftModel : public Module {
   const std::vector<std::string>& active_adapters() const { return active_; }
 
   /// Merges the active adapters into the base weights (errors for methods that cannot).
-  void merge();
+  /// safe_merge (peft's): every merged weight is checked for NaN/Inf; a broken adapter is a
+  /// peft::Error naming it and the module, and every weight is restored bit for bit (this keeps a
+  /// copy of each merged module's weights until the merge is done).
+  void merge(bool safe_merge = false);
   void unmerge();
   /// Merges, removes every wrapper, returns the plain base model (a PretrainedModel that
-  /// save_pretrained writes as a Hugging Face checkpoint). The PeftModel is unusable after.
-  ModelPtr merge_and_unload();
+  /// save_pretrained writes as a Hugging Face checkpoint). The PeftModel is unusable after
+  /// (unless a safe merge refused: then nothing changed).
+  ModelPtr merge_and_unload(bool safe_merge = false);
 
   ModelOutput forward(const ModelInput& in);
   /// Mixed-adapter batch (peft's `adapter_names=`): row i of the batch uses adapter

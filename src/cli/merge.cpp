@@ -1,4 +1,4 @@
-// `peft merge --model DIR --adapter DIR[:SCALE]... --out DIR [--dequantize float32|bfloat16]`:
+// `peft merge --model DIR --adapter DIR[:SCALE]... --out DIR [--dequantize float32|bfloat16] [--safe_merge true]`:
 // folds adapters into the base and writes a Hugging Face checkpoint (config.json +
 // model.safetensors + tokenizer files). A quantized base (a bitsandbytes checkpoint, or
 // --quantize) is merged as peft does it: dequantize, add, quantize again (a warning says the
@@ -25,7 +25,7 @@ int run_merge(Args& a) {
   std::string out = a.get("out");
   PEFT_CHECK(a.has("adapter"), "peft merge: give at least one --adapter DIR");
   LoadedModel lm = load_model_from_args(a);
-  std::vector<std::string> known = {"model", "adapter", "out", "dtype", "dequantize"};
+  std::vector<std::string> known = {"model", "adapter", "out", "dtype", "dequantize", "safe_merge"};
   for (auto& k : quant_keys()) known.push_back(k);
   a.reject_unknown(known);
   torch::NoGradGuard ng;
@@ -36,7 +36,8 @@ int run_merge(Args& a) {
     PEFT_CHECK(n > 0, "option --dequantize: the base of ", a.get("model"), " has no quantized layers");
     std::cerr << "dequantized " << n << " quantized Linear layers to " << quant::dtype_name(dt) << "\n";
   }
-  auto merged = lm.peft->merge_and_unload();
+  // --safe_merge true (peft's safe_merge): NaN/Inf merged weights are an error, nothing written.
+  auto merged = lm.peft->merge_and_unload(a.get_bool("safe_merge", false));
   merged->save_pretrained(out);
   // Tokenizer files travel with the weights so the folder is complete.
   std::string src = a.get("model");

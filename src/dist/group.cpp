@@ -344,7 +344,7 @@ std::string Group::broadcast_string(const std::string& s, int64_t root, const st
   auto n = torch::tensor({static_cast<int64_t>(s.size())}, torch::kInt64);
   broadcast(n, root, what);
   auto buf = torch::zeros({n.item<int64_t>()}, torch::kUInt8);
-  if (rank() == root) std::memcpy(buf.data_ptr(), s.data(), s.size());
+  if (rank() == root && !s.empty()) std::memcpy(buf.data_ptr(), s.data(), s.size());  // (no null data_ptr to memcpy)
   if (buf.numel() > 0) broadcast(buf, root, what);
   return std::string(reinterpret_cast<const char*>(buf.data_ptr()), static_cast<size_t>(buf.numel()));
 }

@@ -533,7 +533,7 @@ class DequantizedBases {
 };
 }  // namespace
 
-void PeftModel::merge() {
+void PeftModel::merge(bool safe_merge) {
   for (auto& a : active_) {
     auto& e = adapter(a);
     PEFT_CHECK(!e.input || !e.input->changes_input(), e.tuner->peft_type(), " adapter '", a, "'",
@@ -559,12 +559,35 @@ void PeftModel::merge() {
         break;
       }
   DequantizedBases deq(todo, "merging");
+  // safe_merge: the weights of each Linear as they were before this merge touched it.
+  struct Saved {
+    Linear* lin;
+    torch::Tensor weight, bias;
+  };
+  std::vector<Saved> saved;
+  std::vector<std::pair<TunerLayer*, std::string>> done;
+  auto finite = [](const torch::Tensor& t) { return !t.defined() || torch::isfinite(t).all().item<bool>(); };
   for (auto it = layers.rbegin(); it != layers.rend(); ++it)
     for (auto& a : active_) {
       auto* t = it->second;
       if (!t->has_adapter(a) || t->merged.count(a)) continue;
+      Linear* lin = safe_merge ? innermost_linear(t) : nullptr;
+      if (lin && std::none_of(saved.begin(), saved.end(), [&](const Saved& s) { return s.lin == lin; }))
+        saved.push_back({lin, lin->weight.clone(), lin->bias.defined() ? lin->bias.clone() : torch::Tensor()});
       t->merge(a);
       t->merged.insert(a);
+      done.emplace_back(t, a);
+      if (lin && !(finite(lin->weight) && finite(lin->bias))) {
+        torch::NoGradGuard ng;
+        for (auto& s : saved) {
+          s.lin->weight.copy_(s.weight);
+          if (s.bias.defined()) s.lin->bias.copy_(s.bias);
+        }
+        for (auto& [layer, name] : done) layer->merged.erase(name);
+        deq.requantize();
+        fail("safe_merge: merging adapter '", a, "' into ", it->first, " gives NaN/Inf weights (the adapter seems ",
+             "broken); nothing was merged");
+      }
     }
   deq.requantize();
 }
@@ -585,8 +608,8 @@ void PeftModel::unmerge() {
   deq.requantize();
 }
 
-ModelPtr PeftModel::merge_and_unload() {
-  merge();
+ModelPtr PeftModel::merge_and_unload(bool safe_merge) {
+  merge(safe_merge);
   for (auto& ref : find_slots(*model)) {
     if (internal_path(ref.path)) continue;
     LayerPtr l = ref.get();
