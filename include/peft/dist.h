@@ -119,6 +119,8 @@ class GradBuckets {
     size_t ready = 0;  // members whose gradient is in flat (this step)
     bool started = false;
   };
+  /// Parameter m's part of its bucket's flat buffer (a view).
+  torch::Tensor slot(size_t m) const { return buckets_[where_[m].first].flat.narrow(0, where_[m].second, params_[m].numel()); }
   void on_gradient(size_t i, const torch::Tensor& grad);
   void start_ready_buckets();
   void start(Bucket& b);

@@ -66,10 +66,10 @@ void GradBuckets::on_gradient(size_t i, const torch::Tensor& grad) {
     PEFT_CHECK(!b.started && !seen_[i], "distributed: the gradient of a trainable parameter arrived twice in one "
                "backward, after its bucket's sum had started");
     torch::NoGradGuard ng;
-    auto slot = b.flat.narrow(0, where_[i].second, params_[i].numel());
+    auto s = slot(i);
     const auto& prev = params_[i].grad();
-    if (prev.defined()) torch::add_out(slot, prev.reshape({-1}), grad.reshape({-1}));
-    else slot.copy_(grad.reshape({-1}));
+    if (prev.defined()) torch::add_out(s, prev.reshape({-1}), grad.reshape({-1}));
+    else s.copy_(grad.reshape({-1}));
     seen_[i] = 1;
     if (++b.ready == b.members.size()) start_ready_buckets();
   } catch (...) {
@@ -109,9 +109,8 @@ void GradBuckets::reduce(torch::Tensor stats) {
     for (size_t m : b.members) {
       if (seen_[m]) continue;
       const auto& g = params_[m].grad();
-      auto slot = b.flat.narrow(0, where_[m].second, params_[m].numel());
-      if (g.defined()) slot.copy_(g.reshape({-1}));
-      else slot.zero_();
+      if (g.defined()) slot(m).copy_(g.reshape({-1}));
+      else slot(m).zero_();
     }
     start(b);
   }
@@ -121,7 +120,7 @@ void GradBuckets::reduce(torch::Tensor stats) {
     for (size_t m : b.members) {
       auto& p = params_[m];
       if (flags[ns + static_cast<int64_t>(m)] > 0) {
-        auto v = b.flat.narrow(0, where_[m].second, p.numel()).view(p.sizes());
+        auto v = slot(m).view(p.sizes());
         if (p.grad().defined()) p.mutable_grad().copy_(v);
         else p.mutable_grad() = v.clone();
       }
@@ -139,10 +138,10 @@ void GradBuckets::reduce(torch::Tensor stats) {
 void GradBuckets::broadcast_parameters() {
   torch::NoGradGuard ng;
   for (auto& b : buckets_) {
-    for (size_t m : b.members) b.flat.narrow(0, where_[m].second, params_[m].numel()).copy_(params_[m].reshape({-1}));
+    for (size_t m : b.members) slot(m).copy_(params_[m].reshape({-1}));
     group_->broadcast(b.flat, 0, "broadcast of the initial trainable parameters");
     for (size_t m : b.members)
-      params_[m].copy_(b.flat.narrow(0, where_[m].second, params_[m].numel()).view(params_[m].sizes()));
+      params_[m].copy_(slot(m).view(params_[m].sizes()));
   }
 }
 
