@@ -360,8 +360,9 @@ std::vector<Piece> split(const std::string& src) {
     std::string inner = src.substr(j + 2, k - j - 2);
     bool strip_before = !inner.empty() && inner[0] == '-';
     bool keep_before = !inner.empty() && inner[0] == '+';
-    bool strip_after = !inner.empty() && inner.back() == '-';
     if (strip_before || keep_before) inner.erase(0, 1);
+    // Checked after the leading marker is gone: in "{%-%}" the one '-' is the opening marker only.
+    bool strip_after = !inner.empty() && inner.back() == '-';
     if (strip_after) inner.pop_back();
     if (strip_before) {
       size_t e = text.find_last_not_of(" \t\r\n");

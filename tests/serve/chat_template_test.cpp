@@ -84,4 +84,10 @@ TEST(ServeChatTemplate, UnsupportedConstructsAreNamed) {
   EXPECT_NE(message("{% for m in messages %}").find("endfor"), std::string::npos);
   EXPECT_NE(message("{{ foo(1) }}").find("foo"), std::string::npos);
   EXPECT_NE(message("{{ 'a' ").find("unclosed"), std::string::npos);
+  // A tag that is only a whitespace marker ('-' opening, nothing else) is an empty statement or
+  // expression, an error as in jinja2; the one '-' must not also count as the closing marker
+  // (a fuzzer found that reading it twice asked for a 2^64-byte string).
+  EXPECT_NE(message("x {%-%} y").find("expected"), std::string::npos) << message("x {%-%} y");
+  EXPECT_NE(message("x {{-}} y").find("expected"), std::string::npos) << message("x {{-}} y");
+  EXPECT_EQ(ChatTemplate("x {#-#} y").render(json::object()), "x y");  // an empty comment is fine
 }
