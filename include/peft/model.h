@@ -93,6 +93,28 @@ struct ModelDims {
   int64_t num_decoder_layers = 0;  // encoder-decoders
 };
 
+/// The generic roles of PretrainedModel::roles(), in one place: a family maps each to the suffix
+/// (or '^' regex) of its modules, tuners place themselves by role, and a user may write a role in
+/// target_modules. A family leaves out the roles it has no module for.
+namespace role {
+inline constexpr const char* kAttnQ = "attn.q";      // query projection
+inline constexpr const char* kAttnK = "attn.k";      // key projection
+inline constexpr const char* kAttnV = "attn.v";      // value projection
+inline constexpr const char* kAttnQkv = "attn.qkv";  // fused q/k/v projection (GPT-2's c_attn)
+inline constexpr const char* kAttnO = "attn.o";      // attention output projection
+inline constexpr const char* kMlp = "mlp";           // the whole feed-forward block
+inline constexpr const char* kMlpGate = "mlp.gate";  // gated FFNs' gate projection
+inline constexpr const char* kMlpUp = "mlp.up";      // FFN input projection
+inline constexpr const char* kMlpDown = "mlp.down";  // FFN output projection
+inline constexpr const char* kMlpAct = "mlp.act";    // FFN activation (a slot)
+inline constexpr const char* kNormAttn = "norm.attn";
+inline constexpr const char* kNormMlp = "norm.mlp";
+inline constexpr const char* kNormFinal = "norm.final";  // the norm before the head (pre-norm stacks)
+inline constexpr const char* kBlockIn = "block.in";      // modules whose input is each block's input (pre-norm)
+inline constexpr const char* kBlockOut = "block.out";    // modules whose output is h_0 .. h_L (post-norm)
+inline constexpr const char* kHead = "head";             // the task head (LM head, classifier)
+}  // namespace role
+
 class PretrainedModel : public Module {
  public:
   /// config.json as read (saved back unchanged, plus any edits, by save_pretrained).

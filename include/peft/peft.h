@@ -1,6 +1,7 @@
 // peft.cpp for users: everything needed to load a model, add / load / save adapters, train,
 // evaluate, generate, merge and combine, in one include. Writing a new method or model family
-// needs the extension headers as well (peft/tuner.h's Tuner / TunerLayer, peft/module.h's slots).
+// needs the extension headers as well (peft/extend/tuner.h's Tuner / TunerLayer / wrap, peft/module.h's
+// slots and Layer, peft/model.h's PretrainedModel and roles).
 //
 //   #include <peft/peft.h>
 //   auto pm = std::make_shared<peft::PeftModel>(peft::load_model("assets/stories260K"));

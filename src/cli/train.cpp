@@ -234,7 +234,7 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   tuner->prepare_training_config(mcfg, setup);
   if (lo.task && (!mcfg.contains("modules_to_save") || mcfg["modules_to_save"].is_null())) {
     auto roles = model->roles();  // a new classification head must train (peft does the same)
-    if (roles.count("head")) mcfg["modules_to_save"] = {roles["head"]};
+    if (roles.count(role::kHead)) mcfg["modules_to_save"] = {roles[role::kHead]};
   }
   // stack_adapters NAME=DIR,...: frozen adapters under the new one (AdapterHub's Stack, MAD-X:
   // a task adapter trained over a language adapter; AdapterFusion over task adapters); they act

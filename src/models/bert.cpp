@@ -376,22 +376,22 @@ class BertPretrained : public PretrainedModel {
     // Suffixes match on '.' boundaries, so "output.dense" / "output.LayerNorm" (the FFN's) also
     // match attention.output.dense / attention.output.LayerNorm, exactly as peft's defaults do.
     std::map<std::string, std::string> r = {
-        {"attn.q", "query"},
-        {"attn.k", "key"},
-        {"attn.v", "value"},
-        {"attn.o", "attention.output.dense"},
-        {"mlp.up", "intermediate.dense"},
-        {"mlp.down", "output.dense"},
-        {"mlp", "mlp"},  // BertFeedForward: a parameter-free view of the FFN
-        {"mlp.act", "intermediate_act_fn"},
-        {"norm.attn", "attention.output.LayerNorm"},
-        {"norm.mlp", "output.LayerNorm"},
+        {role::kAttnQ, "query"},
+        {role::kAttnK, "key"},
+        {role::kAttnV, "value"},
+        {role::kAttnO, "attention.output.dense"},
+        {role::kMlpUp, "intermediate.dense"},
+        {role::kMlpDown, "output.dense"},
+        {role::kMlp, "mlp"},  // BertFeedForward: a parameter-free view of the FFN
+        {role::kMlpAct, "intermediate_act_fn"},
+        {role::kNormAttn, "attention.output.LayerNorm"},
+        {role::kNormMlp, "output.LayerNorm"},
         // Post-norm: the modules whose outputs are the embeddings' and each block's hidden state
         // (h_0 .. h_L; the last is the encoder's last hidden state). A regex ('^'): a suffix
         // "output.LayerNorm" would also take attention.output.LayerNorm.
-        {"block.out", "^(.*\\.)?(embeddings\\.LayerNorm|encoder\\.layer\\.\\d+\\.output\\.LayerNorm)"},
+        {role::kBlockOut, "^(.*\\.)?(embeddings\\.LayerNorm|encoder\\.layer\\.\\d+\\.output\\.LayerNorm)"},
     };
-    if (task_ == TaskType::SeqCls) r["head"] = "classifier";
+    if (task_ == TaskType::SeqCls) r[role::kHead] = "classifier";
     return r;
   }
   bool ignorable_key(const std::string& k) const override {

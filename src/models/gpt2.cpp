@@ -240,11 +240,11 @@ class GPT2LMHeadModel : public PretrainedModel {
   std::string layers_pattern() const override { return "h"; }
   std::map<std::string, std::string> roles() const override {
     // Dotted suffixes: a bare "c_proj" would match both attn.c_proj and mlp.c_proj.
-    return {{"attn.qkv", "attn.c_attn"}, {"attn.o", "attn.c_proj"},  {"mlp.up", "mlp.c_fc"},
-            {"mlp.down", "mlp.c_proj"},  {"mlp", "mlp"},             {"mlp.act", "mlp.act"},
-            {"norm.attn", "ln_1"},       {"norm.mlp", "ln_2"},
-            {"block.in", "ln_1"},        {"norm.final", "ln_f"},
-            {"head", task_ == TaskType::SeqCls ? "score" : "lm_head"}};
+    return {{role::kAttnQkv, "attn.c_attn"}, {role::kAttnO, "attn.c_proj"},  {role::kMlpUp, "mlp.c_fc"},
+            {role::kMlpDown, "mlp.c_proj"},  {role::kMlp, "mlp"},             {role::kMlpAct, "mlp.act"},
+            {role::kNormAttn, "ln_1"},       {role::kNormMlp, "ln_2"},
+            {role::kBlockIn, "ln_1"},        {role::kNormFinal, "ln_f"},
+            {role::kHead, task_ == TaskType::SeqCls ? "score" : "lm_head"}};
   }
   bool ignorable_key(const std::string& k) const override {
     // Causal-mask buffers old checkpoints store (attn.bias, attn.masked_bias); the tied head.

@@ -318,12 +318,12 @@ class LlamaForCausalLM : public PretrainedModel {
   std::string model_type() const override { return cfg_str(config, "model_type", "llama"); }
   std::string layers_pattern() const override { return "layers"; }
   std::map<std::string, std::string> roles() const override {
-    return {{"attn.q", "q_proj"},     {"attn.k", "k_proj"},       {"attn.v", "v_proj"},
-            {"attn.o", "o_proj"},     {"mlp.gate", "gate_proj"},  {"mlp.up", "up_proj"},
-            {"mlp.down", "down_proj"}, {"mlp", "mlp"},            {"mlp.act", "act_fn"},
-            {"norm.attn", "input_layernorm"}, {"norm.mlp", "post_attention_layernorm"},
-            {"block.in", "input_layernorm"}, {"norm.final", "norm"},
-            {"head", task_ == TaskType::SeqCls ? "score" : "lm_head"}};
+    return {{role::kAttnQ, "q_proj"},     {role::kAttnK, "k_proj"},       {role::kAttnV, "v_proj"},
+            {role::kAttnO, "o_proj"},     {role::kMlpGate, "gate_proj"},  {role::kMlpUp, "up_proj"},
+            {role::kMlpDown, "down_proj"}, {role::kMlp, "mlp"},            {role::kMlpAct, "act_fn"},
+            {role::kNormAttn, "input_layernorm"}, {role::kNormMlp, "post_attention_layernorm"},
+            {role::kBlockIn, "input_layernorm"}, {role::kNormFinal, "norm"},
+            {role::kHead, task_ == TaskType::SeqCls ? "score" : "lm_head"}};
   }
   bool ignorable_key(const std::string& k) const override {
     // Rotary tables some exporters save; a tied head duplicated in the checkpoint.

@@ -286,7 +286,7 @@ std::string QuantizeReport::to_string() const {
 
 bool quantization_skips(const PretrainedModel& m, const quant::QuantConfig& cfg, const std::string& path) {
   auto roles = m.roles();
-  if (roles.count("head") && path_has_component(path, roles["head"])) return true;
+  if (roles.count(role::kHead) && path_has_component(path, roles[role::kHead])) return true;
   for (auto& s : cfg.skip_modules)
     if (!s.empty() && path.find(s) != std::string::npos) return true;
   return false;

@@ -394,22 +394,22 @@ class T5ForConditionalGeneration : public PretrainedModel {
   std::map<std::string, std::string> roles() const override {
     // q/k/v/o match both SelfAttention and EncDecAttention (as peft's t5 defaults do).
     std::map<std::string, std::string> r = {
-        {"attn.q", "q"},          {"attn.k", "k"},          {"attn.v", "v"},
-        {"attn.o", "o"},          {"mlp", "DenseReluDense"}, {"mlp.down", "wo"},
-        {"mlp.act", "act"},       {"norm.attn", "layer.0.layer_norm"},
+        {role::kAttnQ, "q"},          {role::kAttnK, "k"},          {role::kAttnV, "v"},
+        {role::kAttnO, "o"},          {role::kMlp, "DenseReluDense"}, {role::kMlpDown, "wo"},
+        {role::kMlpAct, "act"},       {role::kNormAttn, "layer.0.layer_norm"},
         // The decoder's stack (the one the head reads): each block's input enters its first
         // layer_norm (pre-norm); the final norm's input is the last block's output. A regex ('^')
         // so that the encoder's blocks are left out.
-        {"block.in", "^decoder\\.block\\.\\d+\\.layer\\.0\\.layer_norm"},
-        {"norm.final", "decoder.final_layer_norm"},
+        {role::kBlockIn, "^decoder\\.block\\.\\d+\\.layer\\.0\\.layer_norm"},
+        {role::kNormFinal, "decoder.final_layer_norm"},
     };
     if (c.gated) {
-      r["mlp.gate"] = "wi_0";
-      r["mlp.up"] = "wi_1";
+      r[role::kMlpGate] = "wi_0";
+      r[role::kMlpUp] = "wi_1";
     } else {
-      r["mlp.up"] = "wi";
+      r[role::kMlpUp] = "wi";
     }
-    if (!c.tie) r["head"] = "lm_head";
+    if (!c.tie) r[role::kHead] = "lm_head";
     return r;
   }
   bool ignorable_key(const std::string& k) const override {

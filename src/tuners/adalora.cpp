@@ -100,7 +100,7 @@ class AdaLoraTuner : public Tuner {
             {"use_rslora", false}};
   }
   std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
-  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["init_r"].is_number_integer() && c["init_r"].get<int64_t>() > 0, "adapter config: field 'init_r' must be a positive integer");
     PEFT_CHECK(c["target_r"].is_number_integer() && c["target_r"].get<int64_t>() > 0 &&
@@ -117,12 +117,10 @@ class AdaLoraTuner : public Tuner {
     PEFT_CHECK(c["loftq_config"].is_null() || c["loftq_config"].empty(), "adapter config: field 'loftq_config' is not supported");
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<AdaLoraLinear>(cur);
-    if (!layer) layer = std::make_shared<AdaLoraLinear>(cur);
-    layer->add(name, c["init_r"].get<int64_t>(), c["lora_alpha"].get<double>(), c["lora_dropout"].get<double>(),
-               c["orth_reg_weight"].get<double>(), c["init_lora_weights"] != false);
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<AdaLoraLinear>(slot, [&](AdaLoraLinear& layer) {
+      layer.add(name, c["init_r"].get<int64_t>(), c["lora_alpha"].get<double>(), c["lora_dropout"].get<double>(),
+                 c["orth_reg_weight"].get<double>(), c["init_lora_weights"] != false);
+    });
   }
   /// The rank schedule spans the run (sec. 3.3): total_step defaults to the run's length.
   void prepare_training_config(nlohmann::json& c, const TrainingSetup& setup) const override {

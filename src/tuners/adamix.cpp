@@ -120,7 +120,7 @@ class AdaMixTuner : public Tuner {
             {"peft_type", "ADAMIX"},              {"reduction_factor", 16},         {"target_modules", nullptr},
             {"task_type", nullptr}};
   }
-  std::vector<std::string> default_roles() const override { return {"mlp.down"}; }
+  std::vector<std::string> default_roles() const override { return {role::kMlpDown}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
                c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
@@ -141,15 +141,13 @@ class AdaMixTuner : public Tuner {
     exclude_shadowed_attention_output(pm, pm.mutable_config(name));
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<AdaMixLayer>(cur);
-    if (!layer) layer = std::make_shared<AdaMixLayer>(cur);
-    const int64_t hidden = pm.model->dims().hidden_size;
-    int64_t b = c["bottleneck_size"].is_null()
-                    ? std::max<int64_t>(1, static_cast<int64_t>(hidden / c["reduction_factor"].get<double>()))
-                    : c["bottleneck_size"].get<int64_t>();
-    layer->add(name, c["num_experts"].get<int64_t>(), b, c["init_weights"].get<bool>(), c["non_linearity"].get<std::string>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<AdaMixLayer>(slot, [&](AdaMixLayer& layer) {
+      const int64_t hidden = pm.model->dims().hidden_size;
+      int64_t b = c["bottleneck_size"].is_null()
+                      ? std::max<int64_t>(1, static_cast<int64_t>(hidden / c["reduction_factor"].get<double>()))
+                      : c["bottleneck_size"].get<int64_t>();
+      layer.add(name, c["num_experts"].get<int64_t>(), b, c["init_weights"].get<bool>(), c["non_linearity"].get<std::string>());
+    });
   }
   torch::Tensor loss_term(const nlohmann::json& c, const LossTermInput& in) const override {
     const double w = c["consistency_weight"].get<double>();

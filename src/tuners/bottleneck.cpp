@@ -225,15 +225,14 @@ class BottleneckTuner : public Tuner {
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<BottleneckLayer>(cur);
-    if (!layer) layer = std::make_shared<BottleneckLayer>(cur);
-    const int64_t hidden = pm.model->dims().hidden_size;
-    BottleneckLayer::Opts o{c["adapter_type"] == "parallel", c["adapter_layernorm"].get<bool>(), c["adapter_gate"].get<bool>(),
-                            c["scaling"].get<double>(), c["dropout"].get<double>(), c["non_linearity"].get<std::string>(),
-                            c["adapter_drop_prob"].get<double>()};
-    int64_t b = adapter_bottleneck_size(c, hidden);
-    layer->add(name, layer_input_dim(cur.get(), hidden), layer_output_dim(cur.get(), hidden), b, o, c["init_weights"].get<bool>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<BottleneckLayer>(slot, [&](BottleneckLayer& layer) {
+      const int64_t hidden = pm.model->dims().hidden_size;
+      BottleneckLayer::Opts o{c["adapter_type"] == "parallel", c["adapter_layernorm"].get<bool>(), c["adapter_gate"].get<bool>(),
+                              c["scaling"].get<double>(), c["dropout"].get<double>(), c["non_linearity"].get<std::string>(),
+                              c["adapter_drop_prob"].get<double>()};
+      int64_t b = adapter_bottleneck_size(c, hidden);
+      layer.add(name, layer_input_dim(cur.get(), hidden), layer_output_dim(cur.get(), hidden), b, o, c["init_weights"].get<bool>());
+    });
   }
 };
 
@@ -284,8 +283,8 @@ void validate_adapter_placement(const nlohmann::json& c) {
 void exclude_shadowed_attention_output(PeftModel& pm, nlohmann::json& c) {
   if (!c["target_modules"].is_null() || !c["exclude_modules"].is_null()) return;
   auto roles = pm.model->roles();
-  if (!roles.count("attn.o") || !roles.count("mlp.down")) return;
-  const auto &o = roles["attn.o"], &down = roles["mlp.down"];
+  if (!roles.count(role::kAttnO) || !roles.count(role::kMlpDown)) return;
+  const auto &o = roles[role::kAttnO], &down = roles[role::kMlpDown];
   if (o != down && o.size() > down.size() && o.compare(o.size() - down.size(), down.size(), down) == 0 &&
       o[o.size() - down.size() - 1] == '.')
     c["exclude_modules"] = {o};
@@ -295,7 +294,7 @@ void exclude_shadowed_attention_output(PeftModel& pm, nlohmann::json& c) {
 void resolve_adapter_placement(PeftModel& pm, const std::string& name, const std::string& method) {
   auto& c = pm.mutable_config(name);
   auto roles = pm.model->roles();
-  auto role = [&](const std::string& r) {
+  auto module_of = [&](const std::string& r) {
     PEFT_CHECK(roles.count(r), method, " (", c["adapter_type"].get<std::string>(), "): model type '",
                pm.model->model_type(), "' has no '", r, "' module; give target_modules explicitly");
     return roles[r];
@@ -303,11 +302,11 @@ void resolve_adapter_placement(PeftModel& pm, const std::string& name, const std
   if (c["target_modules"].is_null()) {
     auto type = c["adapter_type"].get<std::string>();
     if (type == "parallel") {
-      c["target_modules"] = {role("mlp")};
+      c["target_modules"] = {module_of(role::kMlp)};
     } else {
-      auto down = role("mlp.down");
+      auto down = module_of(role::kMlpDown);
       if (type == "houlsby") {
-        c["target_modules"] = {role("attn.o"), down};
+        c["target_modules"] = {module_of(role::kAttnO), down};
       } else {
         exclude_shadowed_attention_output(pm, c);  // before target_modules is set
         c["target_modules"] = {down};

@@ -138,26 +138,25 @@ class CompacterTuner : public Tuner {
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<CompacterLayer>(cur);
-    if (!layer) layer = std::make_shared<CompacterLayer>(cur);
-    const int64_t hidden = pm.model->dims().hidden_size, n = c["phm_dim"].get<int64_t>(), r = c["phm_rank"].get<int64_t>();
-    const bool parallel = c["adapter_type"] == "parallel", shared = c["shared_phm_rule"].get<bool>();
-    const int64_t out = layer_output_dim(cur.get(), hidden), din = parallel ? layer_input_dim(cur.get(), hidden) : out;
-    const int64_t k = adapter_bottleneck_size(c, hidden);
-    for (int64_t w : {din, out})
-      PEFT_CHECK(w % n == 0, "adapter config: field 'phm_dim' (", n, ") must divide the adapted widths (", din, ", ",
-                 out, ") at ", slot.path);
-    auto dt = torch::kFloat32;
-    for (auto& p : cur->parameters()) {
-      dt = trainable_dtype(p.scalar_type());
-      break;
-    }
-    layer->opts[name] = {parallel, c["scaling"].get<double>(), c["non_linearity"].get<std::string>(),
-                         shared ? std::dynamic_pointer_cast<CompacterShared>(pm.adapter(name).input) : nullptr};
-    const bool zero = c["init_weights"].get<bool>();
-    layer->add_phm(name, "compacter_down", k, din, n, r, false, !shared, dt);
-    layer->add_phm(name, "compacter_up", out, k, n, r, zero, !shared, dt);
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<CompacterLayer>(slot, [&](CompacterLayer& layer) {
+      const int64_t hidden = pm.model->dims().hidden_size, n = c["phm_dim"].get<int64_t>(), r = c["phm_rank"].get<int64_t>();
+      const bool parallel = c["adapter_type"] == "parallel", shared = c["shared_phm_rule"].get<bool>();
+      const int64_t out = layer_output_dim(cur.get(), hidden), din = parallel ? layer_input_dim(cur.get(), hidden) : out;
+      const int64_t k = adapter_bottleneck_size(c, hidden);
+      for (int64_t w : {din, out})
+        PEFT_CHECK(w % n == 0, "adapter config: field 'phm_dim' (", n, ") must divide the adapted widths (", din, ", ",
+                   out, ") at ", slot.path);
+      auto dt = torch::kFloat32;
+      for (auto& p : cur->parameters()) {
+        dt = trainable_dtype(p.scalar_type());
+        break;
+      }
+      layer.opts[name] = {parallel, c["scaling"].get<double>(), c["non_linearity"].get<std::string>(),
+                           shared ? std::dynamic_pointer_cast<CompacterShared>(pm.adapter(name).input) : nullptr};
+      const bool zero = c["init_weights"].get<bool>();
+      layer.add_phm(name, "compacter_down", k, din, n, r, false, !shared, dt);
+      layer.add_phm(name, "compacter_up", out, k, n, r, zero, !shared, dt);
+    });
   }
 };
 

@@ -78,19 +78,17 @@ class HadamardTuner : public Tuner {
             {"modules_to_save", nullptr},         {"peft_cpp_format_version", 1}, {"peft_type", "HADAMARD"},
             {"target_modules", nullptr},          {"task_type", nullptr}};
   }
-  std::vector<std::string> default_roles() const override { return {"attn.o"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnO}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
                c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
     PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
   }
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<HadamardLayer>(cur);
-    if (!layer) layer = std::make_shared<HadamardLayer>(cur);
-    auto& lin = layer->base_linear();  // errors naming the slot when it is not a Linear
-    layer->add(name, lin.out_features, trainable_dtype(lin.weight.scalar_type()), c["init_weights"].get<bool>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<HadamardLayer>(slot, [&](HadamardLayer& layer) {
+      auto& lin = layer.base_linear();  // errors naming the slot when it is not a Linear
+      layer.add(name, lin.out_features, trainable_dtype(lin.weight.scalar_type()), c["init_weights"].get<bool>());
+    });
   }
 };
 

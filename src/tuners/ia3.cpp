@@ -84,7 +84,7 @@ class IA3Tuner : public Tuner {
   std::vector<std::string> extension_keys() const override {
     return {"exclude_modules", "layers_to_transform", "layers_pattern"};
   }
-  std::vector<std::string> default_roles() const override { return {"attn.k", "attn.v", "mlp.down"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnK, role::kAttnV, role::kMlpDown}; }
   /// peft's IA3Config check: given both as lists, feedforward_modules must be a subset of target_modules.
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["init_ia3_weights"].is_boolean(), "adapter config: field 'init_ia3_weights' must be true or false");
@@ -103,7 +103,7 @@ class IA3Tuner : public Tuner {
     if (ff.is_null()) ff = peft_default_feedforward(pm.model->model_type());
     if (ff.is_null()) {
       ff = nlohmann::json::array();
-      if (roles.count("mlp.down")) ff.push_back(roles["mlp.down"]);
+      if (roles.count(role::kMlpDown)) ff.push_back(roles[role::kMlpDown]);
     } else if (ff.is_array()) {
       nlohmann::json r = nlohmann::json::array();
       for (auto& v : ff) {
@@ -116,11 +116,9 @@ class IA3Tuner : public Tuner {
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     const auto& ff_spec = c["feedforward_modules"];
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<IA3Linear>(cur);
-    if (!layer) layer = std::make_shared<IA3Linear>(cur);
-    layer->add(name, module_name_matches(ff_spec, slot.path), c["init_ia3_weights"].get<bool>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<IA3Linear>(slot, [&](IA3Linear& layer) {
+      layer.add(name, module_name_matches(ff_spec, slot.path), c["init_ia3_weights"].get<bool>());
+    });
   }
 };
 

@@ -100,8 +100,8 @@ class LoraLinear : public TunerLayer {
       if (!as_quantized(&lin)) {
         auto lq = loftq_decompose(W, o.loftq_bits, r, o.loftq_iter, /*factors=*/!loading);
         W.copy_(lq.base.to(W.scalar_type()));
-        A = lq.A;
-        B = lq.B;
+        A = lq.A.defined() ? lq.A.contiguous() : lq.A;  // slices of the SVD's factors
+        B = lq.B.defined() ? lq.B.contiguous() : lq.B;
       }
       if (!A.defined()) {
         A = torch::zeros({r, in});
@@ -310,7 +310,7 @@ class LoraTuner : public Tuner {
   std::vector<std::string> extension_keys() const override {
     return {"exclude_modules", "lora_fa", "dylora", "delta_lora_lambda", "delta_lora_start", "peft_cpp_residual", "lora_gate"};
   }
-  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
     PEFT_CHECK(c["lora_alpha"].is_number(), "adapter config: field 'lora_alpha' must be a number");
@@ -371,8 +371,6 @@ class LoraTuner : public Tuner {
     auto cur = slot.get();
     if (c["bias"] == "lora_only")
       std::dynamic_pointer_cast<TrainableBiases>(pm.adapter(name).input)->add(innermost_bias(cur));
-    auto layer = std::dynamic_pointer_cast<LoraLinear>(cur);
-    if (!layer) layer = std::make_shared<LoraLinear>(cur);
     LoraOptions o;
     o.r = pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>());
     o.alpha = pattern_value<double>(c["alpha_pattern"], slot.path, c["lora_alpha"].get<double>());
@@ -391,8 +389,7 @@ class LoraTuner : public Tuner {
       o.loftq_bits = c["loftq_config"].value("loftq_bits", o.loftq_bits);  // LoftQConfig's defaults: 4 bits, 1 iteration
       o.loftq_iter = c["loftq_config"].value("loftq_iter", o.loftq_iter);
     }
-    layer->add(name, o, pm.loading());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    auto layer = wrap<LoraLinear>(slot, [&](LoraLinear& l) { l.add(name, o, pm.loading()); });
     if (layer->res_A.count(name) && o.delta_lambda <= 0) pm.mutable_config(name)["peft_cpp_residual"] = true;
   }
   nlohmann::json saved_config(const nlohmann::json& cfg) const override {

@@ -146,16 +146,14 @@ class LohaTuner : public Tuner {
     return d;
   }
   std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
-  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override { check_lycoris(c); }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<LohaLinear>(cur);
-    if (!layer) layer = std::make_shared<LohaLinear>(cur);
-    layer->add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
-               pattern_value<double>(c["alpha_pattern"], slot.path, c["alpha"].get<double>()), 0.0,
-               c["init_weights"].get<bool>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<LohaLinear>(slot, [&](LohaLinear& layer) {
+      layer.add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
+                 pattern_value<double>(c["alpha_pattern"], slot.path, c["alpha"].get<double>()), 0.0,
+                 c["init_weights"].get<bool>());
+    });
   }
 };
 
@@ -170,16 +168,14 @@ class LokrTuner : public Tuner {
     return d;
   }
   std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
-  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override { check_lycoris(c); }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<LokrLinear>(cur);
-    if (!layer) layer = std::make_shared<LokrLinear>(cur);
-    layer->add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
-               pattern_value<double>(c["alpha_pattern"], slot.path, c["alpha"].get<double>()), 0.0,
-               c["init_weights"].get<bool>(), c["decompose_both"].get<bool>(), c["decompose_factor"].get<int64_t>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<LokrLinear>(slot, [&](LokrLinear& layer) {
+      layer.add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
+                 pattern_value<double>(c["alpha_pattern"], slot.path, c["alpha"].get<double>()), 0.0,
+                 c["init_weights"].get<bool>(), c["decompose_both"].get<bool>(), c["decompose_factor"].get<int64_t>());
+    });
   }
 };
 

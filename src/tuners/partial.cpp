@@ -53,7 +53,7 @@ bool internal_path(const std::string& p) {
 /// the head trains whole through modules_to_save, which copies it unwrapped.
 bool is_head(const PretrainedModel& m, const std::string& path) {
   auto roles = m.roles();
-  auto it = roles.find("head");
+  auto it = roles.find(role::kHead);
   if (it == roles.end()) return false;
   const std::string& h = it->second;
   const std::string dotted = "." + path + ".";
@@ -125,15 +125,14 @@ class BitFitTuner : public Tuner {
   }
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<BitFitLayer>(cur);
-    if (!layer) layer = std::make_shared<BitFitLayer>(cur);
-    Layer* l = innermost(cur.get());
-    auto* lin = dynamic_cast<Linear*>(l);
-    PEFT_CHECK(lin || dynamic_cast<LayerNorm*>(l), "BITFIT: target ", slot.path, " is neither a Linear nor a LayerNorm");
-    PEFT_CHECK(!lin || lin->bias.defined() || c["add_missing_biases"].get<bool>(), "BITFIT: ", slot.path,
-               " has no bias (set add_missing_biases = true to add a zero-initialised one)");
-    layer->add(name);
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<BitFitLayer>(slot, [&](BitFitLayer& layer) {
+      Layer* l = innermost(cur.get());
+      auto* lin = dynamic_cast<Linear*>(l);
+      PEFT_CHECK(lin || dynamic_cast<LayerNorm*>(l), "BITFIT: target ", slot.path, " is neither a Linear nor a LayerNorm");
+      PEFT_CHECK(!lin || lin->bias.defined() || c["add_missing_biases"].get<bool>(), "BITFIT: ", slot.path,
+                 " has no bias (set add_missing_biases = true to add a zero-initialised one)");
+      layer.add(name);
+    });
   }
 };
 
@@ -208,10 +207,9 @@ class LnTuningTuner : public Tuner {
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json&) const override {
     auto cur = slot.get();
     PEFT_CHECK(is_norm(innermost(cur.get())), "LN_TUNING: target ", slot.path, " is not a norm layer");
-    auto layer = std::dynamic_pointer_cast<CopyLayer>(cur);
-    if (!layer) layer = std::make_shared<CopyLayer>(cur, "ln_tuning_layers", "ln_tuning");
-    layer->add(name);
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<CopyLayer>(slot, [&](CopyLayer& layer) {
+      layer.add(name);
+    }, "ln_tuning_layers", "ln_tuning");
   }
 };
 
@@ -249,10 +247,9 @@ class LayerFreezeTuner : public Tuner {
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json&) const override {
     auto cur = slot.get();
     if (!is_leaf(innermost(cur.get()))) return;  // containers (an MLP) are covered by their leaves
-    auto layer = std::dynamic_pointer_cast<CopyLayer>(cur);
-    if (!layer) layer = std::make_shared<CopyLayer>(cur, "trainable_copy", "layer_freeze");
-    layer->add(name);
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<CopyLayer>(slot, [&](CopyLayer& layer) {
+      layer.add(name);
+    }, "trainable_copy", "layer_freeze");
   }
 };
 
@@ -332,10 +329,9 @@ class SparseDeltaTuner : public Tuner {
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
     if (!dynamic_cast<Linear*>(innermost(cur.get()))) return;
-    auto layer = std::dynamic_pointer_cast<SparseDeltaLayer>(cur);
-    if (!layer) layer = std::make_shared<SparseDeltaLayer>(cur);
-    layer->add(name, c["density"].get<double>(), c["selection"].get<std::string>(), c["seed"].get<uint64_t>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<SparseDeltaLayer>(slot, [&](SparseDeltaLayer& layer) {
+      layer.add(name, c["density"].get<double>(), c["selection"].get<std::string>(), c["seed"].get<uint64_t>());
+    });
   }
 };
 

@@ -39,8 +39,8 @@ inline void check_positive_int(const nlohmann::json& c, const char* key) {
 // SEQ_CLS: the head trains too (as peft does for every method).
 inline void head_to_save(PeftModel& pm, nlohmann::json& c) {
   auto roles = pm.model->roles();
-  if (c["modules_to_save"].is_null() && pm.model->task() == TaskType::SeqCls && roles.count("head"))
-    c["modules_to_save"] = {roles["head"]};
+  if (c["modules_to_save"].is_null() && pm.model->task() == TaskType::SeqCls && roles.count(role::kHead))
+    c["modules_to_save"] = {roles[role::kHead]};
 }
 /// Default targets of the weight-delta methods: every attention and MLP projection.
 inline void target_projections(PeftModel& pm, nlohmann::json& c) {
@@ -48,7 +48,7 @@ inline void target_projections(PeftModel& pm, nlohmann::json& c) {
   if (!c["target_modules"].is_null()) return;
   auto roles = pm.model->roles();
   nlohmann::json t = nlohmann::json::array();
-  for (auto r : {"attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "mlp.gate", "mlp.up", "mlp.down"})
+  for (auto r : {role::kAttnQ, role::kAttnK, role::kAttnV, role::kAttnQkv, role::kAttnO, role::kMlpGate, role::kMlpUp, role::kMlpDown})
     if (roles.count(r)) t.push_back(roles[r]);
   c["target_modules"] = t;
 }

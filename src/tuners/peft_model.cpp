@@ -152,7 +152,7 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
     // PeftModelForSequenceClassification adds it for every method.
     if (!adapters_[name].config.contains("modules_to_save") && model->task() == TaskType::SeqCls) {
       auto roles = model->roles();
-      if (roles.count("head")) mts = nlohmann::json::array({roles["head"]});
+      if (roles.count(role::kHead)) mts = nlohmann::json::array({roles[role::kHead]});
     }
     if (mts.is_array() && !mts.empty()) {
       bool any = false;
@@ -354,9 +354,8 @@ ModelOutput PeftModel::forward(const ModelInput& in_) {
   return out;
 }
 
-namespace {
 /// Sets the row groups on every tuner layer for one forward; clears them however it ends.
-struct RowGroupsScope {
+struct PeftModel::RowGroupsScope {
   std::vector<std::pair<std::string, TunerLayer*>> layers;
   RowGroupsScope(std::vector<std::pair<std::string, TunerLayer*>> l, std::shared_ptr<const RowGroups> g)
       : layers(std::move(l)) {
@@ -366,7 +365,6 @@ struct RowGroupsScope {
     for (auto& kv : layers) kv.second->row_groups = nullptr;
   }
 };
-}  // namespace
 
 ModelOutput PeftModel::forward(const ModelInput& in, const std::vector<std::string>& row_adapters) {
   if (row_adapters.empty()) return forward(in);

@@ -189,7 +189,7 @@ class ProPetlTuner : public Tuner {
             {"prototype", "lora"},                {"r", 8},                        {"reduction_factor", 16},
             {"target_modules", nullptr},          {"task_type", nullptr}};
   }
-  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
                c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
@@ -212,13 +212,13 @@ class ProPetlTuner : public Tuner {
     if (c["prototype"] != "adapter" || !c["target_modules"].is_null()) return;
     // The adapter prototype sits after the FFN output (Pfeiffer placement), resolved like BOTTLENECK's.
     auto roles = pm.model->roles();
-    PEFT_CHECK(roles.count("mlp.down"), "PROPETL (adapter prototype): model type '", pm.model->model_type(),
+    PEFT_CHECK(roles.count(role::kMlpDown), "PROPETL (adapter prototype): model type '", pm.model->model_type(),
                "' has no 'mlp.down' module; give target_modules explicitly");
-    auto down = roles["mlp.down"];
+    auto down = roles[role::kMlpDown];
     c["target_modules"] = {down};
     // A suffix like BERT's "output.dense" also names the attention output: keep it out.
-    if (roles.count("attn.o") && c["exclude_modules"].is_null()) {
-      auto o = roles["attn.o"];
+    if (roles.count(role::kAttnO) && c["exclude_modules"].is_null()) {
+      auto o = roles[role::kAttnO];
       if (o != down && o.size() > down.size() && o.compare(o.size() - down.size(), down.size(), down) == 0 &&
           o[o.size() - down.size() - 1] == '.')
         c["exclude_modules"] = {o};
@@ -227,31 +227,29 @@ class ProPetlTuner : public Tuner {
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto protos = std::dynamic_pointer_cast<Prototypes>(pm.adapter(name).input);
     TORCH_INTERNAL_ASSERT(protos, "PROPETL: prototypes missing");
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<ProPetlLayer>(cur);
-    if (!layer) layer = std::make_shared<ProPetlLayer>(cur);
-    auto& lin = layer->base_linear();
-    auto dt = trainable_dtype(lin.weight.scalar_type());
-    const bool adapter = c["prototype"] == "adapter";
-    ProPetlLayer::Opts o{adapter, {}, 1.0, 1.0 - c["mask_sparsity"].get<double>(), c["non_linearity"].get<std::string>()};
-    if (adapter) {
-      const int64_t d = lin.out_features, b = adapter_bottleneck_size(c, pm.model->dims().hidden_size);
-      o.proto = protos->get(slot.name, [&] {  // each part initialised as its own nn.Linear; W_up = 0
-        return Named{{"adapter_down.weight", kaiming_uniform({b, d}, d).to(dt)},
-                     {"adapter_down.bias", kaiming_uniform({b}, d).to(dt)},
-                     {"adapter_up.weight", torch::zeros({d, b}, dt)},
-                     {"adapter_up.bias", torch::zeros({d}, dt)}};
-      }, {{"adapter_down.weight", {b, d}}, {"adapter_up.weight", {d, b}}});
-    } else {
-      const int64_t r = c["r"].get<int64_t>();
-      o.scaling = c["lora_alpha"].get<double>() / r;
-      o.proto = protos->get(slot.name, [&] {
-        return Named{{"lora_A.weight", kaiming_uniform({r, lin.in_features}, lin.in_features).to(dt)},
-                     {"lora_B.weight", torch::zeros({lin.out_features, r}, dt)}};
-      }, {{"lora_A.weight", {r, lin.in_features}}, {"lora_B.weight", {lin.out_features, r}}});
-    }
-    layer->add(name, o);
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<ProPetlLayer>(slot, [&](ProPetlLayer& layer) {
+      auto& lin = layer.base_linear();
+      auto dt = trainable_dtype(lin.weight.scalar_type());
+      const bool adapter = c["prototype"] == "adapter";
+      ProPetlLayer::Opts o{adapter, {}, 1.0, 1.0 - c["mask_sparsity"].get<double>(), c["non_linearity"].get<std::string>()};
+      if (adapter) {
+        const int64_t d = lin.out_features, b = adapter_bottleneck_size(c, pm.model->dims().hidden_size);
+        o.proto = protos->get(slot.name, [&] {  // each part initialised as its own nn.Linear; W_up = 0
+          return Named{{"adapter_down.weight", kaiming_uniform({b, d}, d).to(dt)},
+                       {"adapter_down.bias", kaiming_uniform({b}, d).to(dt)},
+                       {"adapter_up.weight", torch::zeros({d, b}, dt)},
+                       {"adapter_up.bias", torch::zeros({d}, dt)}};
+        }, {{"adapter_down.weight", {b, d}}, {"adapter_up.weight", {d, b}}});
+      } else {
+        const int64_t r = c["r"].get<int64_t>();
+        o.scaling = c["lora_alpha"].get<double>() / r;
+        o.proto = protos->get(slot.name, [&] {
+          return Named{{"lora_A.weight", kaiming_uniform({r, lin.in_features}, lin.in_features).to(dt)},
+                       {"lora_B.weight", torch::zeros({lin.out_features, r}, dt)}};
+        }, {{"lora_A.weight", {r, lin.in_features}}, {"lora_B.weight", {lin.out_features, r}}});
+      }
+      layer.add(name, o);
+    });
   }
 };
 

@@ -193,16 +193,16 @@ class LstTuner : public Tuner {
       return out;
     };
     std::vector<std::string> taps;
-    if (roles.count("block.in") && roles.count("norm.final")) {
-      taps = paths_of("block.in");
-      auto fin = paths_of("norm.final");
-      PEFT_CHECK(fin.size() == 1, "LST: role 'norm.final' (", roles["norm.final"], ") of model type '",
+    if (roles.count(role::kBlockIn) && roles.count(role::kNormFinal)) {
+      taps = paths_of(role::kBlockIn);
+      auto fin = paths_of(role::kNormFinal);
+      PEFT_CHECK(fin.size() == 1, "LST: role 'norm.final' (", roles[role::kNormFinal], ") of model type '",
                  pm.model->model_type(), "' selects ", fin.size(), " modules, expected one");
       st->head_path = fin[0];
-    } else if (roles.count("block.out")) {
+    } else if (roles.count(role::kBlockOut)) {
       st->post_norm = true;
-      taps = paths_of("block.out");
-      PEFT_CHECK(taps.size() >= 2, "LST: role 'block.out' (", roles["block.out"], ") of model type '",
+      taps = paths_of(role::kBlockOut);
+      PEFT_CHECK(taps.size() >= 2, "LST: role 'block.out' (", roles[role::kBlockOut], ") of model type '",
                  pm.model->model_type(), "' selects ", taps.size(), " modules, expected the embeddings' and each block's");
       st->head_path = taps.back();
       taps.pop_back();
@@ -213,7 +213,7 @@ class LstTuner : public Tuner {
     }
     st->num_layers = static_cast<int64_t>(taps.size());  // post-norm: h_L comes from the head
     PEFT_CHECK(st->num_layers >= 1, "LST: model type '", pm.model->model_type(), "': the '",
-               st->post_norm ? "block.out" : "block.in", "' role selects no block");
+               st->post_norm ? role::kBlockOut : role::kBlockIn, "' role selects no block");
     pm.set_input_adapter(name, st);
     // Kept in the stored config as resolved full paths (a suffix equal to the whole path);
     // validate() wants null from users, so the saved file drops it again (saved_config).
@@ -229,21 +229,19 @@ class LstTuner : public Tuner {
     auto st = std::dynamic_pointer_cast<LstState>(pm.adapter(name).input);
     auto cur = slot.get();
     if (slot.path == st->head_path) {
-      auto head = std::dynamic_pointer_cast<LstHead>(cur);
-      if (!head) head = std::make_shared<LstHead>(cur);
-      const int64_t d = pm.model->dims().hidden_size;
-      const int64_t ds = c["side_dim"].is_null()
-                             ? std::max<int64_t>(1, static_cast<int64_t>(d / c["reduction_factor"].get<double>()))
-                             : c["side_dim"].get<int64_t>();
-      auto dt = torch::kFloat32;
-      for (auto& p : cur->parameters()) dt = trainable_dtype(p.scalar_type());
-      head->add(name, st, st->num_layers, d, ds, c["gate_temperature"].get<double>(), c["init_weights"].get<bool>(), dt);
-      if (head != cur) slot.parent->replace_slot(slot.name, head);
+      wrap<LstHead>(slot, [&](LstHead& head) {
+        const int64_t d = pm.model->dims().hidden_size;
+        const int64_t ds = c["side_dim"].is_null()
+                               ? std::max<int64_t>(1, static_cast<int64_t>(d / c["reduction_factor"].get<double>()))
+                               : c["side_dim"].get<int64_t>();
+        auto dt = torch::kFloat32;
+        for (auto& p : cur->parameters()) dt = trainable_dtype(p.scalar_type());
+        head.add(name, st, st->num_layers, d, ds, c["gate_temperature"].get<double>(), c["init_weights"].get<bool>(), dt);
+      });
     } else {
-      auto tap = std::dynamic_pointer_cast<LstTap>(cur);
-      if (!tap) tap = std::make_shared<LstTap>(cur);
-      tap->add(name, st);
-      if (tap != cur) slot.parent->replace_slot(slot.name, tap);
+      wrap<LstTap>(slot, [&](LstTap& tap) {
+        tap.add(name, st);
+      });
     }
   }
 };

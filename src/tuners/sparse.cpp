@@ -234,10 +234,9 @@ class SparseTuner : public Tuner {
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
     if (!dynamic_cast<Linear*>(innermost(cur.get()))) return;
-    auto layer = std::dynamic_pointer_cast<SparseFtLayer>(cur);
-    if (!layer) layer = std::make_shared<SparseFtLayer>(cur, layer_method());
-    layer->add(name, rule(c));
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<SparseFtLayer>(slot, [&](SparseFtLayer& layer) {
+      layer.add(name, rule(c));
+    }, layer_method());
   }
 
  protected:

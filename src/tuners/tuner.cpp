@@ -210,7 +210,7 @@ nlohmann::json all_linear_targets(const PretrainedModel& model) {
     names.insert(dot == std::string::npos ? path : path.substr(dot + 1));
   }
   auto roles = model.roles();
-  if (roles.count("head")) names.erase(roles["head"]);
+  if (roles.count(role::kHead)) names.erase(roles[role::kHead]);
   PEFT_CHECK(!names.empty(), "adapter config: target_modules 'all-linear': the model has no Linear layer");
   return nlohmann::json(std::vector<std::string>(names.begin(), names.end()));
 }

@@ -100,7 +100,7 @@ class VeraTuner : public Tuner {
             {"target_modules", nullptr}, {"task_type", nullptr}, {"vera_dropout", 0.0}};
   }
   std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
-  std::vector<std::string> default_roles() const override { return {"attn.q", "attn.v"}; }
+  std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
     PEFT_CHECK(c["save_projection"].is_boolean(), "adapter config: field 'save_projection' must be true or false");
@@ -128,12 +128,10 @@ class VeraTuner : public Tuner {
                                                             c["save_projection"].get<bool>()));
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
-    auto cur = slot.get();
-    auto layer = std::dynamic_pointer_cast<VeraLinear>(cur);
-    if (!layer) layer = std::make_shared<VeraLinear>(cur);
-    auto shared = std::dynamic_pointer_cast<VeraShared>(pm.adapter(name).input);
-    layer->add(name, shared, c["d_initial"].get<double>(), c["vera_dropout"].get<double>(), c["init_weights"].get<bool>());
-    if (layer != cur) slot.parent->replace_slot(slot.name, layer);
+    wrap<VeraLinear>(slot, [&](VeraLinear& layer) {
+      auto shared = std::dynamic_pointer_cast<VeraShared>(pm.adapter(name).input);
+      layer.add(name, shared, c["d_initial"].get<double>(), c["vera_dropout"].get<double>(), c["init_weights"].get<bool>());
+    });
   }
 };
 

@@ -80,10 +80,7 @@ int64_t ffn_sites(const Sizes& s) { return s.t5 ? s.L + s.Ld : s.L; }
 /// One bottleneck adapter d -> b -> d with biases.
 int64_t adapter_params(int64_t d, int64_t b) { return (b * d + b) + (d * b + d); }
 
-void perturb(PeftModel& pm, double scale) {
-  torch::NoGradGuard ng;
-  for (auto& t : pm.trainable_parameters()) t.add_(torch::randn_like(t) * scale);
-}
+using peft::test::perturb;
 
 struct Case {
   std::string model, method;

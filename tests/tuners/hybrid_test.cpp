@@ -16,25 +16,9 @@ using peft::test::temp_dir;
 
 namespace {
 
-ModelInput llama_input() {
-  auto in = load_safetensors(source_path("tests/fixtures/hf/models/llama/inputs.safetensors"));
-  ModelInput mi;
-  mi.input_ids = in.at("input_ids").clone();
-  mi.attention_mask = in.at("attention_mask").clone();
-  mi.labels = in.at("labels").clone();
-  return mi;
-}
-
-PeftModelPtr llama(torch::Dtype dt = torch::kFloat32) {
-  auto m = load_model(source_path("tests/fixtures/hf/models/llama"), LoadOptions{std::nullopt, 0, dt});
-  m->eval();
-  return std::make_shared<PeftModel>(m);
-}
-
-torch::Tensor logits_of(PeftModel& pm, const ModelInput& in) {
-  torch::NoGradGuard ng;
-  return pm.forward(in).logits;
-}
+using peft::test::logits_of;
+ModelInput llama_input() { return peft::test::fixture_input("llama"); }
+PeftModelPtr llama(torch::Dtype dt = torch::kFloat32) { return peft::test::fixture_peft_model("llama", dt); }
 
 }  // namespace
 

@@ -188,7 +188,7 @@ TEST(MixedBatch, BadInputIsRefusedAndNothingChanges) {
   expect_error({"a", "adapter", "b"}, "cannot act on some rows only");
   expect_error({"prompt", "a", "b"}, "cannot act on some rows only");
   EXPECT_TRUE(torch::equal(pm->forward(in).logits, before));
-  for (auto& [path, t] : pm->tuner_layers()) EXPECT_FALSE(t->row_groups) << path;
+  for (auto& [path, t] : pm->tuner_layers()) EXPECT_FALSE(t->in_mixed_batch()) << path;
   pm->merge();
   expect_error({"a", "b", "a"}, "is merged into");
 }

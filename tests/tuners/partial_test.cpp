@@ -27,10 +27,7 @@ PeftModelPtr peft_model(const std::string& model, torch::Dtype dt = torch::kFloa
 
 using peft::test::logits_of;
 
-void perturb(PeftModel& pm, double scale) {
-  torch::NoGradGuard ng;
-  for (auto& t : pm.trainable_parameters()) t.add_(torch::randn_like(t) * scale);
-}
+using peft::test::perturb;
 
 }  // namespace
 

@@ -50,6 +50,13 @@ inline void randomize(PeftModel& pm, double scale) {
   for (auto& t : pm.trainable_parameters()) t.copy_(torch::randn_like(t) * scale);
 }
 
+/// Every trainable tensor moved by N(0, scale^2) noise (IA3's ones stay near one, masks keep
+/// their meaning).
+inline void perturb(PeftModel& pm, double scale) {
+  torch::NoGradGuard ng;
+  for (auto& t : pm.trainable_parameters()) t.add_(torch::randn_like(t) * scale);
+}
+
 /// The modules adapter "default" wraps, in any order.
 inline void expect_targeted(const PeftModel& pm, std::vector<std::string> want) {
   auto got = pm.adapter("default").targeted;
