@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "io/suggest.h"
 #include "peft/error.h"
 
 namespace peft::cli {
@@ -95,7 +96,7 @@ std::string Args::positional(size_t i, const std::string& what) const {
 void Args::reject_unknown(const std::vector<std::string>& known) const {
   for (auto& kv : opts_)
     PEFT_CHECK(std::find(known.begin(), known.end(), kv.first) != known.end(), "unknown option --",
-               kv.first);
+               kv.first, did_you_mean(kv.first, known, "--"));
 }
 
 std::map<std::string, Command>& command_registry() {

@@ -20,6 +20,7 @@
 #include "cli/quant_args.h"
 #include "cli/recipe.h"
 #include "cli/seq2seq_gen.h"
+#include "io/suggest.h"
 #include "models/quant_linear.h"
 #include "tuners/loftq.h"
 #include "peft/data.h"
@@ -225,9 +226,12 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   auto tuner = find_tuner(mcfg["peft_type"].get<std::string>());
   auto defaults = tuner->defaults();
   auto ext = tuner->extension_keys();
+  std::vector<std::string> method_keys = ext;
+  for (auto& kv : defaults.items()) method_keys.push_back(kv.key());
   for (auto& kv : r.items())
-    PEFT_CHECK(defaults.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end(),
-               "peft train: unknown option --", kv.key(), " (not a training, data or ", tuner->peft_type(), " key)");
+    PEFT_CHECK(std::find(method_keys.begin(), method_keys.end(), kv.key()) != method_keys.end(),
+               "peft train: unknown option --", kv.key(), " (not a training, data or ", tuner->peft_type(), " key)",
+               did_you_mean(kv.key(), method_keys, "--"));
   TrainingSetup setup;
   setup.total_steps = total_training_steps(args, static_cast<int64_t>(data.train.size()), env.world_size);
   setup.encode = [&tok](const std::string& text) { return tok->encode(text, true); };

@@ -11,6 +11,7 @@
 #include "peft/precision.h"
 #include "io/adapter_config.h"
 #include "io/memory_budget.h"
+#include "io/suggest.h"
 #include "models/quant_linear.h"
 #include "tuners/default_targets.h"
 
@@ -117,10 +118,13 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   auto tuner = find_tuner(cfg["peft_type"].get<std::string>());
   nlohmann::json full = tuner->defaults();
   auto ext = tuner->extension_keys();
+  std::vector<std::string> fields = ext;
+  for (auto& kv : full.items()) fields.push_back(kv.key());
   for (auto& kv : cfg.items()) {
-    bool known = full.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end();
-    if (!known)
-      log_warning("adapter config: unknown field '", kv.key(), "' for ", tuner->peft_type(), " ignored");
+    bool known = std::find(fields.begin(), fields.end(), kv.key()) != fields.end();
+    if (!known)  // a key of a newer peft version, or a typo
+      log_warning("adapter config: unknown field '", kv.key(), "' for ", tuner->peft_type(), " ignored",
+                  did_you_mean(kv.key(), fields));
     else
       full[kv.key()] = kv.value();
   }
