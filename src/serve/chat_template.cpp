@@ -42,6 +42,17 @@ struct Tok {
   json num;
 };
 
+// A number literal (digits, at most one '.'). Python's integers are unbounded; ours are 64-bit,
+// and a literal outside that (or a float literal that overflows a double) is refused.
+json number_literal(const std::string& n, bool dot) {
+  try {
+    return dot ? json(std::stod(n)) : json(std::stoll(n));
+  } catch (const std::out_of_range&) {
+    error("number literal " + (n.size() > 24 ? n.substr(0, 24) + "..." : n) + " is out of range (" +
+          (dot ? "a double" : "a 64-bit integer") + ")");
+  }
+}
+
 std::vector<Tok> lex(const std::string& src) {
   std::vector<Tok> out;
   size_t i = 0;
@@ -59,7 +70,7 @@ std::vector<Tok> lex(const std::string& src) {
       bool dot = false;
       while (j < src.size() && (std::isdigit(static_cast<unsigned char>(src[j])) || (src[j] == '.' && !dot))) dot |= src[j++] == '.';
       std::string n = src.substr(i, j - i);
-      out.push_back({Tok::Num, n, dot ? json(std::stod(n)) : json(std::stoll(n))});
+      out.push_back({Tok::Num, n, number_literal(n, dot)});
       i = j;
     } else if (c == '\'' || c == '"') {
       std::string s;

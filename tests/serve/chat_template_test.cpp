@@ -90,4 +90,9 @@ TEST(ServeChatTemplate, UnsupportedConstructsAreNamed) {
   EXPECT_NE(message("x {%-%} y").find("expected"), std::string::npos) << message("x {%-%} y");
   EXPECT_NE(message("x {{-}} y").find("expected"), std::string::npos) << message("x {{-}} y");
   EXPECT_EQ(ChatTemplate("x {#-#} y").render(json::object()), "x y");  // an empty comment is fine
+  // Number literals beyond a 64-bit integer or a double are refused, not a std::out_of_range
+  // (a fuzzer's 60-digit literal; the server answered 500).
+  EXPECT_NE(message("{{ " + std::string(60, '6') + " }}").find("out of range"), std::string::npos);
+  EXPECT_NE(message("{{ 1" + std::string(400, '0') + ".5 }}").find("out of range"), std::string::npos);
+  EXPECT_EQ(ChatTemplate("{{ 9223372036854775807 }}").render(json::object()), "9223372036854775807");
 }
