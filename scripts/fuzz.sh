@@ -62,6 +62,8 @@ done
 fuzz_one() {
   local t=$1 bin="$B/fuzz_$t" corpus="$B/corpus/$t" findings="$B/findings/$t" reg="$ROOT/tests/fuzz/corpus/$t"
   mkdir -p "$corpus" "$findings" "$reg"
+  # Findings of an earlier run are already in the regression corpus: count this run's only.
+  rm -f "$findings"/crash-* "$findings"/leak-* "$findings"/timeout-* "$findings"/oom-*
   local dict=""; [ -f "$B/seeds/$t.dict" ] && dict="-dict=$B/seeds/$t.dict"
   local log="$B/findings/$t.log" runs=""; [ "$RUNS" -gt 0 ] && runs="-runs=$RUNS"
   local t0; t0=$(date +%s)
