@@ -1,4 +1,4 @@
-// `peft methods [--model DIR] [--methods a,b] [--json] [--config RECIPE] [--KEY VALUE ...]`:
+// `peft methods [--model DIR] [--methods a,b] [--json] [--fields] [--config RECIPE] [--KEY VALUE ...]`:
 // every registered method with its family, paper, and two facts measured on the model (default:
 // the bundled assets/stories260K): whether it merges into the base weights (merge() is tried)
 // and its trainable parameters for the config (preset + recipe/overrides; an override applies
@@ -56,9 +56,25 @@ Row measure(const std::string& model_dir, const std::string& method, const nlohm
   return r;
 }
 
+/// `--fields`: the method's config table (name, type, default as this method sets it, help).
+void print_fields(const std::string& method, const nlohmann::json& base, const std::vector<ConfigField>& table) {
+  if (table.empty()) {
+    std::cout << "    (" << method << ": no field table yet; its fields are the keys of its adapter_config.json)\n";
+    return;
+  }
+  for (auto& f : table) {
+    auto def = base.contains(f.name) ? base[f.name] : f.default_value;
+    std::string type = field_type_name(f.type);
+    if (f.choices.is_array()) type = "one of " + f.choices.dump();
+    std::cout << "    --" << std::left << std::setw(26) << f.name << std::setw(10) << def.dump() << " " << type
+              << (f.nullable ? " | null" : "") << (f.ours ? " [peft.cpp]" : "") << ": " << f.help << "\n";
+  }
+}
+
 int run_methods(Args& a) {
   std::string model_dir = a.get("model", std::filesystem::is_directory("assets/stories260K") ? "assets/stories260K" : "");
-  auto overrides = recipe_from_args(a, {"model", "methods", "json"});
+  auto overrides = recipe_from_args(a, {"model", "methods", "json", "fields"});
+  const bool show_fields = a.get_bool("fields", false);
   std::vector<std::string> names;
   if (a.has("methods")) {
     std::stringstream ss(a.get("methods"));
@@ -78,6 +94,8 @@ int run_methods(Args& a) {
     nlohmann::json out = {{"model", model_dir}, {"overrides", overrides}, {"methods", nlohmann::json::array()}};
     for (auto& r : rows) {
       nlohmann::json j = {{"name", r.name}, {"family", r.family}, {"paper", r.paper}, {"peft_type", r.peft_type}};
+      auto table = find_tuner(r.peft_type)->fields();
+      if (!table.empty()) j["fields"] = describe_fields(table);
       if (!r.error.empty()) j["error"] = r.error;
       else if (r.trainable >= 0) {
         j["trainable"] = r.trainable;
@@ -102,6 +120,7 @@ int run_methods(Args& a) {
               << (r.trainable >= 0 ? std::to_string(r.trainable) : "-") << std::setw(9) << pct.str() << "  " << r.paper
               << "\n";
     if (!r.error.empty()) std::cout << "    " << r.name << " on this model: " << r.error << "\n";
+    if (show_fields) print_fields(r.name, method_config(r.name), find_tuner(r.peft_type)->fields());
   }
   return 0;
 }

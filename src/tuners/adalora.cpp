@@ -88,29 +88,47 @@ class AdaLoraLinear : public TunerLayer {
 class AdaLoraTuner : public Tuner {
  public:
   std::string peft_type() const override { return "ADALORA"; }
-  nlohmann::json defaults() const override {
-    return {{"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr},
-            {"beta1", 0.85}, {"beta2", 0.85}, {"bias", "none"}, {"deltaT", 1}, {"fan_in_fan_out", false},
-            {"inference_mode", false}, {"init_lora_weights", true}, {"init_r", 12}, {"layer_replication", nullptr},
-            {"layers_pattern", nullptr}, {"layers_to_transform", nullptr}, {"loftq_config", nlohmann::json::object()},
-            {"lora_alpha", 8}, {"lora_dropout", 0.0}, {"megatron_config", nullptr}, {"megatron_core", "megatron.core"},
-            {"modules_to_save", nullptr}, {"orth_reg_weight", 0.5}, {"peft_type", "ADALORA"}, {"r", 8},
-            {"rank_pattern", nullptr}, {"revision", nullptr}, {"target_modules", nullptr}, {"target_r", 8},
-            {"task_type", nullptr}, {"tfinal", 0}, {"tinit", 0}, {"total_step", nullptr}, {"use_dora", false},
-            {"use_rslora", false}};
+  // peft 0.13's AdaLoraConfig (a LoraConfig plus the budget schedule), then our extension field.
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    using J = nlohmann::json;
+    return with_common(
+        {
+            ConfigField{"init_r", T::Int, 12, "the rank every module starts with"}.at_least(1),
+            ConfigField{"target_r", T::Int, 8, "the average rank the budget ends at (<= init_r)"}.at_least(1),
+            ConfigField{"tinit", T::Int, 0, "steps of full rank before the budget starts to fall"}.at_least(0),
+            ConfigField{"tfinal", T::Int, 0, "final steps at the target budget"}.at_least(0),
+            ConfigField{"deltaT", T::Int, 1, "steps between two budget allocations"}.at_least(1),
+            ConfigField{"beta1", T::Number, 0.85, "EMA factor of the importance (sensitivity)"}.in_closed_range(0, 1),
+            ConfigField{"beta2", T::Number, 0.85, "EMA factor of its uncertainty"}.in_closed_range(0, 1),
+            ConfigField{"orth_reg_weight", T::Number, 0.5, "weight of the orthogonality regulariser on P and Q"}.at_least(0),
+            ConfigField{"total_step", T::Int, nullptr, "the run's length in steps; null: peft train fills it in"}
+                .at_least(1)
+                .or_null(),
+            ConfigField{"r", T::Int, 8, "LoraConfig's r (AdaLoRA uses init_r)"}.at_least(1),
+            ConfigField{"lora_alpha", T::Number, 8, "scale numerator (alpha / r)"},
+            ConfigField{"lora_dropout", T::Number, 0.0, "dropout on the adapter's input"}.in_range(0, 1),
+            ConfigField{"bias", T::String, "none", "biases that train (AdaLoRA: \"none\" only)"},
+            ConfigField{"use_rslora", T::Bool, false, "rank-stabilised scaling"},
+            ConfigField{"use_dora", T::Bool, false, "not supported with AdaLoRA: false"},
+            ConfigField{"init_lora_weights", T::Any, true, "as LoRA's"}.one_of({true, false, "gaussian", "pissa", "olora", "loftq"}),
+            ConfigField{"loftq_config", T::Object, J::object(), "not supported with AdaLoRA: {}"}.or_null(),
+            ConfigField{"rank_pattern", T::Any, nullptr, "the ranks a finished run kept (not supported: null)"}.or_null(),
+            ConfigField{"alpha_pattern", T::Object, J::object(), "module-name pattern -> lora_alpha"}.or_null(),
+            ConfigField{"layer_replication", T::Any, nullptr, "not supported: null"}.or_null(),
+            ConfigField{"megatron_config", T::Any, nullptr, "not used"}.or_null(),
+            ConfigField{"megatron_core", T::String, "megatron.core", "not used"}.or_null(),
+            common_field("exclude_modules").extension(),
+        },
+        {"fan_in_fan_out", "target_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping"});
   }
-  std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
   std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["init_r"].is_number_integer() && c["init_r"].get<int64_t>() > 0, "adapter config: field 'init_r' must be a positive integer");
-    PEFT_CHECK(c["target_r"].is_number_integer() && c["target_r"].get<int64_t>() > 0 &&
-                   c["target_r"].get<int64_t>() <= c["init_r"].get<int64_t>(),
-               "adapter config: field 'target_r' must be in [1, init_r]");
+    PEFT_CHECK(c["target_r"].get<int64_t>() <= c["init_r"].get<int64_t>(), "adapter config: field 'target_r' (",
+               c["target_r"].get<int64_t>(), ") must be <= init_r (", c["init_r"].get<int64_t>(), ")");
     PEFT_CHECK(!c["use_dora"].get<bool>(), "adapter config: field 'use_dora': AdaLoRA does not support DoRA");
     PEFT_CHECK(c["bias"] == "none", "adapter config: field 'bias': only 'none' is supported");
-    const auto& p = c["lora_dropout"];  // (found by fuzz_adapter_config: 5 reached LibTorch's dropout)
-    PEFT_CHECK(p.is_number() && p.get<double>() >= 0 && p.get<double>() < 1,
-               "adapter config: field 'lora_dropout' must be a number in [0, 1), got ", p.dump());
     PEFT_CHECK(c["rank_pattern"].is_null(), "adapter config: field 'rank_pattern' (the ranks a finished AdaLoRA run kept, "
                "with tensors cut to them) is not supported; save the adapter with its full init_r tensors");
     PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");

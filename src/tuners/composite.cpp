@@ -93,7 +93,7 @@ nlohmann::json complete(const nlohmann::json& comp, size_t i) {
     full[kv.key()] = kv.value();
   }
   full["peft_type"] = t->peft_type();
-  with_context(where(i, comp), [&] { t->validate(full); });
+  with_context(where(i, comp), [&] { t->check(full); });
   return full;
 }
 

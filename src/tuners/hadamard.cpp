@@ -72,18 +72,18 @@ class HadamardLayer : public TunerLayer {
 class HadamardTuner : public Tuner {
  public:
   std::string peft_type() const override { return "HADAMARD"; }
-  nlohmann::json defaults() const override {
-    return {{"base_model_name_or_path", nullptr}, {"exclude_modules", nullptr},  {"inference_mode", false},
-            {"init_weights", true},               {"layers_pattern", nullptr},   {"layers_to_transform", nullptr},
-            {"modules_to_save", nullptr},         {"peft_cpp_format_version", 1}, {"peft_type", "HADAMARD"},
-            {"target_modules", nullptr},          {"task_type", nullptr}};
+  // Ours (peft has no Hadamard adapter): every field is written to adapter_config.json.
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"init_weights", T::Bool, true, "true: w = 1, b = 0 (the base model); false: random (tests)"},
+            ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+        },
+        {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "task_type", "inference_mode"});
   }
   std::vector<std::string> default_roles() const override { return {role::kAttnO}; }
-  void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
-  }
   void inject(PeftModel&, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     wrap<HadamardLayer>(slot, [&](HadamardLayer& layer) {
       auto& lin = layer.base_linear();  // errors naming the slot when it is not a Linear

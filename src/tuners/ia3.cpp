@@ -75,19 +75,25 @@ class IA3Linear : public TunerLayer {
 class IA3Tuner : public Tuner {
  public:
   std::string peft_type() const override { return "IA3"; }
-  nlohmann::json defaults() const override {
-    return {{"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr}, {"fan_in_fan_out", false},
-            {"feedforward_modules", nullptr}, {"inference_mode", false}, {"init_ia3_weights", true},
-            {"modules_to_save", nullptr}, {"peft_type", "IA3"}, {"revision", nullptr}, {"target_modules", nullptr},
-            {"task_type", nullptr}};
-  }
-  std::vector<std::string> extension_keys() const override {
-    return {"exclude_modules", "layers_to_transform", "layers_pattern"};
+  // peft 0.13's IA3Config, then our extension fields.
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"feedforward_modules", T::Names, nullptr,
+                        "the targets whose input (not output) is scaled; null: peft's default for the model type, else the FFN down projection"}
+                .or_null(),
+            ConfigField{"init_ia3_weights", T::Bool, true, "true: the scaling vectors start at 1 (the base model)"},
+            common_field("exclude_modules").extension(),
+            common_field("layers_to_transform").extension(),
+            common_field("layers_pattern").extension(),
+        },
+        {"target_modules", "modules_to_save", "fan_in_fan_out", "base_model_name_or_path", "revision", "task_type",
+         "inference_mode", "auto_mapping"});
   }
   std::vector<std::string> default_roles() const override { return {role::kAttnK, role::kAttnV, role::kMlpDown}; }
   /// peft's IA3Config check: given both as lists, feedforward_modules must be a subset of target_modules.
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["init_ia3_weights"].is_boolean(), "adapter config: field 'init_ia3_weights' must be true or false");
     const auto &tm = c["target_modules"], &ff = c["feedforward_modules"];
     if (!tm.is_array() || !ff.is_array()) return;
     for (auto& f : ff)

@@ -298,31 +298,43 @@ torch::Tensor innermost_bias(const LayerPtr& l) {
 class LoraTuner : public Tuner {
  public:
   std::string peft_type() const override { return "LORA"; }
-  nlohmann::json defaults() const override {
-    return {{"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr},
-            {"bias", "none"}, {"fan_in_fan_out", false}, {"inference_mode", false}, {"init_lora_weights", true},
-            {"layer_replication", nullptr}, {"layers_pattern", nullptr}, {"layers_to_transform", nullptr},
-            {"loftq_config", nlohmann::json::object()}, {"lora_alpha", 8}, {"lora_dropout", 0.0},
-            {"megatron_config", nullptr}, {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr},
-            {"peft_type", "LORA"}, {"r", 8}, {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
-            {"target_modules", nullptr}, {"task_type", nullptr}, {"use_dora", false}, {"use_rslora", false}};
-  }
-  std::vector<std::string> extension_keys() const override {
-    return {"exclude_modules", "lora_fa", "dylora", "delta_lora_lambda", "delta_lora_start", "peft_cpp_residual", "lora_gate"};
+  // peft 0.13's LoraConfig, then our extension fields (kept out of adapter_config.json).
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    using J = nlohmann::json;
+    return with_common(
+        {
+            ConfigField{"r", T::Int, 8, "rank of A [r, in] and B [out, r]"}.at_least(1),
+            ConfigField{"lora_alpha", T::Number, 8, "scale: dW = (lora_alpha / r) B A (lora_alpha / sqrt(r) with use_rslora)"},
+            ConfigField{"lora_dropout", T::Number, 0.0, "dropout on the adapter's input"}.in_range(0, 1),
+            ConfigField{"bias", T::String, "none", "biases that train with the adapter"}.one_of({"none", "all", "lora_only"}),
+            ConfigField{"use_rslora", T::Bool, false, "rank-stabilised scale lora_alpha / sqrt(r) (Kalajdzievski 2023)"},
+            ConfigField{"use_dora", T::Bool, false, "weight-decomposed LoRA: a trained magnitude per output (Liu et al. 2024)"},
+            ConfigField{"init_lora_weights", T::Any, true,
+                        "true: A Kaiming-uniform, B zero; false: both random (tests); or an init that rewrites the base"}
+                .one_of({true, false, "gaussian", "pissa", "olora", "loftq"}),
+            ConfigField{"loftq_config", T::Object, J::object(), "{loftq_bits, loftq_iter} for init_lora_weights \"loftq\""}.or_null(),
+            ConfigField{"rank_pattern", T::Object, J::object(), "module-name pattern -> r"}.or_null(),
+            ConfigField{"alpha_pattern", T::Object, J::object(), "module-name pattern -> lora_alpha"}.or_null(),
+            ConfigField{"layer_replication", T::Any, nullptr, "peft's layer stacking (not supported: must be null)"}.or_null(),
+            ConfigField{"megatron_config", T::Any, nullptr, "Megatron parallel layers (not used on this path)"}.or_null(),
+            ConfigField{"megatron_core", T::String, "megatron.core", "Megatron module name (not used)"}.or_null(),
+            common_field("exclude_modules").extension(),
+            ConfigField{"lora_fa", T::Bool, false, "LoRA-FA: A frozen at its init, only B trains (Zhang et al. 2023)"}.extension(),
+            ConfigField{"dylora", T::Bool, false, "DyLoRA: a random rank b <= r per step (Valipour et al. 2023)"}.extension(),
+            ConfigField{"delta_lora_lambda", T::Number, 0.0,
+                        "Delta-LoRA: W also moves by lambda times the change of B A (Zi et al. 2023); 0: off"}
+                .extension(),
+            ConfigField{"delta_lora_start", T::Int, 0, "Delta-LoRA: the step of the first base update"}.at_least(0).extension(),
+            ConfigField{"peft_cpp_residual", T::Bool, false, "set by the library: the base holds part of the adapter"}.extension(),
+            ConfigField{"lora_gate", T::Bool, false, "a learned scalar gate on the LoRA term (UniPELT's gated LoRA)"}.extension(),
+        },
+        {"fan_in_fan_out", "target_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping"});
   }
   std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
-    PEFT_CHECK(c["lora_alpha"].is_number(), "adapter config: field 'lora_alpha' must be a number");
-    double p = c["lora_dropout"].get<double>();
-    PEFT_CHECK(p >= 0 && p < 1, "adapter config: field 'lora_dropout' must be in [0, 1), got ", p);
-    PEFT_CHECK(c["bias"].is_string() && (c["bias"] == "none" || c["bias"] == "all" || c["bias"] == "lora_only"),
-               "adapter config: field 'bias' must be \"none\", \"all\" or \"lora_only\", got ", c["bias"].dump());
     auto& init = c["init_lora_weights"];
-    PEFT_CHECK(init.is_boolean() ||
-                   (init.is_string() && (init == "gaussian" || init == "pissa" || init == "olora" || init == "loftq")),
-               "adapter config: field 'init_lora_weights' must be true, false, \"gaussian\", \"pissa\", \"olora\" or "
-               "\"loftq\"");
     PEFT_CHECK(c["layer_replication"].is_null(), "adapter config: field 'layer_replication' is not supported");
     auto& lq = c["loftq_config"];
     if (init == "loftq") {

@@ -115,39 +115,30 @@ class LokrLinear : public DeltaLinear {
   }
 };
 
-nlohmann::json lycoris_defaults(const std::string& type) {
-  nlohmann::json d = {{"alpha", 8}, {"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr},
-                      {"base_model_name_or_path", nullptr}, {"exclude_modules", nullptr}, {"inference_mode", false},
-                      {"init_weights", true}, {"layers_pattern", nullptr}, {"layers_to_transform", nullptr},
-                      {"module_dropout", 0.0}, {"modules_to_save", nullptr}, {"peft_type", type}, {"r", 8},
-                      {"rank_dropout", 0.0}, {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
-                      {"target_modules", nullptr}, {"task_type", nullptr}};
-  d.erase("exclude_modules");
-  return d;
-}
-
-void check_lycoris(const nlohmann::json& c) {
-  PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
-  PEFT_CHECK(c["alpha"].is_number(), "adapter config: field 'alpha' must be a number");
-  PEFT_CHECK(c["rank_dropout"].get<double>() == 0.0, "adapter config: field 'rank_dropout' = ", c["rank_dropout"].dump(),
-             " is not supported (use 0)");
-  PEFT_CHECK(c["module_dropout"].get<double>() == 0.0, "adapter config: field 'module_dropout' = ",
-             c["module_dropout"].dump(), " is not supported (use 0)");
-  PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false, got ",
-             c["init_weights"].dump());
+// peft 0.13's LycorisConfig fields (LoHa and LoKr share them), then our extension field.
+std::vector<ConfigField> lycoris_fields(std::vector<ConfigField> own) {
+  using T = FieldType;
+  std::vector<ConfigField> f = {
+      ConfigField{"r", T::Int, 8, "rank of each factor pair"}.at_least(1),
+      ConfigField{"alpha", T::Number, 8, "scale: dW times alpha / r"},
+      ConfigField{"rank_dropout", T::Number, 0.0, "dropout over the rank (not supported: 0)"}.one_of({0}),
+      ConfigField{"module_dropout", T::Number, 0.0, "dropout of the whole module (not supported: 0)"}.one_of({0}),
+      ConfigField{"init_weights", T::Bool, true, "true: the update starts at zero (the base model)"},
+      ConfigField{"rank_pattern", T::Object, nlohmann::json::object(), "module-name pattern -> r"}.or_null(),
+      ConfigField{"alpha_pattern", T::Object, nlohmann::json::object(), "module-name pattern -> alpha"}.or_null(),
+      ConfigField{"use_effective_conv2d", T::Bool, false, "Conv2d only (no effect on Linear layers)"},
+      common_field("exclude_modules").extension(),
+  };
+  f.insert(f.end(), own.begin(), own.end());
+  return with_common(std::move(f), {"target_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+                                    "base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping"});
 }
 
 class LohaTuner : public Tuner {
  public:
   std::string peft_type() const override { return "LOHA"; }
-  nlohmann::json defaults() const override {
-    auto d = lycoris_defaults("LOHA");
-    d["use_effective_conv2d"] = false;
-    return d;
-  }
-  std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
+  std::vector<ConfigField> fields() const override { return lycoris_fields({}); }
   std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
-  void validate(const nlohmann::json& c) const override { check_lycoris(c); }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     wrap<LohaLinear>(slot, [&](LohaLinear& layer) {
       layer.add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),
@@ -160,16 +151,13 @@ class LohaTuner : public Tuner {
 class LokrTuner : public Tuner {
  public:
   std::string peft_type() const override { return "LOKR"; }
-  nlohmann::json defaults() const override {
-    auto d = lycoris_defaults("LOKR");
-    d["decompose_both"] = false;
-    d["decompose_factor"] = -1;
-    d["use_effective_conv2d"] = false;
-    return d;
+  std::vector<ConfigField> fields() const override {
+    return lycoris_fields({
+        ConfigField{"decompose_both", FieldType::Bool, false, "also factor the left Kronecker factor w1 = w1_a w1_b"},
+        ConfigField{"decompose_factor", FieldType::Int, -1, "the factor of out and in for w1 (-1: the most balanced)"},
+    });
   }
-  std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
   std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
-  void validate(const nlohmann::json& c) const override { check_lycoris(c); }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     wrap<LokrLinear>(slot, [&](LokrLinear& layer) {
       layer.add(name, pattern_value<int64_t>(c["rank_pattern"], slot.path, c["r"].get<int64_t>()),

@@ -130,7 +130,7 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
   }
   full["peft_type"] = tuner->peft_type();
   if (full.contains("task_type") && full["task_type"].is_null()) full["task_type"] = task_type_name(model->task());
-  tuner->validate(full);
+  tuner->check(full);
   // peft resolves 'all-linear' when the adapter is created, before anything looks at the model.
   if (tuner->targets_modules() && full.contains("target_modules") && full["target_modules"] == "all-linear")
     full["target_modules"] = all_linear_targets(*model);

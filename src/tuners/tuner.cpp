@@ -314,6 +314,25 @@ void Tuner::inject_all(PeftModel& pm, const std::string& name, const nlohmann::j
   pm.inject_modules(name, *this, cfg);
 }
 
+nlohmann::json Tuner::defaults() const {
+  auto table = fields();
+  PEFT_CHECK(!table.empty(), "tuner ", peft_type(), " declares neither fields() nor defaults()");
+  return defaults_of(peft_type(), table);
+}
+
+std::vector<std::string> Tuner::extension_keys() const {
+  std::vector<std::string> out;
+  for (auto& f : fields())
+    if (f.ours) out.push_back(f.name);
+  return out;
+}
+
+void Tuner::check(const nlohmann::json& cfg) const {
+  auto table = fields();
+  if (!table.empty()) check_fields(peft_type(), table, cfg);
+  validate(cfg);
+}
+
 bool TunerLayer::has_param(const std::string& adapter, const std::string& key) const {
   return params_.count({adapter, key}) > 0;
 }

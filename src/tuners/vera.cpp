@@ -92,23 +92,27 @@ class VeraLinear : public TunerLayer {
 class VeraTuner : public Tuner {
  public:
   std::string peft_type() const override { return "VERA"; }
-  nlohmann::json defaults() const override {
-    return {{"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr}, {"bias", "none"}, {"d_initial", 0.1},
-            {"fan_in_fan_out", false}, {"inference_mode", false}, {"init_weights", true}, {"layers_pattern", nullptr},
-            {"layers_to_transform", nullptr}, {"modules_to_save", nullptr}, {"peft_type", "VERA"},
-            {"projection_prng_key", 0}, {"r", 256}, {"revision", nullptr}, {"save_projection", true},
-            {"target_modules", nullptr}, {"task_type", nullptr}, {"vera_dropout", 0.0}};
+  // peft 0.13's VeraConfig, then our extension fields.
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"r", T::Int, 256, "rank of the shared frozen random projections A [r, in], B [out, r]"}.at_least(1),
+            ConfigField{"d_initial", T::Number, 0.1, "initial value of the trained scaling vector lambda_d [r]"},
+            ConfigField{"vera_dropout", T::Number, 0.0, "dropout on the adapter's input"}.in_range(0, 1),
+            ConfigField{"projection_prng_key", T::Int, 0, "seed of the shared projections (peft's PRNG key)"},
+            ConfigField{"save_projection", T::Bool, true, "store the projections in the adapter file"},
+            ConfigField{"init_weights", T::Bool, true, "true: lambda_b = 0 (the base model)"},
+            ConfigField{"bias", T::String, "none", "biases that train (VeRA: \"none\" only)"},
+            common_field("exclude_modules").extension(),
+        },
+        {"fan_in_fan_out", "target_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping"});
   }
-  std::vector<std::string> extension_keys() const override { return {"exclude_modules"}; }
   std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
-    PEFT_CHECK(c["save_projection"].is_boolean(), "adapter config: field 'save_projection' must be true or false");
-    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
     PEFT_CHECK(c["bias"] == "none", "adapter config: field 'bias' = ", c["bias"].dump(),
                ": VeRA supports only \"none\" (train biases with LoRA's bias or BitFit)");
-    double p = c["vera_dropout"].get<double>();
-    PEFT_CHECK(p >= 0 && p < 1, "adapter config: field 'vera_dropout' must be in [0, 1), got ", p);
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
     // Size the shared matrices for the largest targeted layer.

@@ -37,7 +37,7 @@ const std::map<std::string, std::string> kPublicHeaderLayer = {
     {"peft/error.h", "error"},       {"peft/io.h", "io"},           {"peft/tokenizer.h", "tokenizer"},
     {"peft/quant.h", "quant"},       {"peft/model.h", "models"},    {"peft/module.h", "models"},
     {"peft/generate.h", "models"},   {"peft/precision.h", "models"}, {"peft/tuner.h", "tuners"},
-    {"peft/extend/tuner.h", "tuners"}, {"peft/combine.h", "tuners"},    {"peft/presets.h", "tuners"},  {"peft/lorahub.h", "tuners"},
+    {"peft/extend/tuner.h", "tuners"}, {"peft/extend/config_fields.h", "tuners"}, {"peft/combine.h", "tuners"},    {"peft/presets.h", "tuners"},  {"peft/lorahub.h", "tuners"},
     {"peft/composition.h", "tuners"}, {"peft/dist.h", "dist"},
     {"peft/data.h", "train"},        {"peft/metrics.h", "train"},   {"peft/report.h", "train"},
     {"peft/trainer.h", "train"},     {"peft/log.h", "io"},          {"peft/peft.h", "train"},

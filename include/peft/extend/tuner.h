@@ -20,6 +20,7 @@
 #include <utility>
 #include <vector>
 
+#include "peft/extend/config_fields.h"
 #include "peft/model.h"
 #include "peft/module.h"
 
@@ -69,10 +70,19 @@ class Tuner {
   virtual ~Tuner() = default;
   /// peft's peft_type ("LORA", "IA3", ...) or ours for methods peft lacks.
   virtual std::string peft_type() const = 0;
+  /// The method's config as a typed field table (include/peft/extend/config_fields.h): when a
+  /// tuner declares one, defaults(), extension_keys() and the per-field type / range checks
+  /// come from it, and `peft methods --fields` shows it. Empty: the tuner writes defaults()
+  /// and its checks by hand.
+  virtual std::vector<ConfigField> fields() const { return {}; }
   /// Every config field with its default, as the reference library writes adapter_config.json.
-  virtual nlohmann::json defaults() const = 0;
-  /// Checks a full config (defaults applied); errors name the field.
+  /// Default: from fields() (an error when there is no table either).
+  virtual nlohmann::json defaults() const;
+  /// Checks a full config (defaults applied) beyond what the field table says (rules between
+  /// fields); errors name the field.
   virtual void validate(const nlohmann::json& cfg) const {}
+  /// check_fields over fields() (when there is a table), then validate(): what add_adapter runs.
+  void check(const nlohmann::json& cfg) const;
   /// Roles targeted when target_modules is null (e.g. LoRA: attn.q, attn.v).
   virtual std::vector<std::string> default_roles() const { return {}; }
   /// Module tuners: wrap (or extend the wrapper at) `slot` for adapter `name`.
@@ -85,7 +95,7 @@ class Tuner {
   virtual void inject_all(PeftModel& pm, const std::string& name, const nlohmann::json& cfg) const;
   /// Config keys that are ours (training-time switches) and are left out of adapter_config.json
   /// so Python peft loads the file; they go to peft_cpp_config.json next to it.
-  virtual std::vector<std::string> extension_keys() const { return {}; }
+  virtual std::vector<std::string> extension_keys() const;
   /// The config written to adapter_config.json (e.g. a PiSSA adapter is saved as the plain LoRA
   /// it is equivalent to on the unmodified base, with twice the rank).
   virtual nlohmann::json saved_config(const nlohmann::json& cfg) const { return cfg; }
