@@ -482,7 +482,7 @@ int run_bench(Args& a) {
   a.reject_unknown({"worker", "dist_worker", "ddp_overlap", "ddp_bucket_cap_mb", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
                     "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens", "quantize", "double_quant",
-                    "compute_dtype"});
+                    "compute_dtype", "gradient_checkpointing", "loss_chunk_tokens"});
   if (a.has("worker")) return run_worker(a);
   if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);

@@ -102,3 +102,26 @@ TEST(BenchCli, DistSuiteReportsScalingAndAllReduceTime) {
   EXPECT_EQ(r["runs"][0]["two_after_backward"]["buckets_started_in_backward"].get<double>(), 0.0);
   EXPECT_GT(r["tokens_per_s_2_after_backward"].get<double>(), 0);
 }
+
+// The worker takes docs/MEMORY.md's two switches (scripts/memory_bench.sh passes them) and
+// reports them; neither changes the math, so the first step's loss is the same.
+TEST(BenchCli, WorkerTakesTheActivationMemorySwitches) {
+  const std::string shape = " --hidden 32 --layers 2 --heads 2 --intermediate 64 --vocab 96 --batch 2 --seq 16"
+                            " --warmup 0 --steps 1 --threads 1";
+  std::string plain, mem;
+  ASSERT_EQ(test::run_cli("bench --worker lora" + shape, &plain), 0) << plain;
+  ASSERT_EQ(test::run_cli("bench --worker lora" + shape + " --gradient_checkpointing true --loss_chunk_tokens 8", &mem), 0)
+      << mem;
+  auto last_json = [](const std::string& out) {  // the worker's one JSON line
+    std::istringstream is(out);
+    std::string line, json;
+    while (std::getline(is, line))
+      if (!line.empty() && line[0] == '{') json = line;
+    return nlohmann::json::parse(json);
+  };
+  auto a = last_json(plain), b = last_json(mem);
+  EXPECT_EQ(a["gradient_checkpointing"], false);
+  EXPECT_EQ(b["gradient_checkpointing"], true);
+  EXPECT_EQ(b["loss_chunk_tokens"], 8);
+  EXPECT_NEAR(a["first_loss"].get<double>(), b["first_loss"].get<double>(), 1e-5);
+}
