@@ -122,6 +122,8 @@ void check_fields(const std::string& peft_type, const std::vector<ConfigField>& 
     };
     if (v.is_null()) {
       if (f.nullable || (f.type == FieldType::Any && f.choices.is_null())) continue;
+      if (f.default_value.is_null())  // no default: the user must give it
+        fail("adapter config: field '", f.name, "' (", peft_type, ") is required: ", type_phrase(f.type), bound_phrase(f));
       bad(type_phrase(f.type));
     }
     if (!has_type(f.type, v)) bad(std::string(type_phrase(f.type)) + (f.nullable ? " or null" : ""));

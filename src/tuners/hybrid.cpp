@@ -33,8 +33,8 @@ class MamTuner : public Tuner {
   }
   void validate(const nlohmann::json& c) const override {
     PEFT_CHECK(c["adapter_type"] == "parallel", "adapter config: MAM uses a parallel adapter (adapter_type \"parallel\")");
-    prefix()->validate(c);
-    bottleneck()->validate(c);
+    prefix()->check(c);  // its field table, then its rules
+    bottleneck()->check(c);
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
     prefix()->add_global(pm, name, c);

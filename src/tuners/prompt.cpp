@@ -297,28 +297,46 @@ class PromptLearningTuner : public Tuner {
     return kind_ == Kind::Prompt ? "PROMPT_TUNING" : kind_ == Kind::PTuning ? "P_TUNING" : "PREFIX_TUNING";
   }
   bool targets_modules() const override { return false; }
-  nlohmann::json defaults() const override {
-    nlohmann::json d = {{"auto_mapping", nullptr},     {"base_model_name_or_path", nullptr},
-                        {"inference_mode", false},     {"num_attention_heads", nullptr},
-                        {"num_layers", nullptr},       {"num_transformer_submodules", nullptr},
-                        {"num_virtual_tokens", nullptr}, {"peft_type", peft_type()},
-                        {"revision", nullptr},         {"task_type", nullptr},
-                        {"token_dim", nullptr}};
+  // peft 0.13's PromptTuningConfig / PromptEncoderConfig / PrefixTuningConfig (a
+  // PromptLearningConfig each), then our extension fields.
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    std::vector<ConfigField> f = {
+        ConfigField{"num_virtual_tokens", T::Int, nullptr, "virtual tokens (or prefix positions); required"}.at_least(1),
+        ConfigField{"token_dim", T::Int, nullptr, "their width; null: from the model"}.at_least(1).or_null(),
+        ConfigField{"num_transformer_submodules", T::Int, nullptr, "1 (decoder), 2 (encoder-decoder); null: from the model"}
+            .at_least(1)
+            .or_null(),
+        ConfigField{"num_attention_heads", T::Int, nullptr, "null: from the model"}.at_least(1).or_null(),
+        ConfigField{"num_layers", T::Int, nullptr, "null: from the model"}.at_least(1).or_null(),
+    };
     if (kind_ == Kind::Prompt) {
-      d["prompt_tuning_init"] = "RANDOM";
-      d["prompt_tuning_init_text"] = nullptr;
-      d["tokenizer_kwargs"] = nullptr;
-      d["tokenizer_name_or_path"] = nullptr;
+      f.push_back(ConfigField{"prompt_tuning_init", T::String, "RANDOM", "RANDOM: N(0, 1); TEXT: the embeddings of the init text"}
+                      .one_of({"RANDOM", "TEXT"}));
+      f.push_back(ConfigField{"prompt_tuning_init_text", T::String, nullptr, "the text for TEXT init"}.or_null());
+      f.push_back(ConfigField{"tokenizer_name_or_path", T::String, nullptr, "peft's tokenizer for the text (informational)"}.or_null());
+      f.push_back(ConfigField{"tokenizer_kwargs", T::Object, nullptr, "peft's tokenizer arguments (informational)"}.or_null());
+      f.push_back(ConfigField{"prompt_tuning_init_token_ids", T::Ints, nullptr,
+                              "the init text's token ids (peft train fills them in from the run's tokenizer)"}
+                      .or_null()
+                      .extension());
     } else if (kind_ == Kind::PTuning) {
-      d["encoder_dropout"] = 0.0;
-      d["encoder_hidden_size"] = nullptr;
-      d["encoder_num_layers"] = 2;
-      d["encoder_reparameterization_type"] = "MLP";
+      f.push_back(ConfigField{"encoder_reparameterization_type", T::String, "MLP", "the prompt encoder"}.one_of({"MLP", "LSTM"}));
+      f.push_back(ConfigField{"encoder_hidden_size", T::Int, nullptr, "its hidden width; null: token_dim"}.at_least(1).or_null());
+      f.push_back(ConfigField{"encoder_num_layers", T::Int, 2, "LSTM layers"}.at_least(1));
+      f.push_back(ConfigField{"encoder_dropout", T::Number, 0.0, "the LSTM's dropout"}.in_closed_range(0, 1));
     } else {
-      d["encoder_hidden_size"] = nullptr;
-      d["prefix_projection"] = false;
+      f.push_back(ConfigField{"encoder_hidden_size", T::Int, nullptr, "the projection's hidden width; null: token_dim"}
+                      .at_least(1)
+                      .or_null());
+      f.push_back(ConfigField{"prefix_projection", T::Bool, false, "reparameterise the prefix through a 2-layer MLP"});
+      f.push_back(ConfigField{"prefix_gate", T::Bool, false, "a learned gate per prefixed attention (UniPELT)"}.extension());
+      f.push_back(ConfigField{"prefix_layout", T::String, "peft",
+                              "encoder-decoders: \"peft\" (decoder past_key_values) or \"paper\" (every attention)"}
+                      .one_of({"peft", "paper"})
+                      .extension());
     }
-    return d;
+    return with_common(std::move(f), {"base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping"});
   }
   /// TEXT init: the tuner has no tokenizer, so the run's fills in the ids (special tokens added,
   /// as peft's tokenizer(prompt_tuning_init_text) call adds them).
@@ -326,42 +344,6 @@ class PromptLearningTuner : public Tuner {
     if (kind_ != Kind::Prompt || !setup.encode || c.contains("prompt_tuning_init_token_ids")) return;
     if (c.value("prompt_tuning_init", std::string()) == "TEXT" && c.value("prompt_tuning_init_text", nlohmann::json()).is_string())
       c["prompt_tuning_init_token_ids"] = setup.encode(c["prompt_tuning_init_text"].get<std::string>());
-  }
-  std::vector<std::string> extension_keys() const override {
-    if (kind_ == Kind::Prompt) return {"prompt_tuning_init_token_ids"};
-    if (kind_ == Kind::Prefix) return {"prefix_gate", "prefix_layout"};
-    return {};
-  }
-  void validate(const nlohmann::json& c) const override {
-    auto pos = [&](const char* f, bool nullable) {
-      if (nullable && c[f].is_null()) return;
-      PEFT_CHECK(c[f].is_number_integer() && c[f].get<int64_t>() > 0, "adapter config: field '", f,
-                 "' must be a positive integer, got ", c[f].dump());
-    };
-    pos("num_virtual_tokens", false);
-    for (auto f : {"num_attention_heads", "num_layers", "num_transformer_submodules", "token_dim"}) pos(f, true);
-    if (kind_ == Kind::Prompt) {
-      auto init = c["prompt_tuning_init"];
-      PEFT_CHECK(init == "RANDOM" || init == "TEXT", "adapter config: field 'prompt_tuning_init' must be RANDOM or TEXT, got ",
-                 init.dump());
-    } else {
-      pos("encoder_hidden_size", true);
-    }
-    if (kind_ == Kind::Prefix && c.contains("prefix_layout"))
-      PEFT_CHECK(c["prefix_layout"] == "peft" || c["prefix_layout"] == "paper",
-                 "adapter config: field 'prefix_layout' must be \"peft\" or \"paper\", got ", c["prefix_layout"].dump());
-    if (kind_ == Kind::Prefix && c.contains("prefix_gate"))
-      PEFT_CHECK(c["prefix_gate"].is_boolean(), "adapter config: field 'prefix_gate' must be true or false, got ",
-                 c["prefix_gate"].dump());
-    if (kind_ == Kind::PTuning) {
-      auto t = c["encoder_reparameterization_type"];
-      PEFT_CHECK(t == "MLP" || t == "LSTM", "adapter config: field 'encoder_reparameterization_type' must be MLP or LSTM, got ",
-                 t.dump());
-      pos("encoder_num_layers", false);
-      const auto& p = c["encoder_dropout"];  // the LSTM head's (torch::nn::LSTM refuses others)
-      PEFT_CHECK(p.is_number() && p.get<double>() >= 0 && p.get<double>() <= 1,
-                 "adapter config: field 'encoder_dropout' must be a number in [0, 1], got ", p.dump());
-    }
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto& c = pm.mutable_config(name);

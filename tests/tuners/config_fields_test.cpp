@@ -52,7 +52,7 @@ std::set<std::string> saved_keys(const std::string& dir) {
 TEST(ConfigFields, SomeTunersDeclareATable) {
   std::set<std::string> have;
   for (auto& t : tuners_with_tables()) have.insert(t->peft_type());
-  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA"}) EXPECT_TRUE(have.count(t)) << t;
+  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}) EXPECT_TRUE(have.count(t)) << t;
 }
 
 TEST(ConfigFields, TheTableIsTheDefaultsAndTheExtensionKeys) {
@@ -71,8 +71,10 @@ TEST(ConfigFields, TheTableIsTheDefaultsAndTheExtensionKeys) {
     EXPECT_EQ(std::set<std::string>(ext.begin(), ext.end()), ours) << t->peft_type();
     // Every default (and every extension field's assumed value) passes the table's checks.
     auto all = d;
-    for (auto& f : table)
+    for (auto& f : table) {
       if (f.ours) all[f.name] = f.default_value;
+      if (f.default_value.is_null() && !f.nullable && f.type != FieldType::Any) all.erase(f.name);  // required
+    }
     EXPECT_NO_THROW(check_fields(t->peft_type(), table, all)) << t->peft_type();
   }
 }
@@ -91,12 +93,17 @@ TEST(ConfigFields, PeftFieldsAreTheOnesPeftSaves) {
   EXPECT_EQ(peft_keys("LOHA"), saved_keys("tests/fixtures/peft/adapters/llama/loha"));
   EXPECT_EQ(peft_keys("LOKR"), saved_keys("tests/fixtures/peft/adapters/llama/lokr"));
   EXPECT_EQ(peft_keys("ADALORA"), saved_keys("tests/fixtures/peft/adapters/llama/adalora"));
+  EXPECT_EQ(peft_keys("PROMPT_TUNING"), saved_keys("tests/fixtures/peft/adapters/llama/prompt_tuning"));
+  EXPECT_EQ(peft_keys("P_TUNING"), saved_keys("tests/fixtures/peft/adapters/llama/p_tuning"));
+  EXPECT_EQ(peft_keys("PREFIX_TUNING"), saved_keys("tests/fixtures/peft/adapters/llama/prefix_tuning"));
 }
 
 TEST(ConfigFields, EveryFieldRefusesTheWrongTypeByName) {
   for (auto& t : tuners_with_tables()) {
     auto table = t->fields();
     auto base = t->defaults();
+    for (auto& f : table)  // required fields (no default) get a valid value
+      if (f.default_value.is_null() && !f.nullable && f.type == FieldType::Int) base[f.name] = 4;
     for (auto& f : table) {
       auto bad = wrong_type(f.type);
       if (bad.is_discarded()) continue;
@@ -134,6 +141,15 @@ TEST(ConfigFields, LoraRefusalsNameTheFieldAndLeaveTheModelAlone) {
   }
   EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
   EXPECT_NO_THROW(pm->add_adapter("ok", method_config("lora", {{"r", 4}, {"lora_alpha", 16.5}, {"lora_dropout", 0}})));
+}
+
+TEST(ConfigFields, ARequiredFieldIsNamed) {
+  auto pm = fixture_peft_model("llama");
+  auto msg = error_of([&] { pm->add_adapter("p", {{"peft_type", "PROMPT_TUNING"}}); });
+  EXPECT_NE(msg.find("field 'num_virtual_tokens' (PROMPT_TUNING) is required: an integer >= 1"), std::string::npos) << msg;
+  msg = error_of([&] { pm->add_adapter("p", method_config("p-tuning", {{"num_virtual_tokens", 4}, {"encoder_dropout", 2}})); });
+  EXPECT_NE(msg.find("field 'encoder_dropout' (P_TUNING) must be a number in [0, 1], got 2"), std::string::npos) << msg;
+  EXPECT_TRUE(pm->adapters().empty());
 }
 
 // AdaLoRA's schedule fields were read at the first optimizer step: deltaT 0 would have been a

@@ -35,7 +35,9 @@ const char* field_type_name(FieldType t);
 struct ConfigField {
   std::string name;
   FieldType type;
-  nlohmann::json default_value;  // for extension fields: the value the code assumes when absent
+  // For extension fields: the value the code assumes when absent. Null for a field that is not
+  // nullable: the field is required (peft's num_virtual_tokens).
+  nlohmann::json default_value;
   std::string help;
   bool nullable = false;  // null is a value (as peft's Optional[...] fields)
   nlohmann::json choices = nullptr;  // an array of the allowed values, or null
