@@ -52,7 +52,7 @@ std::set<std::string> saved_keys(const std::string& dir) {
 TEST(ConfigFields, SomeTunersDeclareATable) {
   std::set<std::string> have;
   for (auto& t : tuners_with_tables()) have.insert(t->peft_type());
-  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"}) EXPECT_TRUE(have.count(t)) << t;
+  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "BOTTLENECK"}) EXPECT_TRUE(have.count(t)) << t;
 }
 
 TEST(ConfigFields, TheTableIsTheDefaultsAndTheExtensionKeys) {
