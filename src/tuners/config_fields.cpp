@@ -62,8 +62,8 @@ bool has_type(FieldType t, const nlohmann::json& v) {
 
 std::string bound_phrase(const ConfigField& f) {
   std::ostringstream os;
-  if (f.min && f.max) os << " in [" << *f.min << ", " << *f.max << (f.max_open ? ")" : "]");
-  else if (f.min) os << " >= " << *f.min;
+  if (f.min && f.max) os << " in " << (f.min_open ? "(" : "[") << *f.min << ", " << *f.max << (f.max_open ? ")" : "]");
+  else if (f.min) os << (f.min_open ? " > " : " >= ") << *f.min;
   else if (f.max) os << (f.max_open ? " < " : " <= ") << *f.max;
   return os.str();
 }
@@ -138,7 +138,8 @@ void check_fields(const std::string& peft_type, const std::vector<ConfigField>& 
     }
     if ((f.min || f.max) && v.is_number()) {
       const double x = v.get<double>();
-      const bool ok = std::isfinite(x) && (!f.min || x >= *f.min) && (!f.max || (f.max_open ? x < *f.max : x <= *f.max));
+      const bool ok = std::isfinite(x) && (!f.min || (f.min_open ? x > *f.min : x >= *f.min)) &&
+                      (!f.max || (f.max_open ? x < *f.max : x <= *f.max));
       if (!ok) bad(std::string(type_phrase(f.type)) + bound_phrase(f));
     }
   }
@@ -150,7 +151,7 @@ nlohmann::json describe_fields(const std::vector<ConfigField>& fields) {
     nlohmann::json j = {{"name", f.name}, {"type", field_type_name(f.type)}, {"default", f.default_value},
                         {"nullable", f.nullable}, {"peft", !f.ours}, {"help", f.help}};
     if (f.choices.is_array()) j["choices"] = f.choices;
-    if (f.min) j["min"] = *f.min;
+    if (f.min) j[f.min_open ? "above" : "min"] = *f.min;
     if (f.max) j[f.max_open ? "below" : "max"] = *f.max;
     out.push_back(j);
   }

@@ -99,12 +99,10 @@ class BitFitLayer : public TunerLayer {
 class BitFitTuner : public Tuner {
  public:
   std::string peft_type() const override { return "BITFIT"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("BITFIT");
-    d["add_missing_biases"] = false;
-    return d;
+  std::vector<ConfigField> fields() const override {
+    return partial_fields({ConfigField{"add_missing_biases", FieldType::Bool, false,
+                                       "give bias-free Linears a zero bias that trains (not mergeable)"}});
   }
-  void validate(const nlohmann::json& c) const override { check_version(c); }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto& c = pm.mutable_config(name);
     head_to_save(pm, c);
@@ -183,13 +181,12 @@ class CopyLayer : public TunerLayer {
 class LnTuningTuner : public Tuner {
  public:
   std::string peft_type() const override { return "LN_TUNING"; }
-  nlohmann::json defaults() const override {
-    return {{"auto_mapping", nullptr}, {"base_model_name_or_path", nullptr}, {"inference_mode", false},
-            {"modules_to_save", nullptr}, {"peft_type", "LN_TUNING"}, {"revision", nullptr},
-            {"target_modules", nullptr}, {"task_type", nullptr}};
-  }
-  std::vector<std::string> extension_keys() const override {
-    return {"exclude_modules", "layers_to_transform", "layers_pattern"};
+  // peft 0.13's LNTuningConfig, then our extension fields.
+  std::vector<ConfigField> fields() const override {
+    return with_common({common_field("exclude_modules").extension(), common_field("layers_to_transform").extension(),
+                        common_field("layers_pattern").extension()},
+                       {"target_modules", "modules_to_save", "base_model_name_or_path", "revision", "task_type",
+                        "inference_mode", "auto_mapping"});
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto& c = pm.mutable_config(name);
@@ -216,14 +213,8 @@ class LnTuningTuner : public Tuner {
 class LayerFreezeTuner : public Tuner {
  public:
   std::string peft_type() const override { return "LAYER_FREEZE"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("LAYER_FREEZE");
-    d["num_trainable_layers"] = 1;
-    return d;
-  }
-  void validate(const nlohmann::json& c) const override {
-    check_version(c);
-    check_positive_int(c, "num_trainable_layers");
+  std::vector<ConfigField> fields() const override {
+    return partial_fields({ConfigField{"num_trainable_layers", FieldType::Int, 1, "the last n blocks train in full"}.at_least(1)});
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto& c = pm.mutable_config(name);
@@ -310,18 +301,13 @@ class SparseDeltaLayer : public TunerLayer {
 class SparseDeltaTuner : public Tuner {
  public:
   std::string peft_type() const override { return "SPARSE_DELTA"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("SPARSE_DELTA");
-    d["density"] = 0.01;
-    d["selection"] = "magnitude";
-    d["seed"] = 0;
-    return d;
-  }
-  void validate(const nlohmann::json& c) const override {
-    check_version(c);
-    check_fraction(c, "density");
-    PEFT_CHECK(c["selection"] == "magnitude" || c["selection"] == "random",
-               "adapter config: field 'selection' must be magnitude or random, got ", c["selection"].dump());
+  std::vector<ConfigField> fields() const override {
+    return partial_fields({
+        density_field(0.01, "the fraction of each projection's entries that train"),
+        ConfigField{"selection", FieldType::String, "magnitude", "which entries: the largest |W| or random"}.one_of(
+            {"magnitude", "random"}),
+        ConfigField{"seed", FieldType::Int, 0, "the random selection's seed"}.at_least(0),
+    });
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     target_projections(pm, pm.mutable_config(name));

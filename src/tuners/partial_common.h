@@ -16,25 +16,17 @@ inline torch::ScalarType dtype_of(Layer& l) {
   for (auto& p : l.parameters()) return trainable_dtype(p.scalar_type());
   return torch::kFloat32;
 }
-inline nlohmann::json common_defaults(const std::string& type) {
-  return {{"base_model_name_or_path", nullptr}, {"exclude_modules", nullptr}, {"inference_mode", false},
-          {"layers_pattern", nullptr},          {"layers_to_transform", nullptr}, {"modules_to_save", nullptr},
-          {"peft_cpp_format_version", 1},       {"peft_type", type},          {"target_modules", nullptr},
-          {"task_type", nullptr}};
+/// The field table of our partial types: `own` plus the file version and the targeting fields
+/// (all written to adapter_config.json).
+inline std::vector<ConfigField> partial_fields(std::vector<ConfigField> own) {
+  own.push_back(ConfigField{"peft_cpp_format_version", FieldType::Int, 1, "the file layout's version (this build reads 1)"}
+                    .one_of({1}));
+  return with_common(std::move(own), {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+                                      "modules_to_save", "base_model_name_or_path", "task_type", "inference_mode"});
 }
-inline void check_version(const nlohmann::json& c) {
-  PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-             c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-}
-/// Checks that field `key` is a number in (0, 1].
-inline void check_fraction(const nlohmann::json& c, const char* key) {
-  PEFT_CHECK(c[key].is_number() && c[key].get<double>() > 0 && c[key].get<double>() <= 1, "adapter config: field '",
-             key, "' must be in (0, 1], got ", c[key].dump());
-}
-/// Checks that field `key` is a positive integer.
-inline void check_positive_int(const nlohmann::json& c, const char* key) {
-  PEFT_CHECK(c[key].is_number_integer() && c[key].get<int64_t>() > 0, "adapter config: field '", key,
-             "' must be a positive integer, got ", c[key].dump());
+/// A density: the fraction of entries that train, in (0, 1].
+inline ConfigField density_field(double def, const std::string& help) {
+  return ConfigField{"density", FieldType::Number, def, help}.fraction();
 }
 // SEQ_CLS: the head trains too (as peft does for every method).
 inline void head_to_save(PeftModel& pm, nlohmann::json& c) {

@@ -273,16 +273,11 @@ class SparseTuner : public Tuner {
 class FishMaskTuner : public SparseTuner {
  public:
   std::string peft_type() const override { return "FISH_MASK"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("FISH_MASK");
-    d["density"] = 0.005;  // the paper keeps 0.5% of the parameters
-    d["fisher_batches"] = 16;
-    return d;
-  }
-  void validate(const nlohmann::json& c) const override {
-    check_version(c);
-    check_fraction(c, "density");
-    check_positive_int(c, "fisher_batches");
+  std::vector<ConfigField> fields() const override {
+    return partial_fields({
+        density_field(0.005, "the fraction of all entries that train (the paper keeps 0.5%)"),
+        ConfigField{"fisher_batches", FieldType::Int, 16, "batches for the Fisher information estimate"}.at_least(1),
+    });
   }
   bool needs_calibration(const nlohmann::json&) const override { return true; }
   void calibrate(PeftModel& pm, const std::string& name, const std::function<torch::Tensor()>& next_loss) const override {
@@ -299,19 +294,13 @@ class FishMaskTuner : public SparseTuner {
 class ChildTuningTuner : public SparseTuner {
  public:
   std::string peft_type() const override { return "CHILD_TUNING"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("CHILD_TUNING");
-    d["mode"] = "D";
-    d["reserve_p"] = 0.3;
-    d["fisher_batches"] = 16;
-    return d;
-  }
-  void validate(const nlohmann::json& c) const override {
-    check_version(c);
-    PEFT_CHECK(c["mode"] == "D" || c["mode"] == "F", "adapter config: field 'mode' must be \"D\" (task-driven) or \"F\" (task-free), got ",
-               c["mode"].dump());
-    check_fraction(c, "reserve_p");
-    check_positive_int(c, "fisher_batches");
+  std::vector<ConfigField> fields() const override {
+    return partial_fields({
+        ConfigField{"mode", FieldType::String, "D", "D: a task-driven mask from Fisher information; F: a random mask per step"}
+            .one_of({"D", "F"}),
+        ConfigField{"reserve_p", FieldType::Number, 0.3, "the fraction of entries in the child network"}.fraction(),
+        ConfigField{"fisher_batches", FieldType::Int, 16, "mode D: batches for the Fisher estimate"}.at_least(1),
+    });
   }
   bool needs_calibration(const nlohmann::json& c) const override { return c["mode"] == "D"; }
   void calibrate(PeftModel& pm, const std::string& name, const std::function<torch::Tensor()>& next_loss) const override {
@@ -333,25 +322,20 @@ class ChildTuningTuner : public SparseTuner {
 class DiffPruningTuner : public SparseTuner {
  public:
   std::string peft_type() const override { return "DIFF_PRUNING"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("DIFF_PRUNING");
-    d["density"] = 0.005;      // the paper's 0.5% target
-    d["l0_lambda"] = 1.25e-7;  // the paper's lambda (a sum over entries)
-    d["alpha_init"] = 5.0;     // gates start open: z = 1 at eval
-    d["stretch_l"] = -1.5;     // Guo et al.'s stretch (Louizos et al.: -0.1, 1.1)
-    d["stretch_r"] = 1.5;
-    d["temperature"] = 1.0;    // Guo et al. use no temperature (Louizos et al.: 2/3)
-    return d;
+  // Guo et al. 2021's values; Louizos et al. 2018 stretch to (-0.1, 1.1) with temperature 2/3.
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return partial_fields({
+        density_field(0.005, "the target fraction of nonzero entries (magnitude pruning at the end)"),
+        ConfigField{"l0_lambda", T::Number, 1.25e-7, "weight of the L0 penalty (a sum over entries)"}.at_least(0),
+        ConfigField{"alpha_init", T::Number, 5.0, "initial gate log-odds (5: gates start open)"},
+        ConfigField{"stretch_l", T::Number, -1.5, "the hard-concrete stretch's left end (< 0)"},
+        ConfigField{"stretch_r", T::Number, 1.5, "its right end (> 1)"}.above(1),
+        ConfigField{"temperature", T::Number, 1.0, "the hard-concrete temperature"}.above(0),
+    });
   }
   void validate(const nlohmann::json& c) const override {
-    check_version(c);
-    check_fraction(c, "density");
-    for (auto k : {"l0_lambda", "alpha_init", "stretch_l", "stretch_r", "temperature"})
-      PEFT_CHECK(c[k].is_number(), "adapter config: field '", k, "' must be a number, got ", c[k].dump());
-    PEFT_CHECK(c["l0_lambda"].get<double>() >= 0, "adapter config: field 'l0_lambda' must be >= 0");
     PEFT_CHECK(c["stretch_l"].get<double>() < 0, "adapter config: field 'stretch_l' must be < 0 (the gate's stretch)");
-    PEFT_CHECK(c["stretch_r"].get<double>() > 1, "adapter config: field 'stretch_r' must be > 1 (the gate's stretch)");
-    PEFT_CHECK(c["temperature"].get<double>() > 0, "adapter config: field 'temperature' must be > 0");
   }
 
  protected:
@@ -372,16 +356,11 @@ class DiffPruningTuner : public SparseTuner {
 class LtSftTuner : public SparseTuner {
  public:
   std::string peft_type() const override { return "LT_SFT"; }
-  nlohmann::json defaults() const override {
-    auto d = common_defaults("LT_SFT");
-    d["density"] = 0.01;
-    d["phase1_steps"] = 100;
-    return d;
-  }
-  void validate(const nlohmann::json& c) const override {
-    check_version(c);
-    check_fraction(c, "density");
-    check_positive_int(c, "phase1_steps");
+  std::vector<ConfigField> fields() const override {
+    return partial_fields({
+        density_field(0.01, "the fraction of entries kept for phase 2"),
+        ConfigField{"phase1_steps", FieldType::Int, 100, "optimizer steps of the dense first run"}.at_least(1),
+    });
   }
   // After the phase1_steps-th optimizer step: keep the entries that moved most, back to W0.
   void on_step(PeftModel& pm, const std::string& name, int64_t step, bool before) const override {

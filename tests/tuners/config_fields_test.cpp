@@ -52,7 +52,10 @@ std::set<std::string> saved_keys(const std::string& dir) {
 TEST(ConfigFields, SomeTunersDeclareATable) {
   std::set<std::string> have;
   for (auto& t : tuners_with_tables()) have.insert(t->peft_type());
-  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "BOTTLENECK"}) EXPECT_TRUE(have.count(t)) << t;
+  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "BOTTLENECK",
+                        "BITFIT", "LN_TUNING", "LAYER_FREEZE", "SPARSE_DELTA", "FISH_MASK", "CHILD_TUNING", "DIFF_PRUNING",
+                        "LT_SFT"})
+    EXPECT_TRUE(have.count(t)) << t;
 }
 
 TEST(ConfigFields, TheTableIsTheDefaultsAndTheExtensionKeys) {
@@ -141,6 +144,16 @@ TEST(ConfigFields, LoraRefusalsNameTheFieldAndLeaveTheModelAlone) {
   }
   EXPECT_TRUE(torch::equal(logits_of(*pm, in), base));
   EXPECT_NO_THROW(pm->add_adapter("ok", method_config("lora", {{"r", 4}, {"lora_alpha", 16.5}, {"lora_dropout", 0}})));
+}
+
+TEST(ConfigFields, OpenBoundsAreNamed) {
+  auto pm = fixture_peft_model("llama");
+  auto msg = error_of([&] { pm->add_adapter("s", method_config("fish-mask", {{"density", 0}})); });
+  EXPECT_NE(msg.find("field 'density' (FISH_MASK) must be a number in (0, 1], got 0"), std::string::npos) << msg;
+  msg = error_of([&] { pm->add_adapter("s", method_config("diff-pruning", {{"temperature", 0.0}})); });
+  EXPECT_NE(msg.find("field 'temperature' (DIFF_PRUNING) must be a number > 0, got 0.0"), std::string::npos) << msg;
+  EXPECT_NO_THROW(check_fields("FISH_MASK", find_tuner("FISH_MASK")->fields(), {{"density", 1}}));
+  EXPECT_TRUE(pm->adapters().empty());
 }
 
 TEST(ConfigFields, ARequiredFieldIsNamed) {

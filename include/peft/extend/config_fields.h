@@ -41,13 +41,16 @@ struct ConfigField {
   std::string help;
   bool nullable = false;  // null is a value (as peft's Optional[...] fields)
   nlohmann::json choices = nullptr;  // an array of the allowed values, or null
-  std::optional<double> min, max;    // numeric bounds: min inclusive, max inclusive unless max_open
-  bool max_open = false;
+  std::optional<double> min, max;    // numeric bounds, inclusive unless min_open / max_open
+  bool min_open = false, max_open = false;
   bool ours = false;  // not in peft's config class: kept out of adapter_config.json (peft_cpp_config.json)
 
   ConfigField& or_null() { nullable = true; return *this; }
   ConfigField& one_of(std::vector<nlohmann::json> values) { choices = nlohmann::json(std::move(values)); return *this; }
   ConfigField& at_least(double lo) { min = lo; return *this; }
+  ConfigField& above(double lo) { min = lo, min_open = true; return *this; }
+  /// (0, 1]: a density, a kept fraction.
+  ConfigField& fraction() { min = 0, min_open = true, max = 1, max_open = false; return *this; }
   /// [lo, hi) (dropout probabilities and the like).
   ConfigField& in_range(double lo, double hi) { min = lo, max = hi, max_open = true; return *this; }
   ConfigField& in_closed_range(double lo, double hi) { min = lo, max = hi, max_open = false; return *this; }
