@@ -8,6 +8,11 @@ alpha 8, no dropout) added by hand to q_proj and v_proj, or every parameter trai
 One step = forward, causal-LM loss, backward, AdamW (lr 1e-4, weight decay 0.01), zero_grad:
 the same work as peft.cpp's StepBench (src/cli/bench_step.cpp).
 
+--dtype bfloat16 (LoRA): the frozen base in bfloat16 and the LoRA factors in float32, as Python
+peft 0.13 runs a bfloat16 model (autocast_adapter_dtype: the adapter's input is cast to float32
+and its output back); RMSNorm computed in float32 as transformers' LlamaRMSNorm, logits upcast
+to float32 for the loss as LlamaForCausalLM.
+
 Run with the interpreter that has Debian's python3-torch:
   /usr/bin/python3 bench/pytorch_lora_step.py --method lora            # prints tokens/s
   /usr/bin/python3 bench/pytorch_lora_step.py --method full --json     # one JSON line
@@ -47,8 +52,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        dt = x.dtype
+        x = x.float()
         var = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(var + self.eps))
+        return self.weight * (x * torch.rsqrt(var + self.eps)).to(dt)
 
 
 class LoRALinear(nn.Module):
@@ -64,7 +71,9 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / r
 
     def forward(self, x):
-        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scaling
+        y = self.base(x)
+        xa = x.to(self.lora_A.weight.dtype)
+        return y + (self.lora_B(self.lora_A(xa)) * self.scaling).to(y.dtype)
 
 
 def rotate_half(x):
@@ -131,13 +140,13 @@ class LlamaLM(nn.Module):
         b, t = ids.shape
         x = self.embed_tokens(ids)
         pos = torch.arange(t).float()
-        freqs = pos[:, None] * self.inv_freq[None, :]
+        freqs = pos[:, None] * self.inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
-        bias = torch.full((t, t), torch.finfo(x.dtype).min).triu(1)[None, None]
+        cos, sin = emb.cos()[None, None].to(x.dtype), emb.sin()[None, None].to(x.dtype)
+        bias = torch.full((t, t), torch.finfo(x.dtype).min, dtype=x.dtype).triu(1)[None, None]
         for layer in self.layers:
             x = layer(x, cos, sin, bias)
-        logits = self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x)).float()
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
 
 
@@ -156,12 +165,18 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     ap.add_argument("--r", type=int, default=8)
     ap.add_argument("--json", action="store_true", help="print one JSON line (for peft bench)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="the frozen base's dtype (bfloat16: LoRA only, the factors stay float32)")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     rss_start = rss()[0]
     torch.manual_seed(0)
     model = LlamaLM(a.hidden, a.layers, a.heads, a.intermediate, a.vocab)
+    if a.dtype == "bfloat16":
+        if a.method != "lora":
+            ap.error("--dtype bfloat16 is for --method lora (a bfloat16 base under float32 adapters)")
+        model = model.to(torch.bfloat16)
     targeted = 0
     if a.method == "lora":
         for p in model.parameters():
@@ -193,7 +208,7 @@ def main():
     _, hwm = rss()
     step_s = statistics.median(times)
     r = {
-        "method": a.method, "implementation": "pytorch", "torch": torch.__version__,
+        "method": a.method, "implementation": "pytorch", "torch": torch.__version__, "dtype": a.dtype,
         "trainable": trainable, "total": total, "targeted_modules": targeted,
         "threads": torch.get_num_threads(),
         "rss_start_mib": rss_start / 1024, "rss_model_mib": before / 1024, "peak_rss_mib": hwm / 1024,

@@ -436,32 +436,48 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
                " cannot import torch. Install Debian's PyTorch (apt-get install -y python3-torch) or run "
                "bench/compare_python.sh, which does.");
   }
-  std::vector<std::string> labels = {"peft.cpp lora", "pytorch lora", "peft.cpp full", "pytorch full"};
+  // --dtype bfloat16 adds LoRA on a bfloat16 base on both sides (Python: the base in bfloat16, the
+  // factors in float32, as peft's autocast_adapter_dtype).
+  const std::string dt = a.get("dtype", "float32");
+  std::vector<std::string> runs = {"lora", "full"};
+  if (dt != "float32") runs.push_back("lora@" + dt);
+  std::vector<std::string> labels;
+  for (auto& m : runs) {
+    auto name = m.substr(0, m.find('@')) + (m.find('@') == std::string::npos ? "" : " " + dt);
+    labels.push_back("peft.cpp " + name);
+    labels.push_back("pytorch " + name);
+  }
   std::vector<std::vector<nlohmann::json>> rounds;
   const int64_t nthreads = at::get_num_threads();
   for (int64_t r = 0; r < d.repeats; ++r) {
     std::vector<nlohmann::json> round;
-    for (const char* m : {"lora", "full"}) {
+    for (auto& m : runs) {
+      const std::string method = m.substr(0, m.find('@'));
       d.progress("python round " + std::to_string(r + 1) + "/" + std::to_string(d.repeats) + ": " + m);
-      round.push_back(run_json_child(d.worker_cmd(m), std::string("the peft.cpp ") + m + " step"));
-      std::string cmd = quote(py) + " " + quote(script) + " --method " + m + shape_args(d.shape) + " --warmup " +
+      round.push_back(run_json_child(d.worker_cmd(m), "the peft.cpp " + m + " step"));
+      std::string cmd = quote(py) + " " + quote(script) + " --method " + method + shape_args(d.shape) + " --warmup " +
                         std::to_string(d.warmup) + " --steps " + std::to_string(d.steps) + " --threads " +
                         std::to_string(nthreads) + " --json";
-      round.push_back(run_json_child(cmd, std::string("the PyTorch ") + m + " step"));
+      if (m.find('@') != std::string::npos) cmd += " --dtype " + dt;
+      round.push_back(run_json_child(cmd, "the PyTorch " + m + " step"));
     }
     rounds.push_back(round);
   }
   auto rows = summarize(rounds, labels, 0);
   // peft.cpp / PyTorch, per round, per method.
   nlohmann::json ratios;
-  for (int k = 0; k < 2; ++k) {
-    std::vector<double> speed, mem;
+  for (size_t k = 0; k < runs.size(); ++k) {
+    std::vector<double> speed, mem, peak;
     for (auto& round : rounds) {
       speed.push_back(round[2 * k]["tokens_per_s"].get<double>() / round[2 * k + 1]["tokens_per_s"].get<double>());
       mem.push_back(round[2 * k]["step_peak_mib"].get<double>() / round[2 * k + 1]["step_peak_mib"].get<double>());
+      peak.push_back(round[2 * k]["peak_rss_mib"].get<double>() / round[2 * k + 1]["peak_rss_mib"].get<double>());
     }
-    ratios[k == 0 ? "lora" : "full"] = {{"speed_peft_over_pytorch", median(speed)},
-                                        {"step_mem_peft_over_pytorch", median(mem)}};
+    std::string key = runs[k];
+    std::replace(key.begin(), key.end(), '@', '_');
+    ratios[key] = {{"speed_peft_over_pytorch", median(speed)},
+                   {"step_mem_peft_over_pytorch", median(mem)},
+                   {"peak_rss_peft_over_pytorch", median(peak)}};
   }
   os << "\n## peft.cpp vs plain PyTorch in Python (" << rounds[0][1].value("torch", std::string("?"))
      << "), same model and step, " << nthreads << " threads (median of " << d.repeats << " rounds)\n\n";
@@ -471,10 +487,11 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
                  fixed(r["peak_rss_mib"].get<double>(), 0), fixed(r["step_peak_mib"].get<double>(), 0),
                  fixed(r["tokens_per_s"].get<double>(), 1)});
   print_table(os, {"implementation", "trainable", "peak MiB", "step MiB", "tokens/s"}, t);
-  os << "\npeft.cpp / PyTorch tokens/s: lora " << fixed(ratios["lora"]["speed_peft_over_pytorch"].get<double>(), 2)
-     << ", full " << fixed(ratios["full"]["speed_peft_over_pytorch"].get<double>(), 2)
-     << "  (step memory: lora " << fixed(ratios["lora"]["step_mem_peft_over_pytorch"].get<double>(), 2) << ", full "
-     << fixed(ratios["full"]["step_mem_peft_over_pytorch"].get<double>(), 2) << ")\n";
+  os << "\npeft.cpp / PyTorch, median of per-round ratios:\n";
+  for (auto& kv : ratios.items())
+    os << "- " << kv.key() << ": tokens/s " << fixed(kv.value()["speed_peft_over_pytorch"].get<double>(), 2)
+       << ", peak RSS " << fixed(kv.value()["peak_rss_peft_over_pytorch"].get<double>(), 2) << ", step memory "
+       << fixed(kv.value()["step_mem_peft_over_pytorch"].get<double>(), 2) << "\n";
   return {{"rows", rows}, {"ratios", ratios}, {"runs", rounds}, {"python", py}, {"script", script}};
 }
 

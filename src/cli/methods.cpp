@@ -5,6 +5,7 @@
 // to the methods whose config has that field, e.g. --r 8 reaches the LoRA family only).
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -34,10 +35,10 @@ Row measure(const std::string& model_dir, const std::string& method, const nlohm
   r.peft_type = base["peft_type"].get<std::string>();
   if (model_dir.empty()) return r;
   try {
-    auto defaults = find_tuner(r.peft_type)->defaults();
+    const auto keys = find_tuner(r.peft_type)->config_keys();
     nlohmann::json cfg = nlohmann::json::object();
     for (auto& kv : overrides.items())
-      if (defaults.contains(kv.key())) cfg[kv.key()] = kv.value();
+      if (std::find(keys.begin(), keys.end(), kv.key()) != keys.end()) cfg[kv.key()] = kv.value();
     auto pm = std::make_shared<PeftModel>(load_model(model_dir));
     pm->add_adapter("default", method_config(method, cfg));
     auto rep = pm->trainable_report();
@@ -85,7 +86,10 @@ int run_methods(Args& a) {
   }
   for (auto& kv : overrides.items()) {  // a key no listed method has is a typo, not a no-op
     bool known = false;
-    for (auto& n : names) known = known || find_tuner(method_config(n)["peft_type"].get<std::string>())->defaults().contains(kv.key());
+    for (auto& n : names) {
+      const auto keys = find_tuner(method_config(n)["peft_type"].get<std::string>())->config_keys();
+      known = known || std::find(keys.begin(), keys.end(), kv.key()) != keys.end();
+    }
     PEFT_CHECK(known, "peft methods: option --", kv.key(), " is not a config field of any listed method");
   }
   std::vector<Row> rows;

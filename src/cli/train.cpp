@@ -224,10 +224,7 @@ int train_rank(Args& a, const dist::Env& env, std::shared_ptr<dist::Group>* grou
   // Everything left is a method key; check it against the method's config before building.
   nlohmann::json mcfg = method_config(method, r);
   auto tuner = find_tuner(mcfg["peft_type"].get<std::string>());
-  auto defaults = tuner->defaults();
-  auto ext = tuner->extension_keys();
-  std::vector<std::string> method_keys = ext;
-  for (auto& kv : defaults.items()) method_keys.push_back(kv.key());
+  const auto method_keys = tuner->config_keys();
   for (auto& kv : r.items())
     PEFT_CHECK(std::find(method_keys.begin(), method_keys.end(), kv.key()) != method_keys.end(),
                "peft train: unknown option --", kv.key(), " (not a training, data or ", tuner->peft_type(), " key)",

@@ -306,10 +306,7 @@ void Engine::admit() {
     } else {
       prefill(*s);
     }
-    if (s->done)
-      --running_count_;
-    else
-      running_.push_back(std::move(s));
+    if (!s->done) running_.push_back(std::move(s));  // a finished one gave its slot back in finish()
     update_gauges();
   }
   // Cancel everything running when shutting down past the grace period.
@@ -427,6 +424,10 @@ void Engine::finish(Seq& s, const std::string& reason, const std::string& error,
   const double latency = std::chrono::duration<double>(Clock::now() - s.enqueued).count();
   metrics_.request_finished(s.req.model, reason, r.prompt_tokens, r.completion_tokens, latency, s.first_token_s);
   s.cache = KVCache();
+  // The slot is free before the client hears the answer: a client that sends its next request
+  // the moment this one completes must not find the server still full (retire() runs later).
+  --running_count_;
+  update_gauges();
   s.h->finish(std::move(r));
 }
 
@@ -435,8 +436,7 @@ void Engine::retire() {
     if (!s->done && s->h->cancelled()) finish(*s, "cancelled");
   auto gone = std::remove_if(running_.begin(), running_.end(), [](const std::unique_ptr<Seq>& s) { return s->done; });
   const auto n = std::distance(gone, running_.end());
-  running_.erase(gone, running_.end());
-  running_count_ -= n;
+  running_.erase(gone, running_.end());  // finish() already gave their slots back
   if (n) update_gauges();
 }
 

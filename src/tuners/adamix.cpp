@@ -112,30 +112,25 @@ torch::Tensor symmetric_kl(const torch::Tensor& z1, const torch::Tensor& z2) {
 class AdaMixTuner : public Tuner {
  public:
   std::string peft_type() const override { return "ADAMIX"; }
-  nlohmann::json defaults() const override {
-    return {{"base_model_name_or_path", nullptr}, {"bottleneck_size", nullptr},     {"consistency_weight", 1.0},
-            {"exclude_modules", nullptr},         {"inference_mode", false},        {"init_weights", true},
-            {"layers_pattern", nullptr},          {"layers_to_transform", nullptr}, {"modules_to_save", nullptr},
-            {"non_linearity", "relu"},            {"num_experts", 4},               {"peft_cpp_format_version", 1},
-            {"peft_type", "ADAMIX"},              {"reduction_factor", 16},         {"target_modules", nullptr},
-            {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"num_experts", T::Int, 4, "adapter experts per module; training routes each forward to one at random"}
+                .at_least(1),
+            ConfigField{"reduction_factor", T::Number, 16, "bottleneck width = hidden / reduction_factor"}.above(0),
+            ConfigField{"bottleneck_size", T::Int, nullptr, "the bottleneck width; null: from reduction_factor"}.at_least(1).or_null(),
+            ConfigField{"non_linearity", T::String, "relu", "the activation between down and up projections"},
+            ConfigField{"init_weights", T::Bool, true, "true: the up projections start at zero (the base model)"},
+            ConfigField{"consistency_weight", T::Number, 1.0,
+                        "w of the symmetric-KL consistency loss between two routed forwards (0: none)"}.at_least(0),
+            ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+        },
+        {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "task_type", "inference_mode"});
   }
   std::vector<std::string> default_roles() const override { return {role::kMlpDown}; }
-  void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-    PEFT_CHECK(c["num_experts"].is_number_integer() && c["num_experts"].get<int64_t>() > 0,
-               "adapter config: field 'num_experts' must be a positive integer, got ", c["num_experts"].dump());
-    PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
-               "adapter config: field 'reduction_factor' must be > 0");
-    PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
-               "adapter config: field 'bottleneck_size' must be a positive integer or null");
-    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true/false");
-    const auto& w = c["consistency_weight"];
-    PEFT_CHECK(w.is_number() && std::isfinite(w.get<double>()) && w.get<double>() >= 0,
-               "adapter config: field 'consistency_weight' must be a finite number >= 0, got ", w.dump());
-    check_activation(c["non_linearity"].get<std::string>());
-  }
+  void validate(const nlohmann::json& c) const override { check_activation(c["non_linearity"].get<std::string>()); }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     // After the FFN only, also where the FFN's output suffix names the attention output (BERT).
     exclude_shadowed_attention_output(pm, pm.mutable_config(name));

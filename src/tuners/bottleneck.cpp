@@ -18,6 +18,8 @@
 //   upper layers); eval and inference always run every adapter.
 // - Gated adapter (adapter_gate; UniPELT, Mao et al. 2022, sec. 3.2): h + G_A · adapter(h) with
 //   the per-token gate G_A = sigmoid(W_g h + b_g) read from the adapter's input.
+// - Invertible adapter (inv_adapter "nice"; MAD-X, Pfeiffer et al. 2020, sec. 2.3): the language
+//   adapter's coupling block on the token embeddings, undone before the head (tuners/invertible.h).
 // W_up (and its bias) start at zero, so the adapted model equals the base at init; W_down is
 // initialised as nn.Linear (Kaiming-uniform). Non-linear, so not mergeable.
 //
@@ -40,6 +42,7 @@
 #include "peft/tuner.h"
 #include "peft/precision.h"
 #include "tuners/bottleneck.h"
+#include "tuners/invertible.h"
 
 namespace peft {
 namespace {
@@ -205,6 +208,11 @@ class BottleneckTuner : public Tuner {
             ConfigField{"adapter_drop_prob", T::Number, 0.0, "AdapterDrop: drop each adapter with this probability in training"}
                 .in_range(0, 1),
             ConfigField{"init_weights", T::Bool, true, "true: the up projection starts at zero (the base model)"},
+            ConfigField{"inv_adapter", T::String, nullptr,
+                        "MAD-X's invertible adapter on the embeddings (NICE coupling), undone before the head; null: none"}
+                .one_of({nullptr, "nice"})
+                .or_null(),
+            ConfigField{"inv_adapter_reduction_factor", T::Number, 2, "the coupling networks' width = hidden / 2 / this"}.above(0),
             ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
         },
         {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
@@ -214,8 +222,9 @@ class BottleneckTuner : public Tuner {
     validate_adapter_placement(c);
     check_activation(c["non_linearity"].get<std::string>());
   }
-  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
+  void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
     resolve_adapter_placement(pm, name, "BOTTLENECK");
+    add_invertible_adapter(pm, *this, name, c);  // when inv_adapter is set (tuners/invertible.h)
   }
   void inject(PeftModel& pm, const SlotRef& slot, const std::string& name, const nlohmann::json& c) const override {
     auto cur = slot.get();
@@ -233,6 +242,9 @@ class BottleneckTuner : public Tuner {
 PEFT_REGISTER_TUNER(BottleneckTuner);
 PEFT_REGISTER_METHOD("bottleneck", {{"peft_type", "BOTTLENECK"}});
 PEFT_REGISTER_METHOD("houlsby", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "houlsby"}});
+// MAD-X's language adapter (Pfeiffer et al. 2020; AdapterHub's "pfeiffer+inv"): after the FFN,
+// with an invertible adapter on the embeddings.
+PEFT_REGISTER_METHOD("pfeiffer-inv", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}, {"inv_adapter", "nice"}});
 PEFT_REGISTER_METHOD("pfeiffer", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "pfeiffer"}});
 PEFT_REGISTER_METHOD("parallel-adapter", {{"peft_type", "BOTTLENECK"}, {"adapter_type", "parallel"}, {"scaling", 4.0}});
 

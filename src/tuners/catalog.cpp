@@ -31,6 +31,7 @@ const std::vector<MethodCard>& cards() {
       {"bottleneck", "additive", "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP (arXiv:1902.00751)"},
       {"houlsby", "additive", "Houlsby et al. 2019, Parameter-Efficient Transfer Learning for NLP (arXiv:1902.00751)"},
       {"pfeiffer", "additive", "Pfeiffer et al. 2021, AdapterFusion: Non-Destructive Task Composition (arXiv:2005.00247)"},
+      {"pfeiffer-inv", "additive", "Pfeiffer et al. 2020, MAD-X: An Adapter-Based Framework for Multi-Task Cross-Lingual Transfer (arXiv:2005.00052)"},
       {"parallel-adapter", "additive", "He et al. 2022, Towards a Unified View of Parameter-Efficient Transfer Learning (arXiv:2110.04366)"},
       {"prompt-tuning", "additive", "Lester et al. 2021, The Power of Scale for Parameter-Efficient Prompt Tuning (arXiv:2104.08691)"},
       {"p-tuning", "additive", "Liu et al. 2021, GPT Understands, Too (arXiv:2103.10385)"},

@@ -103,24 +103,29 @@ class CompacterLayer : public TunerLayer {
 class CompacterTuner : public Tuner {
  public:
   std::string peft_type() const override { return "COMPACTER"; }
-  nlohmann::json defaults() const override {
-    return {{"adapter_drop_layers", 0},    {"adapter_type", "houlsby"}, {"base_model_name_or_path", nullptr},
-            {"bottleneck_size", nullptr},  {"exclude_modules", nullptr}, {"inference_mode", false},
-            {"init_weights", true},        {"layers_pattern", nullptr},  {"layers_to_transform", nullptr},
-            {"modules_to_save", nullptr},  {"non_linearity", "gelu"},    {"peft_cpp_format_version", 1},
-            {"peft_type", "COMPACTER"},    {"phm_dim", 4},               {"phm_rank", 1},
-            {"reduction_factor", 32},      {"scaling", 1.0},             {"shared_phm_rule", true},
-            {"target_modules", nullptr},   {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"adapter_type", T::String, "houlsby",
+                        "houlsby: after attention and FFN; pfeiffer: after the FFN; parallel: beside the FFN"}
+                .one_of({"houlsby", "pfeiffer", "parallel"}),
+            ConfigField{"reduction_factor", T::Number, 32, "bottleneck width = hidden / reduction_factor"}.above(0),
+            ConfigField{"bottleneck_size", T::Int, nullptr, "the bottleneck width; null: from reduction_factor"}.at_least(1).or_null(),
+            ConfigField{"phm_dim", T::Int, 4, "n: each projection is a sum of n Kronecker products A_i (n x n) x B_i"}.at_least(1),
+            ConfigField{"phm_rank", T::Int, 1, "rank of the low-rank B_i = s_i t_i^T (Compacter's LPHM)"}.at_least(1),
+            ConfigField{"shared_phm_rule", T::Bool, true, "the A_i are shared by every layer (Compacter) or per layer (PHM adapter)"},
+            ConfigField{"non_linearity", T::String, "gelu", "the activation between down and up projections"},
+            ConfigField{"scaling", T::Number, 1.0, "output scale s"},
+            ConfigField{"adapter_drop_layers", T::Int, 0, "AdapterDrop: no adapter in the first n layers"}.at_least(0),
+            ConfigField{"init_weights", T::Bool, true, "true: the up projection starts at zero (the base model)"},
+            ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+        },
+        {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "task_type", "inference_mode"});
   }
   void validate(const nlohmann::json& c) const override {
     validate_adapter_placement(c);
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-    for (const char* f : {"phm_dim", "phm_rank"})
-      PEFT_CHECK(c[f].is_number_integer() && c[f].get<int64_t>() > 0, "adapter config: field '", f,
-                 "' must be a positive integer, got ", c[f].dump());
-    PEFT_CHECK(c["shared_phm_rule"].is_boolean(), "adapter config: field 'shared_phm_rule' must be true or false");
-    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
     check_activation(c["non_linearity"].get<std::string>());
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {

@@ -44,6 +44,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "io/suggest.h"
 #include "peft/error.h"
 #include "peft/tuner.h"
 
@@ -86,10 +87,10 @@ nlohmann::json complete(const nlohmann::json& comp, size_t i) {
   auto t = find_tuner(comp["peft_type"].get<std::string>());
   PEFT_CHECK(t->peft_type() != "COMPOSITE", where(i, comp), ": composites do not nest");
   nlohmann::json full = t->defaults();
-  auto ext = t->extension_keys();
+  const auto keys = t->config_keys();
   for (auto& kv : comp.items()) {
-    bool known = full.contains(kv.key()) || std::find(ext.begin(), ext.end(), kv.key()) != ext.end();
-    PEFT_CHECK(known, where(i, comp), ": unknown field '", kv.key(), "'");
+    PEFT_CHECK(std::find(keys.begin(), keys.end(), kv.key()) != keys.end(), where(i, comp), ": unknown field '",
+               kv.key(), "'", did_you_mean(kv.key(), keys));
     full[kv.key()] = kv.value();
   }
   full["peft_type"] = t->peft_type();
@@ -107,24 +108,25 @@ nlohmann::json component_of(const nlohmann::json& entry) {
 class CompositeTuner : public Tuner {
  public:
   std::string peft_type() const override { return "COMPOSITE"; }
-  nlohmann::json defaults() const override {
-    return {{"base_model_name_or_path", nullptr},
-            {"components", nlohmann::json::array()},
-            {"inference_mode", false},
-            {"modules_to_save", nullptr},
-            {"peft_cpp_format_version", 1},
-            {"peft_type", "COMPOSITE"},
-            {"s4_grouping", "spindle"},
-            {"s4_groups", nullptr},
-            {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"components", T::Any, nlohmann::json::array(),
+                        "the component adapters, each a config with its peft_type (its own fields, checked by its table)"},
+            ConfigField{"s4_grouping", T::String, "spindle", "S4: how the layers split into 4 groups (widths 1:2:2:1, ...)"}
+                .one_of({"spindle", "uniform", "increasing", "decreasing"}),
+            ConfigField{"s4_groups", T::Any, nullptr,
+                        "S4: one list of method names or component configs per layer group; null: components as given"}
+                .or_null(),
+            ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+        },
+        {"base_model_name_or_path", "task_type", "inference_mode", "modules_to_save"});
   }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
     PEFT_CHECK(c["components"].is_array(), "adapter config: field 'components' must be a list of adapter configs");
     PEFT_CHECK(c["s4_groups"].is_null() || c["s4_groups"].is_array(), "adapter config: field 's4_groups' must be a list of groups or null");
     PEFT_CHECK(!c["components"].empty() || !c["s4_groups"].is_null(), "adapter config: field 'components' is empty");
-    s4_layer_groups(4, c["s4_grouping"].get<std::string>());  // checks the name
     int64_t holders = 0;
     for (size_t i = 0; i < c["components"].size(); ++i) {
       auto full = complete(c["components"][i], i);

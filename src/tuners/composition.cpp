@@ -51,42 +51,28 @@ class CompositionTuner : public Tuner {
  public:
   explicit CompositionTuner(std::string kind) : kind_(std::move(kind)) {}
   std::string peft_type() const override { return kind_ == "fuse" ? "ADAPTER_FUSION" : "ADAPTER_AVERAGE"; }
-  nlohmann::json defaults() const override {
-    nlohmann::json d = {{"adapters", nullptr},
-                        {"base_model_name_or_path", nullptr},
-                        {"exclude_modules", nullptr},
-                        {"inference_mode", false},
-                        {"layers_pattern", nullptr},
-                        {"layers_to_transform", nullptr},
-                        {"modules_to_save", nullptr},
-                        {"peft_cpp_format_version", 1},
-                        {"peft_type", peft_type()},
-                        {"target_modules", nullptr},
-                        {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    std::vector<ConfigField> f = {
+        ConfigField{"adapters", T::Names, nullptr, "the bottleneck adapters composed, by name; null: every loaded one"}.or_null(),
+        ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+    };
     if (kind_ == "fuse") {
-      d["temperature"] = 1.0;
-      d["init_weights"] = true;
+      f.push_back(ConfigField{"temperature", T::Number, 1.0, "softmax temperature of the attention over adapter outputs"}.above(0));
+      f.push_back(ConfigField{"init_weights", T::Bool, true, "true: the value matrix starts at the identity (AdapterHub)"});
     } else {
-      d["weights"] = nullptr;
-      d["normalize_weights"] = true;
+      f.push_back(ConfigField{"weights", T::Any, nullptr, "one weight per adapter; null: equal weights"}.or_null());
+      f.push_back(ConfigField{"normalize_weights", T::Bool, true, "divide the weights by their sum"});
     }
-    return d;
+    return with_common(std::move(f), {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+                                      "modules_to_save", "base_model_name_or_path", "task_type", "inference_mode"});
   }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-    PEFT_CHECK(c["adapters"].is_null() || c["adapters"].is_string() || c["adapters"].is_array(),
-               "adapter config: field 'adapters' must be a list of adapter names, got ", c["adapters"].dump());
-    if (kind_ == "fuse") {
-      PEFT_CHECK(c["temperature"].is_number() && c["temperature"].get<double>() > 0,
-                 "adapter config: field 'temperature' must be > 0, got ", c["temperature"].dump());
-      PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true/false");
-    } else {
+    if (kind_ != "fuse") {
       PEFT_CHECK(c["weights"].is_null() || c["weights"].is_array(), "adapter config: field 'weights' must be a list of numbers");
       for (auto& w : c["weights"].is_array() ? c["weights"] : nlohmann::json::array())
         PEFT_CHECK(w.is_number() && std::isfinite(w.get<double>()), "adapter config: field 'weights' must be finite numbers, got ",
                    c["weights"].dump());
-      PEFT_CHECK(c["normalize_weights"].is_boolean(), "adapter config: field 'normalize_weights' must be true/false");
     }
   }
   // The children, and where they are: resolved into the stored config before injection.

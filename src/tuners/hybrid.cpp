@@ -10,6 +10,8 @@
 //   prefix uses prefix tuning's "paper" layout (src/tuners/prompt.cpp): every attention site.
 #include <torch/torch.h>
 
+#include <algorithm>
+
 #include "peft/error.h"
 #include "peft/tuner.h"
 
@@ -19,22 +21,35 @@ namespace {
 class MamTuner : public Tuner {
  public:
   std::string peft_type() const override { return "MAM"; }
-  nlohmann::json defaults() const override {
-    auto d = bottleneck()->defaults();
-    const auto pre = prefix()->defaults();  // a named copy: items() refers to it
-    for (auto& kv : pre.items())
-      if (!d.contains(kv.key())) d[kv.key()] = kv.value();
-    d["peft_type"] = "MAM";
-    d["adapter_type"] = "parallel";
-    d["scaling"] = 4.0;
-    d["num_virtual_tokens"] = 30;
-    d["prefix_layout"] = "paper";  // encoder-decoders: encoder, decoder and cross-attention prefixes (He et al.)
-    return d;
+  // The parallel adapter's table, then the prefix's fields it lacks, at MAM's defaults (He et
+  // al. 2022, sec. 4.6: a parallel FFN adapter scaled by 4 and 30 prefix positions). MAM's format
+  // is ours: every field, the prefix's extension fields included, goes to adapter_config.json.
+  std::vector<ConfigField> fields() const override {
+    auto t = bottleneck()->fields();
+    auto has = [&](const std::string& n) {
+      return std::any_of(t.begin(), t.end(), [&](const ConfigField& f) { return f.name == n; });
+    };
+    for (auto& f : prefix()->fields())
+      if (!has(f.name) && f.name != "prefix_gate") t.push_back(f);
+    for (auto& f : t) {
+      f.ours = false;
+      if (f.name == "adapter_type") {
+        f.default_value = "parallel";
+        f.choices = nlohmann::json::array({"parallel"});
+        f.help = "MAM uses a parallel adapter beside the FFN";
+      } else if (f.name == "scaling") {
+        f.default_value = 4.0;
+      } else if (f.name == "num_virtual_tokens") {
+        f.default_value = 30;
+      } else if (f.name == "prefix_layout") {
+        f.default_value = "paper";  // encoder-decoders: encoder, decoder and cross-attention prefixes (He et al.)
+      }
+    }
+    return t;
   }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["adapter_type"] == "parallel", "adapter config: MAM uses a parallel adapter (adapter_type \"parallel\")");
-    prefix()->check(c);  // its field table, then its rules
-    bottleneck()->check(c);
+    prefix()->validate(c);  // the rules between fields; the merged table checked the fields
+    bottleneck()->validate(c);
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json& c) const override {
     prefix()->add_global(pm, name, c);

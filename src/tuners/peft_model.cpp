@@ -12,6 +12,7 @@
 #include "io/adapter_config.h"
 #include "io/memory_budget.h"
 #include "io/suggest.h"
+#include "tuners/row_prompts.h"
 #include "models/quant_linear.h"
 #include "tuners/default_targets.h"
 
@@ -117,9 +118,7 @@ void PeftModel::add_adapter(const std::string& name, nlohmann::json cfg) {
              "adapter config: field 'peft_type' is missing");
   auto tuner = find_tuner(cfg["peft_type"].get<std::string>());
   nlohmann::json full = tuner->defaults();
-  auto ext = tuner->extension_keys();
-  std::vector<std::string> fields = ext;
-  for (auto& kv : full.items()) fields.push_back(kv.key());
+  const auto fields = tuner->config_keys();
   for (auto& kv : cfg.items()) {
     bool known = std::find(fields.begin(), fields.end(), kv.key()) != fields.end();
     if (!known)  // a key of a newer peft version, or a typo
@@ -399,7 +398,7 @@ ModelOutput PeftModel::forward(const ModelInput& in, const std::vector<std::stri
     PEFT_CHECK(!e.input || e.input->supports_row_adapters(), "mixed-adapter batch: adapter '", a, "' (",
                e.input ? e.input->method() : "", ") changes the whole model input or shared base tensors and "
                "cannot act on some rows only; mixed batches support the LoRA family, VeRA, LoHa/LoKr, AdaLoRA, IA3, "
-               "bottleneck adapters and modules_to_save");
+               "bottleneck adapters, modules_to_save and ungated soft prompts (prompt tuning, P-tuning, prefix tuning)");
     for (auto& [path, t] : layers) {
       if (!t->has_adapter(a)) continue;
       PEFT_CHECK(!t->merged.count(a), "mixed-adapter batch: adapter '", a, "' is merged into ", path, "; unmerge first");
@@ -407,11 +406,29 @@ ModelOutput PeftModel::forward(const ModelInput& in, const std::vector<std::stri
                  ") cannot act on some rows only (methods that change the base weights or every row: use it alone)");
     }
   }
+  // Soft prompts: each row's in front of its tokens (tuners/row_prompts.h), checked before use.
+  std::map<std::string, InputAdapter::RowPrompt> prompts;
+  for (auto& [a, idx] : rows) {
+    const auto& e = adapters_.at(a);
+    if (!e.input || !e.input->changes_input()) continue;
+    auto p = e.input->row_prompt();
+    PEFT_CHECK(p.has_value(), "mixed-adapter batch: adapter '", a, "' (", e.input->method(), ") cannot act on some rows "
+               "only on this model (an encoder-decoder's prefix, a gated prefix): run it alone");
+    prompts.emplace(a, std::move(*p));
+  }
+  ModelInput shaped = in;
+  KVCache storage;
+  if (!prompts.empty()) {
+    std::vector<const InputAdapter::RowPrompt*> per_row(B, nullptr);
+    for (int64_t i = 0; i < B; ++i)
+      if (auto it = prompts.find(row_adapters[i]); it != prompts.end()) per_row[i] = &it->second;
+    apply_row_prompts(*model, shaped, storage, per_row);
+  }
   auto groups = std::make_shared<RowGroups>();
   groups->batch = B;
   for (auto& [a, idx] : rows) groups->rows.emplace_back(a, torch::tensor(idx, torch::kLong));
   RowGroupsScope scope(std::move(layers), groups);
-  return model->forward(in);
+  return model->forward(shaped);
 }
 
 void PeftModel::delete_adapter(const std::string& name) {

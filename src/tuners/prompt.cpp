@@ -278,6 +278,26 @@ class PromptLearning : public InputAdapter {
   }
   bool has_encoder() const { return static_cast<bool>(mlp_); }
 
+  // Mixed-adapter batches (tuners/row_prompts.h): the virtual tokens [P, token_dim], or the
+  // prefix's keys and values per layer [kv_heads, P, head_dim], of one row. A gated prefix reads
+  // every query's gate, which rows without it would not have: refused.
+  bool supports_row_adapters() const override { return !gate_; }
+  std::optional<RowPrompt> row_prompt() override {
+    if (gate_) return std::nullopt;
+    RowPrompt p;
+    if (kind_ != Kind::Prefix) {
+      p.embeds = prompts().slice(0, 0, P_);
+      return p;
+    }
+    if (encdec_) return std::nullopt;
+    auto pkv = prompts().view({P_, layers_ * 2, heads_, token_dim_ / heads_}).permute({1, 2, 0, 3});
+    for (int64_t l = 0; l < layers_; ++l) {
+      p.k.push_back(pkv[2 * l]);
+      p.v.push_back(pkv[2 * l + 1]);
+    }
+    return p;
+  }
+
   torch::Tensor embedding;
 
  private:

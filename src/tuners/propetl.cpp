@@ -181,31 +181,28 @@ class ProPetlLayer : public TunerLayer {
 class ProPetlTuner : public Tuner {
  public:
   std::string peft_type() const override { return "PROPETL"; }
-  nlohmann::json defaults() const override {
-    return {{"base_model_name_or_path", nullptr}, {"bottleneck_size", nullptr},    {"exclude_modules", nullptr},
-            {"inference_mode", false},            {"layers_pattern", nullptr},     {"layers_to_transform", nullptr},
-            {"lora_alpha", 8},                    {"mask_sparsity", 0.5},          {"modules_to_save", nullptr},
-            {"non_linearity", "relu"},            {"peft_cpp_format_version", 1},  {"peft_type", "PROPETL"},
-            {"prototype", "lora"},                {"r", 8},                        {"reduction_factor", 16},
-            {"target_modules", nullptr},          {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"prototype", T::String, "lora", "the shared prototype network: a LoRA (on attn.q / attn.v) or a bottleneck adapter"}
+                .one_of({"lora", "adapter"}),
+            ConfigField{"r", T::Int, 8, "the LoRA prototype's rank"}.at_least(1),
+            ConfigField{"lora_alpha", T::Number, 8, "the LoRA prototype's scale alpha / r"},
+            ConfigField{"mask_sparsity", T::Number, 0.5, "fraction of each prototype weight a layer's binary mask removes"}
+                .in_range(0, 1),
+            ConfigField{"reduction_factor", T::Number, 16, "the adapter prototype's width = hidden / reduction_factor"}.above(0),
+            ConfigField{"bottleneck_size", T::Int, nullptr, "the adapter prototype's width; null: from reduction_factor"}
+                .at_least(1)
+                .or_null(),
+            ConfigField{"non_linearity", T::String, "relu", "the adapter prototype's activation"},
+            ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+        },
+        {"target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+         "base_model_name_or_path", "task_type", "inference_mode"});
   }
   std::vector<std::string> default_roles() const override { return {role::kAttnQ, role::kAttnV}; }
-  void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-    PEFT_CHECK(c["prototype"] == "lora" || c["prototype"] == "adapter",
-               "adapter config: field 'prototype' must be \"lora\" or \"adapter\", got ", c["prototype"].dump());
-    PEFT_CHECK(c["r"].is_number_integer() && c["r"].get<int64_t>() > 0, "adapter config: field 'r' must be a positive integer");
-    PEFT_CHECK(c["lora_alpha"].is_number(), "adapter config: field 'lora_alpha' must be a number");
-    PEFT_CHECK(c["mask_sparsity"].is_number() && c["mask_sparsity"].get<double>() >= 0 && c["mask_sparsity"].get<double>() < 1,
-               "adapter config: field 'mask_sparsity' must be in [0, 1), got ", c["mask_sparsity"].dump());
-    PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
-               "adapter config: field 'reduction_factor' must be > 0");
-    PEFT_CHECK(c["bottleneck_size"].is_null() || (c["bottleneck_size"].is_number_integer() && c["bottleneck_size"].get<int64_t>() > 0),
-               "adapter config: field 'bottleneck_size' must be a positive integer or null");
-    PEFT_CHECK(c["non_linearity"].is_string(), "adapter config: field 'non_linearity' must be a string");
-    check_activation(c["non_linearity"].get<std::string>());
-  }
+  void validate(const nlohmann::json& c) const override { check_activation(c["non_linearity"].get<std::string>()); }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     pm.set_input_adapter(name, std::make_shared<Prototypes>());
     auto& c = pm.mutable_config(name);

@@ -163,24 +163,22 @@ class LstHead : public TunerLayer {
 class LstTuner : public Tuner {
  public:
   std::string peft_type() const override { return "LST"; }
-  nlohmann::json defaults() const override {
-    return {{"base_model_name_or_path", nullptr}, {"gate_temperature", 0.1}, {"inference_mode", false},
-            {"init_weights", true},               {"modules_to_save", nullptr}, {"peft_cpp_format_version", 1},
-            {"peft_type", "LST"},                 {"reduction_factor", 8},   {"side_dim", nullptr},
-            {"target_modules", nullptr},          {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    using T = FieldType;
+    return with_common(
+        {
+            ConfigField{"reduction_factor", T::Number, 8, "the side network's width = hidden / reduction_factor"}.above(0),
+            ConfigField{"side_dim", T::Int, nullptr, "the side network's width; null: from reduction_factor"}.at_least(1).or_null(),
+            ConfigField{"gate_temperature", T::Number, 0.1, "temperature T of the gates sigmoid(alpha / T) that mix backbone and side"}
+                .above(0),
+            ConfigField{"init_weights", T::Bool, true, "true: the side network starts from the backbone's pruned weights"},
+            ConfigField{"peft_cpp_format_version", T::Int, 1, "the file layout's version (this build reads 1)"}.one_of({1}),
+        },
+        {"target_modules", "modules_to_save", "base_model_name_or_path", "task_type", "inference_mode"});
   }
   void validate(const nlohmann::json& c) const override {
-    PEFT_CHECK(c["peft_cpp_format_version"] == 1, "adapter config: field 'peft_cpp_format_version' ",
-               c["peft_cpp_format_version"].dump(), " is not supported (this build reads version 1)");
-    PEFT_CHECK(c["reduction_factor"].is_number() && c["reduction_factor"].get<double>() > 0,
-               "adapter config: field 'reduction_factor' must be > 0, got ", c["reduction_factor"].dump());
-    PEFT_CHECK(c["side_dim"].is_null() || (c["side_dim"].is_number_integer() && c["side_dim"].get<int64_t>() > 0),
-               "adapter config: field 'side_dim' must be a positive integer or null, got ", c["side_dim"].dump());
-    PEFT_CHECK(c["gate_temperature"].is_number() && c["gate_temperature"].get<double>() > 0,
-               "adapter config: field 'gate_temperature' must be > 0, got ", c["gate_temperature"].dump());
     PEFT_CHECK(c["target_modules"].is_null(), "adapter config: field 'target_modules' must be null for LST "
                "(the side network reads the model's 'block.in' and 'norm.final', or 'block.out', roles)");
-    PEFT_CHECK(c["init_weights"].is_boolean(), "adapter config: field 'init_weights' must be true or false");
   }
   void add_global(PeftModel& pm, const std::string& name, const nlohmann::json&) const override {
     auto roles = pm.model->roles();

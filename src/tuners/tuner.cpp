@@ -327,6 +327,15 @@ std::vector<std::string> Tuner::extension_keys() const {
   return out;
 }
 
+std::vector<std::string> Tuner::config_keys() const {
+  const nlohmann::json d = defaults();
+  std::vector<std::string> out;
+  for (auto& kv : d.items()) out.push_back(kv.key());
+  for (auto& k : extension_keys())
+    if (!d.contains(k)) out.push_back(k);
+  return out;
+}
+
 void Tuner::check(const nlohmann::json& cfg) const {
   auto table = fields();
   if (!table.empty()) check_fields(peft_type(), table, cfg);

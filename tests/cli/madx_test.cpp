@@ -53,8 +53,13 @@ double eval_loss(const std::string& adapters, const std::string& data) {
   return j.at("loss").get<double>();
 }
 
-TEST(MadX, StackedTaskAdapterOverSwappableLanguageAdapters) {
-  auto dir = temp_dir("madx");
+// The language adapters are plain Pfeiffer adapters, or with MAD-X's invertible adapter on the
+// embeddings (pfeiffer-inv: it swaps with its language; the task adapter is plain Pfeiffer).
+class MadX : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MadX, StackedTaskAdapterOverSwappableLanguageAdapters) {
+  const std::string lang_method = GetParam();
+  auto dir = temp_dir("madx_" + lang_method);
   const std::string tatoeba = source_path("assets/mt/tatoeba-en-ro/train.jsonl");
   auto en = text_file(tatoeba, "source", 400, dir + "/en.jsonl");
   auto ro = text_file(tatoeba, "target", 400, dir + "/ro.jsonl");
@@ -68,25 +73,31 @@ TEST(MadX, StackedTaskAdapterOverSwappableLanguageAdapters) {
   }
   auto task = head_lines(source_path("assets/e2e/train.jsonl"), dir + "/task.jsonl", 200);
   auto task_eval = head_lines(source_path("assets/e2e/validation.jsonl"), dir + "/task_eval.jsonl", 40);
-  const std::string common = " --method pfeiffer --max_steps 30 --learning_rate 5e-3 --per_device_train_batch_size 8"
+  const std::string common = " --max_steps 30 --learning_rate 5e-3 --per_device_train_batch_size 8"
                              " --max_length 128 --save_steps 0 --logging_steps 10 --progress false --seed 5";
   auto train = [&](const std::string& data, const std::string& out, const std::string& extra) {
     train_stories(data, out, common + extra);
   };
-  train(en, dir + "/lang_en", "");
-  train(ro, dir + "/lang_ro", "");
+  train(en, dir + "/lang_en", " --method " + lang_method);
+  train(ro, dir + "/lang_ro", " --method " + lang_method);
   const std::string en_weights = bytes_of(dir + "/lang_en/adapter_model.safetensors");
-  train(task, dir + "/task", " --stack_adapters en=" + dir + "/lang_en");
+  train(task, dir + "/task", " --method pfeiffer --stack_adapters en=" + dir + "/lang_en");
   // The language adapter stayed frozen (its file is untouched, the task folder holds only the task
-  // adapter: the same keys as a plain Pfeiffer adapter).
+  // adapter: the keys of a plain Pfeiffer adapter, the language adapter's without its invertible part).
   EXPECT_EQ(bytes_of(dir + "/lang_en/adapter_model.safetensors"), en_weights);
   auto task_keys = load_safetensors(dir + "/task/adapter_model.safetensors");
   auto lang_keys = load_safetensors(dir + "/lang_en/adapter_model.safetensors");
-  ASSERT_EQ(task_keys.size(), lang_keys.size());
+  size_t invertible = 0;
   for (auto& [k, t] : lang_keys) {
+    if (k.rfind("invertible_adapter.", 0) == 0) {
+      ++invertible;
+      continue;
+    }
     ASSERT_TRUE(task_keys.count(k)) << k;
     EXPECT_FALSE(torch::equal(task_keys.at(k), t)) << k << " was copied, not trained";
   }
+  EXPECT_EQ(task_keys.size() + invertible, lang_keys.size());
+  EXPECT_EQ(invertible, lang_method == "pfeiffer-inv" ? 8u : 0u);  // {F, G} x {0, 2} x {weight, bias}
   EXPECT_EQ(read_json(dir + "/task/run_config.json").value("stack_adapters", std::string()), "en=" + dir + "/lang_en");
 
   const std::string base = "", stack_en = " --adapter en=" + dir + "/lang_en --adapter task=" + dir + "/task",
@@ -102,6 +113,9 @@ TEST(MadX, StackedTaskAdapterOverSwappableLanguageAdapters) {
   const double ro_under_ro = eval_loss(stack_ro, ro_eval), ro_under_en = eval_loss(stack_en, ro_eval);
   EXPECT_LT(ro_under_ro, ro_under_en);
 }
+
+INSTANTIATE_TEST_SUITE_P(LanguageAdapters, MadX, ::testing::Values("pfeiffer", "pfeiffer-inv"),
+                         [](const auto& info) { return info.param == "pfeiffer" ? std::string("plain") : std::string("invertible"); });
 
 // AdapterFusion through the CLI: two task adapters, then `--method adapter_fusion
 // --stack_adapters a=DIR,b=DIR` trains only the fusion (Q, K, V per slot) over them, frozen; its

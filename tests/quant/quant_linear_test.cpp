@@ -149,6 +149,16 @@ TEST(QuantModel, QuantizesEveryLinearButTheHeadAndLoraWrapsIt) {
   auto pm2 = std::make_shared<PeftModel>(load_model(llama_fixture()));
   quantize_model(*pm2->model, cfg(QuantType::NF4));
   expect_error([&] { pm2->add_adapter("d", method_config("dora", {{"r", 4}})); }, {"DoRA", "quantized"});
+  // Each LoRA variant or init that needs the float weight names itself (tuners/lora_variants.h);
+  // the others train on the quantized base.
+  expect_error([&] { pm2->add_adapter("d", method_config("delta-lora", {{"r", 4}})); }, {"Delta-LoRA", "quantized"});
+  expect_error([&] { pm2->add_adapter("d", method_config("pissa", {{"r", 4}})); }, {"PiSSA", "quantized"});
+  expect_error([&] { pm2->add_adapter("d", method_config("olora", {{"r", 4}})); }, {"OLoRA", "quantized"});
+  expect_error([&] { pm2->add_adapter("d", method_config("loftq", {{"r", 4}})); }, {"LoftQ", "quantized"});
+  EXPECT_TRUE(pm2->adapters().empty());
+  for (const char* m : {"rslora", "lora-fa", "dylora"}) {
+    EXPECT_NO_THROW(pm2->add_adapter(m == std::string("lora-fa") ? "fa" : m, method_config(m, {{"r", 4}}))) << m;
+  }
 }
 
 TEST(QuantModel, QuantizeOnLoadEqualsQuantizingTheLoadedModel) {

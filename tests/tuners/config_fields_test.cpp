@@ -49,13 +49,43 @@ std::set<std::string> saved_keys(const std::string& dir) {
 
 }  // namespace
 
-TEST(ConfigFields, SomeTunersDeclareATable) {
+TEST(ConfigFields, EveryTunerDeclaresATable) {
   std::set<std::string> have;
   for (auto& t : tuners_with_tables()) have.insert(t->peft_type());
-  for (const char* t : {"LORA", "IA3", "HADAMARD", "VERA", "LOHA", "LOKR", "ADALORA", "PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "BOTTLENECK",
-                        "BITFIT", "LN_TUNING", "LAYER_FREEZE", "SPARSE_DELTA", "FISH_MASK", "CHILD_TUNING", "DIFF_PRUNING",
-                        "LT_SFT"})
-    EXPECT_TRUE(have.count(t)) << t;
+  for (auto& t : registered_tuners()) EXPECT_TRUE(have.count(find_tuner(t)->peft_type())) << t << " has no field table";
+  EXPECT_GE(have.size(), 25u);
+}
+
+// One list of the keys a config may hold: the defaults' keys and the extension keys, once each.
+TEST(ConfigFields, ConfigKeysAreTheDefaultsAndTheExtensionKeys) {
+  for (auto& t : tuners_with_tables()) {
+    auto keys = t->config_keys();
+    std::set<std::string> want;
+    const auto d = t->defaults();
+    for (auto& kv : d.items()) want.insert(kv.key());
+    for (auto& k : t->extension_keys()) want.insert(k);
+    EXPECT_EQ(std::set<std::string>(keys.begin(), keys.end()), want) << t->peft_type();
+    EXPECT_EQ(keys.size(), want.size()) << t->peft_type() << ": a key listed twice";
+  }
+}
+
+// MAM's table is its parts': a field of the parallel adapter or of prefix tuning is checked by
+// MAM with the same rule, at MAM's defaults.
+TEST(ConfigFields, MamCombinesItsPartsTables) {
+  auto mam = find_tuner("MAM")->defaults();
+  EXPECT_EQ(mam["adapter_type"], "parallel");
+  EXPECT_EQ(mam["scaling"], 4.0);
+  EXPECT_EQ(mam["num_virtual_tokens"], 30);
+  EXPECT_EQ(mam["prefix_layout"], "paper");
+  for (auto& part : {"BOTTLENECK", "PREFIX_TUNING"})
+    for (auto& f : find_tuner(part)->fields())
+      if (f.name != "prefix_gate") EXPECT_TRUE(mam.contains(f.name)) << part << "." << f.name;
+  auto pm = fixture_peft_model("llama");
+  auto msg = error_of([&] { pm->add_adapter("m", {{"peft_type", "MAM"}, {"dropout", 1.5}}); });
+  EXPECT_NE(msg.find("field 'dropout' (MAM) must be a number in [0, 1)"), std::string::npos) << msg;
+  msg = error_of([&] { pm->add_adapter("m", {{"peft_type", "MAM"}, {"adapter_type", "houlsby"}}); });
+  EXPECT_TRUE(pm->adapters().empty());
+  EXPECT_NE(msg.find("field 'adapter_type' (MAM) must be one of \"parallel\""), std::string::npos) << msg;
 }
 
 TEST(ConfigFields, TheTableIsTheDefaultsAndTheExtensionKeys) {

@@ -58,6 +58,9 @@ constexpr int64_t lora_qv(int64_t r) { return r * (64 + 64) + r * (64 + 32); }
 // A bottleneck adapter of width 4 (64 / reduction_factor 16) on a 64-wide output: down and up
 // Linears with biases.
 constexpr int64_t kAdapter = 4 * 64 + 4 + 64 * 4 + 64;
+// MAD-X's invertible adapter (NICE coupling, reduction factor 2) on the 64-wide embeddings: F and
+// G each Linear(32 -> 16) and Linear(16 -> 32) with biases.
+constexpr int64_t kInvertible = 2 * (32 * 16 + 16 + 16 * 32 + 32);
 // The seven projections' weights of one layer, and their output widths (the biases BitFit adds).
 constexpr int64_t kLayerWeights = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 128 * 64;
 constexpr int64_t kLayerOuts = 64 + 32 + 32 + 64 + 128 + 128 + 64;
@@ -115,6 +118,7 @@ const std::map<std::string, MethodRow>& matrix() {
       {"bottleneck", {none, 2 * 2 * kAdapter, AtInit::Identity, false}},  // Houlsby: after attention and FFN
       {"houlsby", {none, 2 * 2 * kAdapter, AtInit::Identity, false}},
       {"pfeiffer", {none, 2 * kAdapter, AtInit::Identity, false}},
+      {"pfeiffer-inv", {none, 2 * kAdapter + kInvertible, AtInit::Identity, false}},
       {"parallel-adapter", {none, 2 * kAdapter, AtInit::Identity, false}},
       {"compacter", {{{"reduction_factor", 16}}, 4 * kPhmAdapter + kPhmRules, AtInit::Identity, false}},
       {"compacter++", {{{"reduction_factor", 16}}, 2 * kPhmAdapter + kPhmRules, AtInit::Identity, false}},

@@ -170,7 +170,9 @@ TEST(MixedBatch, GradientsReachOnlyEachRowsAdapter) {
 TEST(MixedBatch, BadInputIsRefusedAndNothingChanges) {
   auto pm = llama_with_a_b();
   pm->add_adapter("adapter", method_config("bitfit", {{"add_missing_biases", true}}));
-  pm->add_adapter("prompt", method_config("prompt-tuning"));
+  // A gated prefix (UniPELT's) gates every query of the batch; plain soft prompts share batches
+  // (tests/tuners/row_prompts_test.cpp).
+  pm->add_adapter("prompt", method_config("prefix-tuning", {{"num_virtual_tokens", 4}, {"prefix_gate", true}}));
   torch::NoGradGuard ng;
   auto in = wave2_input("llama");
   pm->set_adapter("a");

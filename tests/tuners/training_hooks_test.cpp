@@ -21,8 +21,10 @@ namespace {
 class LossTermProbe : public Tuner {
  public:
   std::string peft_type() const override { return "TEST_LOSS_TERM_PROBE"; }
-  nlohmann::json defaults() const override {
-    return {{"peft_type", peft_type()}, {"bonus", 0.0}, {"again", 0.0}, {"task_type", nullptr}};
+  std::vector<ConfigField> fields() const override {
+    return with_common({ConfigField{"bonus", FieldType::Number, 0.0, "a constant added to the loss"},
+                        ConfigField{"again", FieldType::Number, 0.0, "weight of a second forward's mean logit"}},
+                       {"task_type"});
   }
   bool targets_modules() const override { return false; }
   torch::Tensor loss_term(const nlohmann::json& c, const LossTermInput& in) const override {

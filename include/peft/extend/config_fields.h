@@ -41,7 +41,7 @@ struct ConfigField {
   std::string help;
   bool nullable = false;  // null is a value (as peft's Optional[...] fields)
   nlohmann::json choices = nullptr;  // an array of the allowed values, or null
-  std::optional<double> min, max;    // numeric bounds, inclusive unless min_open / max_open
+  std::optional<double> min{}, max{};  // numeric bounds, inclusive unless min_open / max_open
   bool min_open = false, max_open = false;
   bool ours = false;  // not in peft's config class: kept out of adapter_config.json (peft_cpp_config.json)
 

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -96,6 +97,10 @@ class Tuner {
   /// Config keys that are ours (training-time switches) and are left out of adapter_config.json
   /// so Python peft loads the file; they go to peft_cpp_config.json next to it.
   virtual std::vector<std::string> extension_keys() const;
+  /// Every key a config of this method may hold: defaults()'s keys, then extension_keys(). The
+  /// one list behind the unknown-key checks (a warning in add_adapter, an error in peft train,
+  /// in composite components and in recipes).
+  std::vector<std::string> config_keys() const;
   /// The config written to adapter_config.json (e.g. a PiSSA adapter is saved as the plain LoRA
   /// it is equivalent to on the unmodified base, with twice the rank).
   virtual nlohmann::json saved_config(const nlohmann::json& cfg) const { return cfg; }
@@ -267,8 +272,19 @@ class InputAdapter : public torch::nn::Module {
   virtual std::string method() const = 0;
   /// False for holders of shared tensors that leave the input alone (VeRA's projections).
   virtual bool changes_input() const { return true; }
-  /// Whether rows of a mixed-adapter batch can use this adapter while other rows do not.
+  /// Whether rows of a mixed-adapter batch can use this adapter while other rows do not
+  /// (adapters that change the input: through row_prompt()).
   virtual bool supports_row_adapters() const { return !changes_input(); }
+  /// What a soft-prompt adapter puts in front of each of its rows in a mixed-adapter batch
+  /// (src/tuners/row_prompts.cpp assembles them): virtual-token embeddings [n, hidden] placed
+  /// before the token embeddings, or a prefix of keys and values per layer [kv_heads, n,
+  /// head_dim]; nullopt when the adapter cannot act on some rows only. Graph attached in training.
+  struct RowPrompt {
+    torch::Tensor embeds;
+    std::vector<torch::Tensor> k, v;
+    int64_t length() const { return embeds.defined() ? embeds.size(0) : k.empty() ? 0 : k[0].size(1); }
+  };
+  virtual std::optional<RowPrompt> row_prompt() { return std::nullopt; }
   /// Prefix of the saved keys inside a composite ("components.2"), empty otherwise.
   std::string key_namespace;
 };
