@@ -31,7 +31,7 @@ InvertibleAdapter::InvertibleAdapter(int64_t hidden, double reduction_factor, st
 }
 
 torch::Tensor InvertibleAdapter::couple(const torch::Tensor& x, bool rev) {
-  auto xf = x.to(torch::kFloat32);
+  auto xf = x.to(params_.begin()->second.scalar_type());  // the adapter's dtype (float32 on a half base)
   auto a = xf.slice(-1, 0, h1_), b = xf.slice(-1, h1_);
   torch::Tensor o1, o2;
   if (!rev) {

@@ -32,7 +32,7 @@ namespace peft {
 class InvertibleAdapter : public InputAdapter {
  public:
   InvertibleAdapter(int64_t hidden, double reduction_factor, std::string act, bool init_weights);
-  /// A_inv (rev false) or its inverse, computed in float32; the result in x's dtype.
+  /// A_inv (rev false) or its inverse, computed in the adapter's dtype; the result in x's dtype.
   torch::Tensor couple(const torch::Tensor& x, bool rev);
   void apply(PretrainedModel& model, ModelInput& in, KVCache& storage) override;
   TensorMap saved_tensors() const override;

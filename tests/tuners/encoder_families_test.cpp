@@ -362,6 +362,17 @@ TEST(EncoderFamiliesAll, EveryMethodAppliesThroughRoles) {
       if (method.rfind("compacter", 0) == 0) o["reduction_factor"] = 8;  // phm_dim 4 | H / 8
       SCOPED_TRACE(m + " " + method);
       auto pm = fixture_peft_model(m);
+      if (method == "pfeiffer-inv") {
+        // MAD-X's invertible adapter needs a decoder's final norm for its inverse: refused, naming it.
+        try {
+          pm->add_adapter("default", method_config(method, o));
+          ADD_FAILURE() << "pfeiffer-inv on an encoder should be refused";
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("norm.final"), std::string::npos) << e.what();
+        }
+        EXPECT_TRUE(pm->adapters().empty());
+        continue;
+      }
       if (method == "bitfit" && t5) {
         // T5's Linears have no biases: refused, naming the way out.
         try {
