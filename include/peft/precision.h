@@ -4,7 +4,9 @@
 // *storage* dtype). Everything else follows three rules, as peft's autocast_adapter_dtype and
 // torch.autocast do it:
 //   - activations between layers are float32 (to_activation: embedding lookups are cast up),
-//     so norms, softmax, attention, the residual stream and the loss run in float32;
+//     so norms, softmax, attention, the residual stream and the loss run in float32 — except
+//     under HalfActivations, where a family that supports it (Llama) keeps them in the half
+//     dtype as transformers does (RMSNorm, softmax and the loss still accumulate in float32);
 //   - a Linear's matrix product runs in its *compute dtype* (the weight's dtype, or the
 //     MatmulDtypeGuard override for trainable float32 weights: mixed-precision full
 //     fine-tuning) on an input cast to it, and returns float32 (frozen_linear);
@@ -29,9 +31,30 @@ inline bool is_half_dtype(torch::ScalarType t) { return t == torch::kBFloat16 ||
 /// autocast_adapter_dtype), `t` otherwise (float64 stays float64 for gradient checks).
 inline torch::ScalarType trainable_dtype(torch::ScalarType t) { return is_half_dtype(t) ? torch::kFloat32 : t; }
 
-/// Activations leave an embedding lookup in float32 when the table is half precision.
-inline torch::Tensor to_activation(const torch::Tensor& x) {
-  return x.defined() && is_half_dtype(x.scalar_type()) ? x.to(torch::kFloat32) : x;
+/// Whether this thread's forward may keep activations in the base's half dtype (HalfActivations).
+bool half_activations_allowed();
+
+/// While alive (on this thread), a model family that computes in bfloat16 end to end as
+/// transformers does (`family_keeps_half` in to_activation) keeps its activations in the
+/// base's half dtype: norms, softmax and the loss still accumulate in float32. PeftModel::forward
+/// holds one when every live adapter's layers take half activations (TunerLayer::
+/// keeps_half_activations); guards nest.
+class HalfActivations {
+ public:
+  explicit HalfActivations(bool on);
+  ~HalfActivations();
+  HalfActivations(const HalfActivations&) = delete;
+  HalfActivations& operator=(const HalfActivations&) = delete;
+
+ private:
+  bool prev_;
+};
+
+/// Activations leave an embedding lookup in float32 when the table is half precision, unless
+/// the family computes in the half dtype (`family_keeps_half`) and a HalfActivations guard allows it.
+inline torch::Tensor to_activation(const torch::Tensor& x, bool family_keeps_half = false) {
+  if (!x.defined() || !is_half_dtype(x.scalar_type())) return x;
+  return family_keeps_half && half_activations_allowed() ? x : x.to(torch::kFloat32);
 }
 
 /// y = x W^T (+ b), or y = x W (+ b) when conv1d (W stored [in, out] as GPT-2's Conv1D), with

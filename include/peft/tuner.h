@@ -162,6 +162,9 @@ class PeftModel : public Module {
 
  private:
   struct RowGroupsScope;  // sets the row groups on every layer for one mixed-adapter forward
+  // Whether a forward of these adapters may keep the base's half-precision activations: each has
+  // tuner layers only (no input adapter), and each of its layers keeps_half_activations().
+  bool half_activations_for(const std::vector<std::string>& adapters) const;
   bool loading_ = false;
   void refresh_trainable();
   std::shared_ptr<torch::nn::Module> base_model_;

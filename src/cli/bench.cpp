@@ -365,7 +365,8 @@ nlohmann::json precision_table(const nlohmann::json& suite, const std::vector<st
   os << "\n## " << dtype << " base vs float32, same method (medians of per-round ratios)\n\n";
   print_table(os, {"method", "tokens/s " + dtype + " / float32", "peak RSS ratio", "model RSS ratio"}, t);
   os << "\n" << dtype << ": frozen weights stored and multiplied in " << dtype
-     << "; trainable tensors, gradients, AdamW state and activations in float32 (full: float32 master weights).\n";
+     << "; trainable tensors, gradients and AdamW state in float32; activations in " << dtype
+     << " for LoRA (as transformers with a " << dtype << " model), float32 for full (float32 master weights).\n";
   return out;
 }
 

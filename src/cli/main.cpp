@@ -1,4 +1,6 @@
 // `peft` — one binary, one subcommand per file in src/cli/.
+#include <ATen/Parallel.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -21,6 +23,16 @@ int main(int argc, char** argv) {
   if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("PEFT_NO_REEXEC")) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     execv("/proc/self/exe", argv);  // falls through if /proc is unavailable
+  }
+  // LibTorch 1.13 sizes its OpenMP pool from cpuinfo, which on some VMs counts one core where
+  // the process may run on several (this project's 2-CPU machine: 1 thread). The bfloat16
+  // products (oneDNN) run on that pool, so use every CPU the process may run on unless the user
+  // chose a count (OMP_NUM_THREADS; --threads where a command takes it). Measured in
+  // docs/PRECISION.md ("threads").
+  if (!std::getenv("OMP_NUM_THREADS")) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > at::get_num_threads())
+      at::set_num_threads(CPU_COUNT(&set));
   }
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "help") {
     usage();

@@ -237,7 +237,7 @@ class LlamaModel : public Module {
 
   // Returns the final hidden state (after norm); fills `hs` in transformers' convention.
   torch::Tensor forward(const ModelInput& in, std::vector<torch::Tensor>* hs) {
-    torch::Tensor x = to_activation(in.inputs_embeds.defined() ? in.inputs_embeds : embed_tokens->forward(in.input_ids));
+    torch::Tensor x = to_activation(in.inputs_embeds.defined() ? in.inputs_embeds : embed_tokens->forward(in.input_ids), /*family_keeps_half=*/true);
     const int64_t B = x.size(0), T = x.size(1);
     KVCache* cache = in.cache;
     if (cache && cache->k.size() != (size_t)c.n_layers) {
@@ -303,7 +303,7 @@ class LlamaForCausalLM : public PretrainedModel {
                         checkpoint_active(mem.loss_chunk_tokens > 0, *this) ? mem.loss_chunk_tokens : 0);
     return out;
   }
-  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(model->embed_tokens->forward(ids)); }
+  torch::Tensor embed_tokens(const torch::Tensor& ids) override { return to_activation(model->embed_tokens->forward(ids), true); }
   ModelDims dims() const override {
     ModelDims d;
     d.hidden_size = c.hidden;

@@ -38,6 +38,16 @@ MatmulDtypeGuard::MatmulDtypeGuard(std::optional<torch::ScalarType> dtype) {
 
 MatmulDtypeGuard::~MatmulDtypeGuard() { g_matmul_override.store(prev_ ? static_cast<int>(*prev_) : -1); }
 
+namespace {
+thread_local bool t_half_activations = false;
+}  // namespace
+
+bool half_activations_allowed() { return t_half_activations; }
+
+HalfActivations::HalfActivations(bool on) : prev_(t_half_activations) { t_half_activations = on; }
+
+HalfActivations::~HalfActivations() { t_half_activations = prev_; }
+
 torch::Tensor frozen_linear(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& bias, bool conv1d,
                             torch::ScalarType compute) {
   const auto out_dtype = x.scalar_type();

@@ -51,6 +51,7 @@ class AdaLoraLinear : public TunerLayer {
     });
   }
   bool supports_row_adapters(const std::string&) const override { return true; }
+  bool keeps_half_activations() const override { return true; }  // additive_forward casts
   torch::Tensor extra_loss(const std::string& a, int64_t* count) override {
     if (!has_adapter(a) || !is_training()) return {};
     auto A = param(a, "lora_A"), B = param(a, "lora_B");

@@ -105,9 +105,9 @@ torch::Tensor LoraLinear::gathered_forward(const torch::Tensor& x) {
   auto A = torch::stack(As).index_select(0, sel);   // [B, r, in]
   auto Bf = torch::stack(Bs).index_select(0, sel);  // [B, out, r]
   auto s = torch::tensor(scales, A.options()).index_select(0, sel).view({Bn, 1, 1});
-  auto x3 = x.reshape({Bn, -1, x.size(-1)});
+  auto x3 = x.reshape({Bn, -1, x.size(-1)}).to(A.scalar_type());  // float32 on a half base, as term()
   auto d = torch::bmm(torch::bmm(x3, A.transpose(1, 2)), Bf.transpose(1, 2)) * s;  // [B, T, out]
-  return y + d.reshape(y.sizes()).to(y.scalar_type());
+  return (y + d.reshape(y.sizes())).to(y.scalar_type());
 }
 
 void LoraLinear::remove_adapter(const std::string& a) {
@@ -116,6 +116,13 @@ void LoraLinear::remove_adapter(const std::string& a) {
   res_coef.erase(a);
   opt.erase(a);
   delta_started.erase(a);
+}
+
+bool LoraLinear::keeps_half_activations() const {
+  for (auto& kv : opt)
+    for (auto* v : kv.second.variants)
+      if (v->needs_float_base()) return false;
+  return true;
 }
 
 bool LoraLinear::can_merge() const {

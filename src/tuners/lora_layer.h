@@ -37,6 +37,9 @@ class LoraLinear : public TunerLayer {
   bool supports_row_adapters(const std::string& a) const override { return !res_A.count(a); }
   void remove_adapter(const std::string& a) override;
   bool can_merge() const override;
+  /// Half activations pass: every variant but those touching the float base weight (DoRA,
+  /// Delta-LoRA) computes its term from x cast to float32 (additive_forward).
+  bool keeps_half_activations() const override;
   void merge(const std::string& a) override;
   void unmerge(const std::string& a) override;
   void after_step(const std::string& a, int64_t step) override;

@@ -325,7 +325,25 @@ TrainableReport PeftModel::trainable_report() const {
   return r;
 }
 
+bool PeftModel::half_activations_for(const std::vector<std::string>& names) const {
+  if (names.empty()) return false;  // the plain base keeps float32 activations
+  auto layers = tuner_layers();
+  for (auto& a : names) {
+    const auto& e = adapters_.at(a);
+    if (e.input && e.input->changes_input()) return false;  // soft prompts, prefixes (VeRA's shared projections pass)
+    int64_t holding = 0;
+    for (auto& [path, t] : layers) {
+      if (!t->has_adapter(a) || t->is_merged(a)) continue;
+      if (!t->keeps_half_activations()) return false;
+      ++holding;
+    }
+    if (holding == 0) return false;  // a method acting outside tuner layers (BitFit, hooks)
+  }
+  return true;
+}
+
 ModelOutput PeftModel::forward(const ModelInput& in_) {
+  const HalfActivations half(!disabled_ && half_activations_for(active_));
   ModelInput in = in_;
   KVCache storage;
   if (!disabled_)
@@ -427,6 +445,9 @@ ModelOutput PeftModel::forward(const ModelInput& in, const std::vector<std::stri
   auto groups = std::make_shared<RowGroups>();
   groups->batch = B;
   for (auto& [a, idx] : rows) groups->rows.emplace_back(a, torch::tensor(idx, torch::kLong));
+  std::vector<std::string> named;
+  for (auto& [a, idx] : rows) named.push_back(a);
+  const HalfActivations half(prompts.empty() && half_activations_for(named));
   RowGroupsScope scope(std::move(layers), groups);
   return model->forward(shaped);
 }

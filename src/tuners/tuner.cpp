@@ -403,14 +403,19 @@ torch::Tensor TunerLayer::rows_of(const std::string& a, const torch::Tensor& x) 
 
 torch::Tensor TunerLayer::additive_forward(const torch::Tensor& x, const Term& term) {
   auto y = base_forward(x);
+  // Half activations (keeps_half_activations): the terms see x in float32 and are summed with
+  // the base output in float32, rounded to its dtype once (peft 0.13's LoRA forward under
+  // autocast_adapter_dtype). With float32 activations both casts are no-ops.
+  const auto xt = x.to(trainable_dtype(x.scalar_type()));
   if (!row_groups) {
-    for (auto& a : live_adapters()) y = y + term(a, x);
-    return y;
+    auto out = y;
+    for (auto& a : live_adapters()) out = out + term(a, xt);
+    return out.to(y.scalar_type());
   }
   for (auto& g : row_groups->rows) {
     if (!adapters_.count(g.first)) continue;  // this adapter does not target this module
     auto idx = rows_of(g.first, x);
-    y = y.index_add(0, idx, term(g.first, x.index_select(0, idx)).to(y.scalar_type()));
+    y = y.index_add(0, idx, term(g.first, xt.index_select(0, idx)).to(y.scalar_type()));
   }
   return y;
 }

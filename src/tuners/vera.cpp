@@ -87,6 +87,7 @@ class VeraLinear : public TunerLayer {
   }
   bool supports_row_adapters(const std::string&) const override { return true; }
   bool can_merge() const override { return true; }
+  bool keeps_half_activations() const override { return true; }  // additive_forward casts
 };
 
 class VeraTuner : public Tuner {

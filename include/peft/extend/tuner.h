@@ -205,6 +205,12 @@ class TunerLayer : public Layer {
   virtual bool supports_row_adapters(const std::string& a) const { return false; }
   /// Removes adapter `a`'s tensors and state (PeftModel::delete_adapter).
   virtual void remove_adapter(const std::string& a);
+  /// Whether this layer takes its input in the base's half dtype (bfloat16 activations on a
+  /// bfloat16 base, as transformers runs one) and returns its output in the input's dtype, its
+  /// own products in float32 (peft's autocast_adapter_dtype). PeftModel keeps half activations
+  /// only when every layer holding a live adapter says so (docs/PRECISION.md); the default keeps
+  /// the model's activations float32 for this layer's sake.
+  virtual bool keeps_half_activations() const { return false; }
 
   /// The dense update ΔW [out, in] of adapter `a` (scales applied) for methods that have one;
   /// undefined otherwise. The default merge()/unmerge() add/subtract it to the base weight.
