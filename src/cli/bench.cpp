@@ -9,11 +9,13 @@
 //   peft bench --dtype bfloat16         # full and LoRA on a float32 and a bfloat16 base, side by side
 //   peft bench --suites dist --medium   # LoRA step data-parallel: 2 ranks x 1 thread vs 1 (c10d Gloo)
 //   peft bench --suites multi --medium  # 8 LoRA adapters in one mixed batch vs one merged adapter
+//   peft bench --worker lora --dtype bfloat16 --profile t.json  # one configuration, operator trace
 //
 // Every measurement runs in a fresh child process (`peft bench --worker METHOD ...`), so peak
 // RSS (VmHWM, reset after the model is built) belongs to one configuration only. Rounds are
 // interleaved (full, lora, dora, ..., full, lora, ...) and ratios are medians of per-round
 // ratios, which cancels most of the drift of a shared machine's load.
+#include <torch/csrc/autograd/profiler.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -31,6 +33,8 @@
 #include "cli/bench_dist.h"
 #include "cli/bench_multi.h"
 #include "cli/bench_step.h"
+
+#include <torch/csrc/autograd/profiler.h>
 #include "models/checkpoint.h"
 #include "cli/command.h"
 #include "cli/process.h"
@@ -123,7 +127,11 @@ int run_worker(const Args& a) {
   Rss base = read_rss();  // after a reset VmHWM == VmRSS; otherwise the construction peak stays
   std::vector<double> times;
   double first_loss = 0, last_loss = 0;
+  // --profile FILE: LibTorch's operator profiler over the timed steps, as a Chrome trace
+  // (chrome://tracing, or sum "dur" per "name" for a table of where the step goes).
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   for (int64_t i = 0; i < warmup + steps; ++i) {
+    if (i == warmup && a.has("profile")) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(a.get("profile"));
     auto t0 = std::chrono::steady_clock::now();
     double loss = b.step();
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -131,6 +139,7 @@ int run_worker(const Args& a) {
     last_loss = loss;
     if (i >= warmup) times.push_back(dt);
   }
+  profile.reset();  // writes the trace
   Rss after = read_rss();
   PEFT_CHECK(std::isfinite(last_loss), "bench: the loss of ", method, " is ", last_loss);
   const double step_s = median(times);
@@ -500,7 +509,7 @@ int run_bench(Args& a) {
   a.reject_unknown({"worker", "dist_worker", "ddp_overlap", "ddp_bucket_cap_mb", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
                     "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens", "quantize", "double_quant",
-                    "compute_dtype", "gradient_checkpointing", "loss_chunk_tokens"});
+                    "compute_dtype", "gradient_checkpointing", "loss_chunk_tokens", "profile"});
   if (a.has("worker")) return run_worker(a);
   if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);

@@ -19,4 +19,15 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& h, const torch::Tensor
                                      const HeadFn& head, const std::vector<torch::Tensor>& extra,
                                      const std::vector<torch::Tensor>& params);
 
+/// The same loss for a frozen Linear head h W^T (W [V, H], no bias, not trainable; a tied
+/// embedding matrix or an untied lm_head) without recomputation: each chunk's logits give their
+/// loss and, at once, the gradient of the mean loss with respect to that chunk's hidden states
+/// (as Liger's fused linear cross-entropy), which is all that is saved ([N, H], not [N, V]). The
+/// products run in W's compute dtype (peft/precision.h), the log-softmax in float32 (float64 for
+/// a float64 model); each chunk's gradient is computed by the same kernels autograd runs on the
+/// unchunked path (nll_loss's -1/count at the labels, _log_softmax_backward_data, the product
+/// with W), so the two agree to the float32 sums' rounding.
+torch::Tensor frozen_head_chunked_loss(const torch::Tensor& h, const torch::Tensor& labels, int64_t chunk,
+                                       const torch::Tensor& W);
+
 }  // namespace peft

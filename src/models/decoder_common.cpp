@@ -41,6 +41,14 @@ void decoder_head_output(ModelOutput& out, const torch::Tensor& h, const ModelIn
     return;
   }
   if (loss_chunk > 0 && in.labels.defined()) {
+    // A frozen plain head (no tuner wraps it, no bias): the fused form, nothing recomputed.
+    auto lin = std::dynamic_pointer_cast<Linear>(lm_head);
+    const torch::Tensor W = lm_head ? (lin && !lin->conv1d && !lin->bias.defined() ? lin->weight : torch::Tensor())
+                                    : tied_embedding;
+    if (W.defined() && !W.requires_grad()) {
+      out.loss = frozen_head_chunked_loss(h, in.labels, loss_chunk, W);
+      return;
+    }
     std::vector<torch::Tensor> params;
     if (lm_head)
       for (auto& p : lm_head->parameters())

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "peft/io.h"
+#include "models/checkpoint.h"
 #include "peft/precision.h"
 #include "test_util.h"
 #include "tuners/tuner_test_util.h"
@@ -195,6 +196,32 @@ TEST(HalfActivations, MixedLoraBatchRowsMatchEachAdapterAlone) {
     const double rms = alone.to(torch::kFloat32).pow(2).mean().sqrt().item<double>();
     const int64_t L = pm->model->dims().num_layers;
     EXPECT_LE(max_diff(row, alone.to(torch::kFloat32)), 4 * std::ldexp(1.0, -8) * (2 * L + 1) * rms) << rows[i];
+  }
+}
+
+// The fused chunked loss (loss_chunk_tokens, models/chunked_loss.h) on the bfloat16 stream:
+// the same loss and LoRA gradients as the unchunked loss on the whole logits. The chunks'
+// gradients come from the same kernels on the same bfloat16 logits, so they agree to float32
+// rounding (the loss sums in float64 here, in float32 there).
+TEST(HalfActivations, FusedChunkedLossEqualsUnchunked) {
+  auto run = [&](int64_t chunk) {
+    auto pm = bf16_llama_with_peft_lora();
+    pm->train();
+    set_memory_options(*pm->model, MemoryOptions{false, chunk});
+    auto out = pm->forward(fixture_input("llama"));
+    EXPECT_EQ(out.logits.defined(), chunk == 0);
+    out.loss.backward();
+    std::vector<torch::Tensor> g;
+    for (auto& [n, p] : pm->named_trainable_parameters()) g.push_back(p.grad().clone());
+    return std::make_pair(out.loss.item<double>(), g);
+  };
+  auto [l0, g0] = run(0);
+  for (int64_t chunk : {3, 5, 1000}) {
+    auto [l, g] = run(chunk);
+    EXPECT_NEAR(l, l0, 1e-6 * l0) << chunk;
+    ASSERT_EQ(g.size(), g0.size());
+    for (size_t i = 0; i < g.size(); ++i)
+      EXPECT_LE(max_diff(g[i], g0[i]), 1e-5 * std::max(1.0, g0[i].abs().max().item<double>())) << chunk << " " << i;
   }
 }
 
