@@ -33,8 +33,6 @@
 #include "cli/bench_dist.h"
 #include "cli/bench_multi.h"
 #include "cli/bench_step.h"
-
-#include <torch/csrc/autograd/profiler.h>
 #include "models/checkpoint.h"
 #include "cli/command.h"
 #include "cli/process.h"

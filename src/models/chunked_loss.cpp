@@ -11,16 +11,23 @@
 
 namespace peft {
 
-torch::Tensor chunked_causal_lm_loss(const torch::Tensor& h, const torch::Tensor& labels, int64_t chunk,
-                                     const HeadFn& head, const std::vector<torch::Tensor>& extra,
-                                     const std::vector<torch::Tensor>& params) {
+namespace {
+
+/// The checked, shifted pairs of both chunked losses: position t predicts token t + 1 (as
+/// causal_lm_loss's shift); hidden states [N, H], labels [N].
+std::pair<torch::Tensor, torch::Tensor> shifted_pairs(const torch::Tensor& h, const torch::Tensor& labels, int64_t chunk) {
   PEFT_CHECK(chunk > 0, "loss_chunk_tokens must be positive, got ", chunk);
   PEFT_CHECK(h.dim() == 3 && labels.dim() == 2 && labels.size(0) == h.size(0) && labels.size(1) == h.size(1),
              "causal-LM loss: labels have shape ", labels.sizes(), ", hidden states ", h.sizes());
-  const int64_t H = h.size(2);
-  // Position t predicts token t + 1 (as causal_lm_loss's shift).
-  auto hs = h.slice(1, 0, -1).reshape({-1, H});
-  auto ls = labels.slice(1, 1).reshape({-1}).to(h.device()).to(torch::kLong);
+  return {h.slice(1, 0, -1).reshape({-1, h.size(2)}), labels.slice(1, 1).reshape({-1}).to(h.device()).to(torch::kLong)};
+}
+
+}  // namespace
+
+torch::Tensor chunked_causal_lm_loss(const torch::Tensor& h, const torch::Tensor& labels, int64_t chunk,
+                                     const HeadFn& head, const std::vector<torch::Tensor>& extra,
+                                     const std::vector<torch::Tensor>& params) {
+  auto [hs, ls] = shifted_pairs(h, labels, chunk);
   const int64_t N = hs.size(0);
   namespace F = torch::nn::functional;
   torch::Tensor total;
@@ -66,7 +73,7 @@ double frozen_head_pass(const torch::Tensor& hs, const torch::Tensor& ls, int64_
     total += F::nll_loss(lsm, lc, F::NLLLossFuncOptions().ignore_index(-100).reduction(torch::kSum))
                  .to(torch::kDouble)
                  .item<double>();
-    if (!dh.defined() || count == 0) continue;
+    if (!dh.defined()) continue;  // callers return early when count == 0
     // d(mean NLL)/d(log-softmax): -1/count at each counted label (nll_loss's backward).
     auto g = torch::zeros_like(lsm);
     auto rows = (lc != -100).nonzero().squeeze(1);
@@ -96,12 +103,8 @@ struct FrozenHeadLoss : torch::autograd::Function<FrozenHeadLoss> {
 
 torch::Tensor frozen_head_chunked_loss(const torch::Tensor& h, const torch::Tensor& labels, int64_t chunk,
                                        const torch::Tensor& W) {
-  PEFT_CHECK(chunk > 0, "loss_chunk_tokens must be positive, got ", chunk);
-  PEFT_CHECK(h.dim() == 3 && labels.dim() == 2 && labels.size(0) == h.size(0) && labels.size(1) == h.size(1),
-             "causal-LM loss: labels have shape ", labels.sizes(), ", hidden states ", h.sizes());
   PEFT_CHECK(!W.requires_grad(), "frozen_head_chunked_loss: the head's weight trains (use chunked_causal_lm_loss)");
-  auto hs = h.slice(1, 0, -1).reshape({-1, h.size(2)});
-  auto ls = labels.slice(1, 1).reshape({-1}).to(h.device()).to(torch::kLong);
+  auto [hs, ls] = shifted_pairs(h, labels, chunk);
   const int64_t count = (ls != -100).sum().item<int64_t>();
   const auto ld = compute_dtype(h.scalar_type());
   // No counted token: NaN, as the empty mean (and no gradient to speak of).
