@@ -167,12 +167,16 @@ def main():
     ap.add_argument("--json", action="store_true", help="print one JSON line (for peft bench)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="the frozen base's dtype (bfloat16: LoRA only, the factors stay float32)")
+    ap.add_argument("--kv_heads", type=int, default=0, help="key/value heads (0: --heads; GQA is not modelled here)")
+    ap.add_argument("--rope_theta", type=float, default=10000.0)
     a = ap.parse_args()
+    if a.kv_heads not in (0, a.heads):
+        ap.error("--kv_heads other than --heads (grouped-query attention) is not modelled by this script")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     rss_start = rss()[0]
     torch.manual_seed(0)
-    model = LlamaLM(a.hidden, a.layers, a.heads, a.intermediate, a.vocab)
+    model = LlamaLM(a.hidden, a.layers, a.heads, a.intermediate, a.vocab, a.rope_theta)
     if a.dtype == "bfloat16":
         if a.method != "lora":
             ap.error("--dtype bfloat16 is for --method lora (a bfloat16 base under float32 adapters)")

@@ -87,6 +87,13 @@ std::string cpu_model() {
 
 BenchShape shape_from_args(const Args& a) {
   BenchShape s = a.get_bool("small", false) ? BenchShape::small() : a.get_bool("medium", false) ? BenchShape::medium() : BenchShape();
+  if (a.has("shape")) {
+    const std::string name = a.get("shape");
+    PEFT_CHECK(name == "llama3-8b", "bench: option --shape '", name, "' is not known (known: llama3-8b)");
+    s = BenchShape::llama3_8b();
+  }
+  s.kv_heads = a.get_int("kv_heads", s.kv_heads);
+  s.rope_theta = a.get_double("rope_theta", s.rope_theta);
   s.hidden = a.get_int("hidden", s.hidden);
   s.layers = a.get_int("layers", s.layers);
   s.heads = a.get_int("heads", s.heads);
@@ -99,13 +106,17 @@ BenchShape shape_from_args(const Args& a) {
              "bench: sizes must be positive (and --seq > 1)");
   PEFT_CHECK(s.hidden % s.heads == 0 && (s.hidden / s.heads) % 2 == 0,
              "bench: --hidden must be a multiple of --heads with an even head size");
+  PEFT_CHECK(s.kv_heads >= 0 && (s.kv_heads == 0 || s.heads % s.kv_heads == 0),
+             "bench: --heads must be a multiple of --kv_heads");
   return s;
 }
 
 std::string shape_args(const BenchShape& s) {
   return " --hidden " + std::to_string(s.hidden) + " --layers " + std::to_string(s.layers) + " --heads " +
          std::to_string(s.heads) + " --intermediate " + std::to_string(s.intermediate) + " --vocab " +
-         std::to_string(s.vocab) + " --batch " + std::to_string(s.batch) + " --seq " + std::to_string(s.seq);
+         std::to_string(s.vocab) + " --batch " + std::to_string(s.batch) + " --seq " + std::to_string(s.seq) +
+         (s.kv_heads > 0 ? " --kv_heads " + std::to_string(s.kv_heads) : std::string()) + " --rope_theta " +
+         fixed(s.rope_theta, 1);
 }
 
 int run_worker(const Args& a) {
@@ -116,8 +127,16 @@ int run_worker(const Args& a) {
   if (a.has("threads")) torch::set_num_threads(static_cast<int>(a.get_int("threads", 1)));
   std::optional<quant::QuantConfig> q = quant_config_from_args(a);
   if (q && !a.has("compute_dtype")) q->compute_dtype = torch::kBFloat16;  // the bench measures the fast path
+  nlohmann::json overrides;
+  if (a.has("adapter_overrides")) {
+    try {
+      overrides = nlohmann::json::parse(a.get("adapter_overrides"));
+    } catch (const std::exception& e) {
+      fail("bench: option --adapter_overrides is not JSON: ", e.what());
+    }
+  }
   Rss start = read_rss();
-  StepBench b(s, method, warmup + steps, dtype, q ? &*q : nullptr);
+  StepBench b(s, method, warmup + steps, dtype, q ? &*q : nullptr, overrides);
   const MemoryOptions mem{a.get_bool("gradient_checkpointing", false), a.get_int("loss_chunk_tokens", 0)};
   set_memory_options(b.model(), mem);  // docs/MEMORY.md
   Rss before = read_rss();
@@ -145,6 +164,8 @@ int run_worker(const Args& a) {
                       {"dtype", dtype_name(dtype)},
                       {"quantize", q ? quant::quant_type_name(q->type) : std::string()},
                       {"quantized_layers", b.quantized_layers},
+                      {"quant_bits_per_param", b.quant_bits_per_param},
+                      {"quant_bits_per_param_blocks", b.quant_bits_per_param_blocks},
                       {"trainable", b.trainable},
                       {"total", b.total},
                       {"targeted_modules", b.targeted_modules},
@@ -197,15 +218,27 @@ struct Driver {
   double bucket_mb = 25;  // the dist suite's gradient buckets (--ddp_bucket_cap_mb)
   std::string exe;
   bool quiet = false;
+  std::string memory_args;   // --gradient_checkpointing / --loss_chunk_tokens, for every peft.cpp row
+  std::string quant_args;    // --quantize ... for the quantized rows ("lora@nf4")
+  std::string quant_type;    // nf4, fp4, int8 or empty
+  std::string storage_dtype = "float32";  // --dtype: the quantized rows' unquantized tensors too
+  std::string adapter_overrides;          // JSON object or empty
 
-  // `method` may carry a dtype: "lora@bfloat16" (the --dtype rows).
+  // `method` may carry a dtype or the quantization type: "lora@bfloat16", "lora@nf4".
   std::string worker_cmd(const std::string& method_at, const std::string& env = "", int64_t threads = 0) const {
     std::string c = env.empty() ? "" : "env " + env + " ";
     const auto at = method_at.find('@');
     const std::string method = method_at.substr(0, at);
     c += quote(exe) + " bench --worker " + quote(method) + shape_args(shape) + " --warmup " + std::to_string(warmup) +
-         " --steps " + std::to_string(steps);
-    if (at != std::string::npos) c += " --dtype " + quote(method_at.substr(at + 1));
+         " --steps " + std::to_string(steps) + memory_args;
+    if (at != std::string::npos) {
+      const std::string suffix = method_at.substr(at + 1);
+      if (!quant_type.empty() && suffix == quant_type)
+        c += quant_args + " --dtype " + quote(storage_dtype);
+      else
+        c += " --dtype " + quote(suffix);
+    }
+    if (!adapter_overrides.empty() && method != "full") c += " --adapter_overrides " + quote(adapter_overrides);
     if (threads > 0) c += " --threads " + std::to_string(threads);
     return c;
   }
@@ -333,6 +366,7 @@ nlohmann::json methods_suite(const Driver& d, const std::vector<std::string>& me
     rounds.push_back(round);
   }
   size_t ref = std::find(methods.begin(), methods.end(), "full") - methods.begin();
+  if (ref == methods.size()) ref = 0;  // no full row (--shape llama3-8b): ratios to the first row
   auto rows = summarize(rounds, methods, ref);
   os << "\n## Methods: one training step (batch " << d.shape.batch << " x seq " << d.shape.seq << ", median of "
      << d.repeats << " rounds; ratios to full fine-tuning in the same round)\n\n";
@@ -346,6 +380,16 @@ nlohmann::json methods_suite(const Driver& d, const std::vector<std::string>& me
   print_table(os, {"method", "trainable", "%", "modules", "peak MiB", "step MiB", "peak/full", "tokens/s", "speed/full"}, t);
   os << "\npeak MiB: the process's peak RSS (model + step); step MiB: peak growth over the RSS before the first step"
         " (gradients, optimizer state, activations).\n";
+  for (size_t i = 0; i < methods.size(); ++i) {
+    const auto& r0 = rounds[0][i];
+    if (r0.value("quantized_layers", 0) == 0) continue;
+    std::vector<double> st;
+    for (auto& round : rounds) st.push_back(round[i]["median_step_s"].get<double>());
+    os << "- " << methods[i] << ": " << r0["quantized_layers"].get<int64_t>() << " quantized Linear layers, "
+       << fixed(r0["quant_bits_per_param"].get<double>(), 3) << " bits per parameter ("
+       << fixed(r0["quant_bits_per_param_blocks"].get<double>(), 3) << " without the per-layer code tables), "
+       << fixed(median(st), 2) << " s per step\n";
+  }
   return {{"rows", rows}, {"runs", rounds}};
 }
 
@@ -430,6 +474,9 @@ std::string find_python_script(const Args& a) {
 }
 
 nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
+  PEFT_CHECK(!a.has("shape") && !a.has("adapter_overrides"),
+             "bench: the python suite runs the bench's own shapes and LoRA config (r 8 on q, v); it does not take "
+             "--shape or --adapter_overrides");
   const std::string py = a.get("python", "/usr/bin/python3");
   const std::string script = find_python_script(a);
   {
@@ -452,7 +499,7 @@ nlohmann::json python_suite(const Driver& d, const Args& a, std::ostream& os) {
   std::vector<std::string> labels;
   for (auto& m : runs) {
     auto name = m.substr(0, m.find('@')) + (m.find('@') == std::string::npos ? "" : " " + dt);
-    labels.push_back("peft.cpp " + name);
+    labels.push_back("peft.cpp " + name + d.memory_args);  // e.g. "peft.cpp lora --loss_chunk_tokens 128"
     labels.push_back("pytorch " + name);
   }
   std::vector<std::vector<nlohmann::json>> rounds;
@@ -507,15 +554,31 @@ int run_bench(Args& a) {
   a.reject_unknown({"worker", "dist_worker", "ddp_overlap", "ddp_bucket_cap_mb", "medium", "small", "hidden", "layers", "heads", "intermediate", "vocab", "batch", "seq", "warmup",
                     "steps", "repeats", "threads", "methods", "suites", "threads_table", "compare_python", "python",
                     "python_script", "out", "quiet", "dtype", "adapters", "decode_tokens", "quantize", "double_quant",
-                    "compute_dtype", "gradient_checkpointing", "loss_chunk_tokens", "profile"});
+                    "compute_dtype", "gradient_checkpointing", "loss_chunk_tokens", "profile", "shape", "kv_heads",
+                    "rope_theta", "adapter_overrides", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type",
+                    "bnb_4bit_use_double_quant", "bnb_4bit_compute_dtype"});
   if (a.has("worker")) return run_worker(a);
   if (a.has("dist_worker")) return run_dist_worker(a, shape_from_args(a));
   const bool small = a.get_bool("small", false);
+  // --shape llama3-8b: one LoRA step (r 16 on q, k, v, o; gradient checkpointing) on a quantized
+  // base; a step takes minutes, so one step, one round unless told otherwise.
+  const bool big = a.has("shape");
   Driver d;
   d.shape = shape_from_args(a);
-  d.warmup = a.get_int("warmup", 1);
-  d.steps = a.get_int("steps", small ? 2 : 3);
-  d.repeats = a.get_int("repeats", small ? 1 : 3);
+  d.warmup = a.get_int("warmup", big ? 0 : 1);
+  d.steps = a.get_int("steps", big ? 1 : small ? 2 : 3);
+  d.repeats = a.get_int("repeats", big || small ? 1 : 3);
+  if (a.get_bool("gradient_checkpointing", big)) d.memory_args += " --gradient_checkpointing true";
+  if (a.get_int("loss_chunk_tokens", 0) > 0)
+    d.memory_args += " --loss_chunk_tokens " + std::to_string(a.get_int("loss_chunk_tokens", 0));
+  if (auto q = quant_config_from_args(a)) {
+    d.quant_type = quant::quant_type_name(q->type);
+    for (auto& k : quant_keys())
+      if (a.has(k)) d.quant_args += " --" + k + " " + quote(a.get(k));
+  }
+  d.storage_dtype = a.get("dtype", "float32");
+  if (a.has("adapter_overrides")) d.adapter_overrides = a.get("adapter_overrides");
+  else if (big) d.adapter_overrides = R"({"r": 16, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})";
   d.bucket_mb = a.get_double("ddp_bucket_cap_mb", 25);
   d.exe = self_exe("bench");
   d.quiet = a.get_bool("quiet", false);
@@ -551,21 +614,42 @@ int run_bench(Args& a) {
   // float32 row in every round (full and LoRA when no --methods).
   const torch::Dtype dtype = parse_dtype_name(a.get("dtype", "float32"), "bench: option --dtype", false);
   check_compute_dtype(dtype, torch::kCPU, "bench --dtype");
-  if (dtype != torch::kFloat32) {
+  if (dtype != torch::kFloat32 || !d.quant_type.empty()) {
     if (mlist.empty()) methods = {"full", "lora"};
-    std::vector<std::string> both;
+    std::vector<std::string> rows;
     for (auto& m : methods) {
-      both.push_back(m);
-      both.push_back(m + "@" + dtype_name(dtype));
+      rows.push_back(m);
+      if (dtype != torch::kFloat32) rows.push_back(m + "@" + dtype_name(dtype));
+      // --quantize: each method also on the quantized base (full fine-tuning cannot train one).
+      if (!d.quant_type.empty() && m != "full") rows.push_back(m + "@" + d.quant_type);
     }
-    methods = both;
+    methods = rows;
+  }
+  if (big) {
+    // Only the quantized rows: float copies of an 8B model (32 GB in float32, 16 GB in bfloat16)
+    // do not fit this machine, so full fine-tuning and the float bases are skipped, not run.
+    const auto& sh = d.shape;
+    const double kv = sh.kv_heads > 0 ? sh.kv_heads : sh.heads, hd = static_cast<double>(sh.hidden) / sh.heads;
+    const double float_params = 2.0 * sh.vocab * sh.hidden +
+                                sh.layers * (2.0 * sh.hidden * sh.hidden + 2.0 * sh.hidden * kv * hd + 3.0 * sh.hidden * sh.intermediate);
+    PEFT_CHECK(!d.quant_type.empty(), "bench --shape ", a.get("shape"),
+               ": this shape needs a quantized base (--quantize nf4|fp4|int8); its weights alone are ",
+               fixed(float_params * 2 / (1 << 30), 1), " GiB in bfloat16");
+    std::vector<std::string> kept;
+    for (auto& m : methods)
+      if (m.size() > d.quant_type.size() && m.substr(m.size() - d.quant_type.size() - 1) == "@" + d.quant_type) kept.push_back(m);
+    methods = kept;
+    std::cout << "# --shape " << a.get("shape")
+              << ": full fine-tuning and the float-base rows are skipped (they do not fit: the float weights alone "
+                 "exceed this machine's memory); only the quantized rows run\n";
   }
 
   const nlohmann::json cfg = d.shape.config();
   int64_t params = 0;
   {
     const int64_t H = d.shape.hidden, I = d.shape.intermediate, V = d.shape.vocab;
-    params = 2 * V * H + d.shape.layers * (4 * H * H + 3 * H * I + 2 * H) + H;
+    const int64_t KV = (d.shape.kv_heads > 0 ? d.shape.kv_heads : d.shape.heads) * (H / d.shape.heads);
+    params = 2 * V * H + d.shape.layers * (2 * H * H + 2 * H * KV + 3 * H * I + 2 * H) + H;
   }
   std::ostringstream os;
   const std::string load_start = read_first_line("/proc/loadavg");
@@ -594,7 +678,7 @@ int run_bench(Args& a) {
     std::cout << part.str() << std::flush;
   };
   if (has_suite("methods")) emit([&](std::ostream& o) { return methods_suite(d, methods, o); }, "methods");
-  if (has_suite("methods") && dtype != torch::kFloat32)
+  if (has_suite("methods") && dtype != torch::kFloat32 && !big)  // big: no float32 rows to compare with
     emit([&](std::ostream& o) { return precision_table(report["methods"], methods, dtype_name(dtype), o); }, "precision");
   if (has_suite("threads")) emit([&](std::ostream& o) { return threads_suite(d, o); }, "threads");
   if (has_suite("python")) emit([&](std::ostream& o) { return python_suite(d, a, o); }, "python");

@@ -1,6 +1,7 @@
 #include "cli/bench_step.h"
 
 #include "models/quant_linear.h"
+#include "models/skip_init.h"
 
 #include <fstream>
 #include <sstream>
@@ -30,18 +31,32 @@ BenchShape BenchShape::medium() {
   return s;
 }
 
+BenchShape BenchShape::llama3_8b() {
+  BenchShape s;
+  s.hidden = 4096;
+  s.layers = 32;
+  s.heads = 32;
+  s.kv_heads = 8;
+  s.intermediate = 14336;
+  s.vocab = 128256;
+  s.rope_theta = 500000.0;
+  s.batch = 1;
+  s.seq = 256;
+  return s;
+}
+
 nlohmann::json BenchShape::config() const {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
           {"hidden_size", hidden},
           {"num_hidden_layers", layers},
           {"num_attention_heads", heads},
-          {"num_key_value_heads", heads},
+          {"num_key_value_heads", kv_heads > 0 ? kv_heads : heads},
           {"intermediate_size", intermediate},
           {"vocab_size", vocab},
           {"max_position_embeddings", std::max<int64_t>(2048, seq)},
           {"rms_norm_eps", 1e-6},
-          {"rope_theta", 10000.0},
+          {"rope_theta", rope_theta},
           {"hidden_act", "silu"},
           {"tie_word_embeddings", false}};
 }
@@ -58,18 +73,36 @@ nlohmann::json bench_method_config(const std::string& method, int64_t total_step
 }
 
 StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps, torch::Dtype dtype,
-                     const quant::QuantConfig* quant) {
+                     const quant::QuantConfig* quant, const nlohmann::json& adapter_overrides) {
   torch::manual_seed(0);
   check_compute_dtype(dtype, torch::kCPU, "bench --dtype");
+  PEFT_CHECK(adapter_overrides.is_null() || adapter_overrides.is_object(),
+             "bench: the adapter overrides must be a JSON object, got ", adapter_overrides.dump());
   LoadOptions lo;
   lo.dtype = dtype;
-  model_ = create_model(shape.config(), lo);
   if (quant) {
     PEFT_CHECK(method != "full", "bench: full fine-tuning cannot train a quantized base");
     check_compute_dtype(quant->compute_dtype, torch::kCPU, "bench --compute_dtype");
-    quantized_layers = quantize_model(*model_, *quant).layers;
+    {
+      SkipLinearInit skip;  // Linear weights allocated, not written: not resident
+      model_ = create_model(shape.config(), lo);
+    }
+    // nn.Linear's init (kaiming_uniform a=sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), one layer at a time.
+    auto fill = [](Linear& l) {
+      torch::NoGradGuard ng;
+      l.weight.uniform_(-1.0 / std::sqrt(static_cast<double>(l.in_features)), 1.0 / std::sqrt(static_cast<double>(l.in_features)));
+    };
+    auto rep = quantize_model(*model_, *quant, fill);
+    quantized_layers = rep.layers;
+    quant_bits_per_param = rep.bits_per_param();
+    quant_bits_per_param_blocks = rep.bits_per_param_blocks();
+    for (auto& m : model_->modules())  // the layers kept in float (the head)
+      if (auto* l = dynamic_cast<Linear*>(m.get()); l && !as_quantized(l)) fill(*l);
     if (is_half_dtype(quant->compute_dtype)) matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(quant->compute_dtype);
-  } else if (is_half_dtype(dtype)) {
+  } else {
+    model_ = create_model(shape.config(), lo);
+  }
+  if (!quant && is_half_dtype(dtype)) {
     matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(dtype);
   }
   std::vector<std::pair<std::string, torch::Tensor>> named;
@@ -84,6 +117,7 @@ StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t
   } else {
     pm_ = std::make_shared<PeftModel>(model_);
     adapter_config = bench_method_config(method, total_steps);
+    if (adapter_overrides.is_object()) adapter_config.update(adapter_overrides);
     pm_->add_adapter("default", adapter_config);
     adapter_config = pm_->adapter("default").config;
     targeted_modules = static_cast<int64_t>(pm_->adapter("default").targeted.size());

@@ -25,10 +25,15 @@ struct BenchShape {
   // ~134M parameters (85M in the blocks, 2 x 24.6M embeddings): Llama architecture, untied head.
   int64_t hidden = 768, layers = 12, heads = 12, intermediate = 2048, vocab = 32000;
   int64_t batch = 4, seq = 128;
+  int64_t kv_heads = 0;  // grouped-query attention's key/value heads (0: as many as heads)
+  double rope_theta = 10000.0;
   /// A ~0.2M-parameter model and a tiny batch: seconds, for CI.
   static BenchShape small();
   /// ~58M parameters (hidden 512, 8 layers, vocab 32000), batch 4 x 128: `--medium`.
   static BenchShape medium();
+  /// Llama 3 8B's architecture (hidden 4096, 32 layers, 32 heads, 8 KV heads, intermediate
+  /// 14336, vocab 128256, rope theta 500000), batch 1 x 256: `--shape llama3-8b`.
+  static BenchShape llama3_8b();
   /// config.json of the model (LlamaForCausalLM).
   nlohmann::json config() const;
   int64_t tokens_per_step() const { return batch * seq; }
@@ -46,9 +51,15 @@ class StepBench {
   /// mixed precision) in float32, Linear products in bfloat16 (docs/PRECISION.md).
   /// quant (4-bit / int8, docs/QUANTIZATION.md): the frozen base's Linear layers quantized after
   /// the model is built, products in quant->compute_dtype (full fine-tuning is refused).
+  /// With quant the float Linear weights are never all resident: the model is built without
+  /// writing them (models/skip_init.h) and each is filled with its random init right before it
+  /// is quantized, layer by layer. adapter_overrides (an object) replaces keys of the method's
+  /// bench config (e.g. {"r": 16, "target_modules": [...]}).
   StepBench(const BenchShape& shape, const std::string& method, int64_t total_steps = 1000,
-            torch::Dtype dtype = torch::kFloat32, const quant::QuantConfig* quant = nullptr);
+            torch::Dtype dtype = torch::kFloat32, const quant::QuantConfig* quant = nullptr,
+            const nlohmann::json& adapter_overrides = nullptr);
   int64_t quantized_layers = 0;
+  double quant_bits_per_param = 0, quant_bits_per_param_blocks = 0;  // of the quantized Linear weights
   /// One optimizer step; returns the loss.
   double step();
   /// Called before backward (arming the data-parallel buckets' overlap) and between backward and

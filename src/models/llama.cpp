@@ -19,6 +19,7 @@
 #include "models/checkpoint.h"
 #include "models/config_fields.h"
 #include "models/decoder_common.h"
+#include "models/fused_ops.h"
 #include "peft/error.h"
 #include "peft/model.h"
 #include "peft/precision.h"
@@ -195,7 +196,12 @@ class LlamaMLP : public Layer {
     register_slot("act_fn", act_fn, std::make_shared<Activation>(c.act));
   }
   torch::Tensor forward(const torch::Tensor& x) override {
-    return down_proj->forward(act_fn->forward(gate_proj->forward(x)) * up_proj->forward(x));
+    auto g = gate_proj->forward(x), u = up_proj->forward(x);
+    // A half-precision SwiGLU saves gate and up only (models/fused_ops.h); same values.
+    const auto* act = dynamic_cast<const Activation*>(act_fn.get());
+    if (act && (act->name == "silu" || act->name == "swish") && is_half_dtype(g.scalar_type()))
+      return down_proj->forward(silu_mul(g, u));
+    return down_proj->forward(act_fn->forward(g) * u);
   }
   LayerPtr clone_layer() const override { return clone_slots_into(*this, std::make_shared<LlamaMLP>(c)); }
 };

@@ -292,10 +292,12 @@ bool quantization_skips(const PretrainedModel& m, const quant::QuantConfig& cfg,
   return false;
 }
 
-QuantizeReport quantize_model(PretrainedModel& m, const quant::QuantConfig& cfg) {
+QuantizeReport quantize_model(PretrainedModel& m, const quant::QuantConfig& cfg,
+                              const std::function<void(Linear&)>& prepare) {
   QuantizeReport rep;
   torch::NoGradGuard ng;
   for (auto& [ref, lin] : eligible(m, cfg, &rep)) {
+    if (prepare) prepare(*lin);
     auto q = std::make_shared<QuantLinear>(lin->in_features, lin->out_features, lin->weight, lin->conv1d, lin->bias, cfg);
     q->to(lin->weight.device());
     ref.parent->replace_slot(ref.name, q);  // the float Linear (and its weight) is released here

@@ -77,7 +77,10 @@ bool quantization_skips(const PretrainedModel& m, const quant::QuantConfig& cfg,
 /// Replaces every Linear slot of `m` (walking the slots; no family names) by a QuantLinear, except
 /// those quantization_skips() names and Linears whose weight is shared with another parameter;
 /// each float weight is released once quantized. Records cfg as m.config["quantization_config"].
-QuantizeReport quantize_model(PretrainedModel& m, const quant::QuantConfig& cfg);
+/// `prepare` (optional) is called on each float Linear right before it is quantized: the bench
+/// fills an unwritten weight there (models/skip_init.h), one layer resident at a time.
+QuantizeReport quantize_model(PretrainedModel& m, const quant::QuantConfig& cfg,
+                              const std::function<void(Linear&)>& prepare = nullptr);
 
 /// Quantization on load (load_model_quantized): the same slot choice as quantize_model, but each
 /// layer is quantized straight from the checkpoint tensor `weights[path + ".weight"]`, which is
