@@ -2,9 +2,11 @@
 // is the closed form r * (in + out) per targeted module (q_proj and v_proj of every layer).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <sstream>
 
 #include "cli/bench_step.h"
+#include "models/quant_linear.h"
 #include "peft/io.h"
 #include "test_util.h"
 
@@ -124,4 +126,80 @@ TEST(BenchCli, WorkerTakesTheActivationMemorySwitches) {
   EXPECT_EQ(b["gradient_checkpointing"], true);
   EXPECT_EQ(b["loss_chunk_tokens"], 8);
   EXPECT_NEAR(a["first_loss"].get<double>(), b["first_loss"].get<double>(), 1e-5);
+}
+
+// --quantize adds a quantized row per method (not full); --adapter_overrides and --kv_heads reach
+// the workers: LoRA r 4 on q, k, v, o with grouped-query attention has the closed-form count, and
+// the NF4 blocks with double quantization cost 4 + 8/64 bits per weight plus the nested scales.
+TEST(BenchCli, QuantizedRowsTakeAdapterOverridesAndKvHeads) {
+  std::string dir = test::temp_dir("bench_quant");
+  std::string out;
+  const std::string overrides = R"('{"r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}')";
+  ASSERT_EQ(test::run_cli("bench --small --quiet --methods lora --kv_heads 2 --quantize nf4 --double_quant true"
+                          " --adapter_overrides " + overrides + " --out " + dir + "/r.json",
+                          &out),
+            0)
+      << out;
+  EXPECT_EQ(table_row(out, "full").size(), 9u) << out;
+  EXPECT_EQ(table_row(out, "lora").size(), 9u) << out;
+  auto q = table_row(out, "lora@nf4");
+  ASSERT_EQ(q.size(), 9u) << out;
+  auto r = read_json(dir + "/r.json");
+  const auto& c = r["model_config"];
+  EXPECT_EQ(c["num_key_value_heads"].get<int64_t>(), 2);
+  const int64_t H = c["hidden_size"], L = c["num_hidden_layers"], heads = c["num_attention_heads"];
+  const int64_t hd = H / heads, kv = 2 * hd, rank = 4;
+  const int64_t closed = L * rank * ((H + H) + (H + kv) + (H + kv) + (H + H));  // q, k, v, o
+  EXPECT_EQ(std::stoll(q[1]), closed) << out;
+  EXPECT_EQ(std::stoll(table_row(out, "lora")[1]), closed) << out;
+  const auto& run = r["methods"]["runs"][0][2];
+  EXPECT_EQ(run["quantize"], "nf4");
+  EXPECT_EQ(run["quantized_layers"].get<int64_t>(), 7 * L);  // every block Linear; the head stays float
+  const double bits = run["quant_bits_per_param_blocks"].get<double>();
+  EXPECT_GE(bits, 4.0 + 8.0 / 64);
+  EXPECT_LE(bits, 4.2);
+  EXPECT_NE(out.find("bits per parameter"), std::string::npos) << out;
+  EXPECT_TRUE(std::isfinite(run["first_loss"].get<double>()));
+}
+
+// A quantized StepBench builds its model without writing the float weights and fills each with
+// nn.Linear's init, U(-1/sqrt(in), 1/sqrt(in)), right before quantizing it: every quantized
+// layer and the float head hold such values (not zeros, not garbage).
+TEST(BenchCli, QuantizedStepBenchFillsEveryWeightWithLinearInit) {
+  peft::cli::BenchShape s = peft::cli::BenchShape::small();
+  peft::quant::QuantConfig qc;
+  qc.type = peft::quant::QuantType::NF4;
+  peft::cli::StepBench b(s, "lora", 10, torch::kFloat32, &qc);
+  int64_t quantized = 0, floats = 0;
+  for (auto& m : b.model().modules()) {
+    auto* l = dynamic_cast<peft::Linear*>(m.get());
+    if (!l) continue;
+    const double bound = 1.0 / std::sqrt(static_cast<double>(l->in_features));
+    torch::Tensor w;
+    if (auto* ql = dynamic_cast<peft::QuantLinear*>(l)) {
+      w = ql->dequantized_weight(torch::kFloat32);
+      ++quantized;
+    } else {
+      w = l->weight.detach().to(torch::kFloat32);
+      ++floats;
+    }
+    ASSERT_TRUE(torch::isfinite(w).all().item<bool>());
+    const double amax = w.abs().max().item<double>(), sd = w.std().item<double>();
+    EXPECT_LE(amax, bound * 1.0001);
+    EXPECT_GE(amax, 0.9 * bound);
+    // A uniform on [-b, b] has standard deviation b / sqrt(3); NF4's rounding moves it a little.
+    EXPECT_NEAR(sd, bound / std::sqrt(3.0), 0.1 * bound);
+  }
+  EXPECT_EQ(quantized, 7 * s.layers);
+  EXPECT_GE(floats, 1);  // the LM head
+  EXPECT_TRUE(std::isfinite(b.step()));
+}
+
+TEST(BenchCli, Llama3ShapeNeedsAQuantizedBaseAndUnknownShapesAreRefused) {
+  std::string out;
+  EXPECT_NE(test::run_cli("bench --shape llama3-8b --quiet", &out), 0);
+  EXPECT_NE(out.find("needs a quantized base"), std::string::npos) << out;
+  EXPECT_NE(test::run_cli("bench --shape llama9-1t --quiet", &out), 0);
+  EXPECT_NE(out.find("llama9-1t"), std::string::npos) << out;
+  EXPECT_NE(out.find("llama3-8b"), std::string::npos) << out;
 }
