@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "models/load_hook.h"
+#include "models/release_memory.h"
 #include "peft/error.h"
 #include "peft/io.h"
 
@@ -302,6 +303,7 @@ QuantizeReport quantize_model(PretrainedModel& m, const quant::QuantConfig& cfg,
     q->to(lin->weight.device());
     ref.parent->replace_slot(ref.name, q);  // the float Linear (and its weight) is released here
     count(&rep, *q);
+    release_free_memory();  // ... and its pages returned, not kept by the allocator
   }
   m.config["quantization_config"] = cfg.to_json();
   return rep;
@@ -324,6 +326,7 @@ QuantizeReport quantize_from_checkpoint(PretrainedModel& m, const quant::QuantCo
     weights->erase(it);  // the file's tensor is not kept (a converted copy is freed with W)
     ref.parent->replace_slot(ref.name, q);
     count(&rep, *q);
+    release_free_memory();
   }
   m.config["quantization_config"] = cfg.to_json();
   return rep;
