@@ -9,7 +9,7 @@
 //     dtype as transformers does (RMSNorm, softmax and the loss still accumulate in float32);
 //   - a Linear's matrix product runs in its *compute dtype* (the weight's dtype, or the
 //     MatmulDtypeGuard override for trainable float32 weights: mixed-precision full
-//     fine-tuning) on an input cast to it, and returns float32 (frozen_linear);
+//     fine-tuning) on an input cast to it, and returns the input's dtype (frozen_linear);
 //   - trainable tensors (adapters, modules_to_save copies, trainable biases), hence their
 //     gradients and AdamW state, are float32 (trainable_dtype).
 // With a float32 (or float64) model nothing here changes a single operation.
