@@ -618,8 +618,8 @@ int run_bench(Args& a) {
     if (mlist.empty()) methods = {"full", "lora"};
     std::vector<std::string> rows;
     for (auto& m : methods) {
-      rows.push_back(m);
-      if (dtype != torch::kFloat32) rows.push_back(m + "@" + dtype_name(dtype));
+      if (!big) rows.push_back(m);  // big: only the quantized rows (below)
+      if (dtype != torch::kFloat32 && !big) rows.push_back(m + "@" + dtype_name(dtype));
       // --quantize: each method also on the quantized base (full fine-tuning cannot train one).
       if (!d.quant_type.empty() && m != "full") rows.push_back(m + "@" + d.quant_type);
     }
@@ -628,29 +628,16 @@ int run_bench(Args& a) {
   if (big) {
     // Only the quantized rows: float copies of an 8B model (32 GB in float32, 16 GB in bfloat16)
     // do not fit this machine, so full fine-tuning and the float bases are skipped, not run.
-    const auto& sh = d.shape;
-    const double kv = sh.kv_heads > 0 ? sh.kv_heads : sh.heads, hd = static_cast<double>(sh.hidden) / sh.heads;
-    const double float_params = 2.0 * sh.vocab * sh.hidden +
-                                sh.layers * (2.0 * sh.hidden * sh.hidden + 2.0 * sh.hidden * kv * hd + 3.0 * sh.hidden * sh.intermediate);
     PEFT_CHECK(!d.quant_type.empty(), "bench --shape ", a.get("shape"),
                ": this shape needs a quantized base (--quantize nf4|fp4|int8); its weights alone are ",
-               fixed(float_params * 2 / (1 << 30), 1), " GiB in bfloat16");
-    std::vector<std::string> kept;
-    for (auto& m : methods)
-      if (m.size() > d.quant_type.size() && m.substr(m.size() - d.quant_type.size() - 1) == "@" + d.quant_type) kept.push_back(m);
-    methods = kept;
+               fixed(2.0 * d.shape.parameters() / (1 << 30), 1), " GiB in bfloat16");
     std::cout << "# --shape " << a.get("shape")
               << ": full fine-tuning and the float-base rows are skipped (they do not fit: the float weights alone "
                  "exceed this machine's memory); only the quantized rows run\n";
   }
 
   const nlohmann::json cfg = d.shape.config();
-  int64_t params = 0;
-  {
-    const int64_t H = d.shape.hidden, I = d.shape.intermediate, V = d.shape.vocab;
-    const int64_t KV = (d.shape.kv_heads > 0 ? d.shape.kv_heads : d.shape.heads) * (H / d.shape.heads);
-    params = 2 * V * H + d.shape.layers * (2 * H * H + 2 * H * KV + 3 * H * I + 2 * H) + H;
-  }
+  const int64_t params = d.shape.parameters();
   std::ostringstream os;
   const std::string load_start = read_first_line("/proc/loadavg");
   os << "# peft bench: Llama architecture, hidden " << d.shape.hidden << ", " << d.shape.layers << " layers, "

@@ -45,6 +45,12 @@ BenchShape BenchShape::llama3_8b() {
   return s;
 }
 
+int64_t BenchShape::parameters() const {
+  const int64_t kv = (kv_heads > 0 ? kv_heads : heads) * (hidden / heads);  // k/v projection width
+  return 2 * vocab * hidden + layers * (2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * intermediate + 2 * hidden) +
+         hidden;
+}
+
 nlohmann::json BenchShape::config() const {
   return {{"architectures", {"LlamaForCausalLM"}},
           {"model_type", "llama"},
@@ -87,17 +93,13 @@ StepBench::StepBench(const BenchShape& shape, const std::string& method, int64_t
       SkipLinearInit skip;  // Linear weights allocated, not written: not resident
       model_ = create_model(shape.config(), lo);
     }
-    // nn.Linear's init (kaiming_uniform a=sqrt(5): U(-1/sqrt(in), 1/sqrt(in))), one layer at a time.
-    auto fill = [](Linear& l) {
-      torch::NoGradGuard ng;
-      l.weight.uniform_(-1.0 / std::sqrt(static_cast<double>(l.in_features)), 1.0 / std::sqrt(static_cast<double>(l.in_features)));
-    };
-    auto rep = quantize_model(*model_, *quant, fill);
+    // Each weight gets the init the construction skipped right before it is quantized.
+    auto rep = quantize_model(*model_, *quant, init_linear_weight);
     quantized_layers = rep.layers;
     quant_bits_per_param = rep.bits_per_param();
     quant_bits_per_param_blocks = rep.bits_per_param_blocks();
     for (auto& m : model_->modules())  // the layers kept in float (the head)
-      if (auto* l = dynamic_cast<Linear*>(m.get()); l && !as_quantized(l)) fill(*l);
+      if (auto* l = dynamic_cast<Linear*>(m.get()); l && !as_quantized(l)) init_linear_weight(*l);
     if (is_half_dtype(quant->compute_dtype)) matmul_dtype_ = std::make_unique<MatmulDtypeGuard>(quant->compute_dtype);
   } else {
     model_ = create_model(shape.config(), lo);

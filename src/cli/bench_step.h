@@ -36,6 +36,8 @@ struct BenchShape {
   static BenchShape llama3_8b();
   /// config.json of the model (LlamaForCausalLM).
   nlohmann::json config() const;
+  /// Parameters of that model: embeddings, untied head, the blocks' Linears and norms.
+  int64_t parameters() const;
   int64_t tokens_per_step() const { return batch * seq; }
 };
 

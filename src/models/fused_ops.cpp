@@ -2,18 +2,27 @@
 
 #include <torch/torch.h>
 
+#include "peft/model.h"  // compute_dtype
+#include "peft/precision.h"
+
 namespace peft {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The composite forward (LlamaRMSNorm's ops, in their order); *r receives the per-row rsqrt.
+torch::Tensor rms_norm_forward(const torch::Tensor& x, const torch::Tensor& weight, double eps, torch::Tensor* r) {
+  auto h = x.to(compute_dtype(x.scalar_type()));
+  *r = torch::rsqrt(h.pow(2).mean(-1, true) + eps);
+  return weight * (h * *r).to(x.scalar_type());
+}
+
 class RMSNormHalfFn : public torch::autograd::Function<RMSNormHalfFn> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-    auto h = x.to(torch::kFloat32);
-    auto r = torch::rsqrt(h.pow(2).mean(-1, true) + eps);
-    auto y = weight * (h * r).to(x.scalar_type());
+    torch::Tensor r;
+    auto y = rms_norm_forward(x, weight, eps, &r);
     ctx->save_for_backward({x, weight, r});
     return y;
   }
@@ -57,12 +66,10 @@ bool needs_graph(const torch::Tensor& a, const torch::Tensor& b) {
 
 }  // namespace
 
-torch::Tensor rms_norm_half(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  if (!needs_graph(x, weight)) {
-    auto h = x.to(torch::kFloat32);
-    return weight * (h * torch::rsqrt(h.pow(2).mean(-1, true) + eps)).to(x.scalar_type());
-  }
-  return RMSNormHalfFn::apply(x, weight, eps);
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  if (is_half_dtype(x.scalar_type()) && needs_graph(x, weight)) return RMSNormHalfFn::apply(x, weight, eps);
+  torch::Tensor r;
+  return rms_norm_forward(x, weight, eps, &r);  // float32 / float64 (autograd as before), or no graph
 }
 
 torch::Tensor silu_mul(const torch::Tensor& gate, const torch::Tensor& up) {

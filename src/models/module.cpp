@@ -17,15 +17,18 @@ thread_local bool g_skip_linear_init = false;
 }
 SkipLinearInit::SkipLinearInit() : prev_(g_skip_linear_init) { g_skip_linear_init = true; }
 SkipLinearInit::~SkipLinearInit() { g_skip_linear_init = prev_; }
-bool linear_init_skipped() { return g_skip_linear_init; }
+
+void init_linear_weight(Linear& l) {
+  const double bound = 1.0 / std::sqrt(static_cast<double>(l.in_features));
+  torch::NoGradGuard ng;
+  l.weight.uniform_(-bound, bound);
+}
 
 Linear::Linear(int64_t in, int64_t out, bool has_bias, bool conv1d_)
     : in_features(in), out_features(out), conv1d(conv1d_) {
   weight = register_parameter("weight", conv1d ? torch::empty({in, out}) : torch::empty({out, in}));
-  // Same default init as nn.Linear (kaiming_uniform a=sqrt(5)); checkpoints overwrite it.
-  double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  torch::NoGradGuard ng;
-  if (!g_skip_linear_init) weight.uniform_(-bound, bound);  // models/skip_init.h
+  // Same default init as nn.Linear; checkpoints overwrite it (skipped: models/skip_init.h).
+  if (!g_skip_linear_init) init_linear_weight(*this);
   if (has_bias) bias = register_parameter("bias", torch::zeros({out}));
 }
 
@@ -126,12 +129,7 @@ std::vector<SlotRef> find_slots(torch::nn::Module& root, const std::string& pref
 
 RMSNorm::RMSNorm(int64_t dim, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({dim})); }
 
-torch::Tensor RMSNorm::forward(const torch::Tensor& x) {
-  if (is_half_dtype(x.scalar_type())) return rms_norm_half(x, weight, eps);  // same values, less saved
-  auto h = x.to(compute_dtype(x.scalar_type()));
-  h = h * torch::rsqrt(h.pow(2).mean(-1, true) + eps);
-  return weight * h.to(x.scalar_type());
-}
+torch::Tensor RMSNorm::forward(const torch::Tensor& x) { return rms_norm(x, weight, eps); }  // models/fused_ops.h
 
 LayerNorm::LayerNorm(int64_t dim_, double eps_) : eps(eps_), dim(dim_) {
   weight = register_parameter("weight", torch::ones({dim}));

@@ -326,7 +326,8 @@ QuantizeReport quantize_from_checkpoint(PretrainedModel& m, const quant::QuantCo
     weights->erase(it);  // the file's tensor is not kept (a converted copy is freed with W)
     ref.parent->replace_slot(ref.name, q);
     count(&rep, *q);
-    release_free_memory();
+    W.reset();              // this layer's converted copy freed now, so that
+    release_free_memory();  // its pages are returned with the rest
   }
   m.config["quantization_config"] = cfg.to_json();
   return rep;

@@ -4,10 +4,12 @@
 // and quantize one layer at a time, so the whole float model is never resident (issue 14).
 //
 //   { peft::SkipLinearInit skip; model = peft::create_model(cfg, lo); }   // weights unwritten
-//   ... fill every Linear weight before the first forward ...
+//   ... peft::init_linear_weight(layer) on every Linear before the first forward ...
 #pragma once
 
 namespace peft {
+
+class Linear;
 
 /// While alive (on this thread), peft::Linear's constructor leaves its weight unwritten.
 class SkipLinearInit {
@@ -21,7 +23,8 @@ class SkipLinearInit {
   bool prev_;
 };
 
-/// Whether a SkipLinearInit is alive on this thread.
-bool linear_init_skipped();
+/// The init Linear's constructor gives its weight, and skips under SkipLinearInit: nn.Linear's
+/// kaiming_uniform(a = sqrt(5)), i.e. U(-1/sqrt(in), 1/sqrt(in)).
+void init_linear_weight(Linear& l);
 
 }  // namespace peft

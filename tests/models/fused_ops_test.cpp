@@ -27,7 +27,7 @@ TEST(FusedOps, RmsNormHalfForwardIsBitIdenticalAndGradientsMatchFloat64) {
   auto w = (1 + 0.3 * torch::randn({64})).requires_grad_(true);
   auto dy = torch::randn({3, 7, 64});
 
-  auto y = peft::rms_norm_half(x, w, eps);
+  auto y = peft::rms_norm(x, w, eps);
   auto y_ref = composite_rms(x, w, eps);
   ASSERT_EQ(y.scalar_type(), y_ref.scalar_type());
   EXPECT_TRUE(torch::equal(y, y_ref)) << "forward differs from the composite";
@@ -56,7 +56,7 @@ TEST(FusedOps, RmsNormHalfFrozenWeightGivesInputGradientOnly) {
   torch::manual_seed(4);
   auto x = torch::randn({2, 5, 32}).to(torch::kBFloat16).requires_grad_(true);
   auto w = (1 + 0.1 * torch::randn({32})).to(torch::kBFloat16);  // a frozen bfloat16 norm weight
-  auto y = peft::rms_norm_half(x, w, 1e-5);
+  auto y = peft::rms_norm(x, w, 1e-5);
   EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
   EXPECT_TRUE(torch::equal(y, composite_rms(x, w, 1e-5)));
   y.sum().backward();
@@ -97,7 +97,7 @@ TEST(FusedOps, KeepLessForTheBackwardThanTheComposite) {
   const int64_t N = 256, H = 512;
   auto x = torch::randn({N, H}).to(torch::kBFloat16).requires_grad_(true);
   auto w = torch::ones({H}, torch::kBFloat16);
-  const int64_t fused = bytes_kept([&] { return peft::rms_norm_half(x, w, 1e-6); });
+  const int64_t fused = bytes_kept([&] { return peft::rms_norm(x, w, 1e-6); });
   const int64_t composite = bytes_kept([&] { return composite_rms(x, w, 1e-6); });
   // Composite: the bfloat16 output plus the float32 copy h (4 bytes / entry); fused: the output
   // and r ([N, 1] float32) only (x is the caller's).
